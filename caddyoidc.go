@@ -1,0 +1,365 @@
+// Package caddyoidc is an OpenID Connect relying party for Caddy: the
+// http.handlers.oidc handler logs users in at their IdP, keeps their session
+// in an encrypted cookie, refreshes their tokens, applies allow rules and
+// passes their identity to the rest of the route.
+package caddyoidc
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/caddy-oidc/caddy-oidc/internal/provider"
+	"github.com/caddy-oidc/caddy-oidc/session"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+}
+
+// Defaults of the handler's configuration.
+const (
+	DefaultRedirectURI           = "/oauth2/callback"
+	DefaultLogoutPath            = "/oauth2/logout"
+	DefaultBackchannelLogoutPath = "/oauth2/backchannel_logout"
+	DefaultCookieName            = "oidc_session"
+	DefaultSessionLifetime       = 24 * time.Hour
+	DefaultRefreshBefore         = 60 * time.Second
+	DefaultClockSkew             = 60 * time.Second
+)
+
+// DefaultScopes are requested when `scopes` is not set.
+var DefaultScopes = []string{"openid", "profile", "email"}
+
+// Handler authenticates requests with OpenID Connect. Requests without a
+// session are sent to the IdP (browsers) or answered 401 (API clients).
+// Authenticated requests get these placeholders before the next handler runs:
+//
+// | placeholder | value |
+// | --- | --- |
+// | `{http.auth.user.id}` | the `sub` claim |
+// | `{http.auth.user.email}`, `{http.auth.user.name}` | those claims |
+// | `{http.auth.user.groups}`, `{http.auth.user.roles}` | comma-joined |
+// | `{http.auth.user.claims.<name>}` | any claim; nested by dots; arrays comma-joined |
+type Handler struct {
+	// Issuer is the IdP's issuer URL; discovery is at <issuer>/.well-known/openid-configuration. Required.
+	Issuer string `json:"issuer,omitempty"`
+	// ClientID is this application's client id at the IdP. Required.
+	ClientID string `json:"client_id,omitempty"`
+	// ClientSecret authenticates this application at the token endpoint.
+	// Empty makes a public client that relies on PKCE alone. Placeholders
+	// such as {env.OIDC_CLIENT_SECRET} are resolved at load.
+	ClientSecret string `json:"client_secret,omitempty"`
+	// RedirectURI is where the IdP sends the user back. A path is taken on
+	// the request's own host. Default: /oauth2/callback.
+	RedirectURI string `json:"redirect_uri,omitempty"`
+	// Scopes requested at login. Default: openid profile email.
+	// Add offline_access to get a refresh token from most IdPs.
+	Scopes []string `json:"scopes,omitempty"`
+	// SessionSecret encrypts cookies. The first secret seals; all of them
+	// open, so an older secret listed after the new one keeps sessions alive
+	// during a rotation. Each at least 32 bytes. Required.
+	SessionSecret []string `json:"session_secret,omitempty"`
+	// SessionStore is where sessions live: "cookie" (encrypted, chunked).
+	// Default: cookie. "cache" (server-side sessions) needs the shared cache,
+	// which this build does not have yet.
+	SessionStore string `json:"session_store,omitempty"`
+	// LogoutPath ends the session and logs out at the IdP (POST, or a
+	// same-origin GET). Default: /oauth2/logout.
+	LogoutPath string `json:"logout_path,omitempty"`
+	// PostLogoutRedirectURI is where the IdP sends the user after logout;
+	// a path is taken on the request's host. Default: none (the IdP's own page).
+	PostLogoutRedirectURI string `json:"post_logout_redirect_uri,omitempty"`
+	// BackchannelLogoutPath is reserved for OpenID Connect back-channel
+	// logout. Default: /oauth2/backchannel_logout. Not served by this build
+	// yet: requests to it get 501.
+	BackchannelLogoutPath string `json:"backchannel_logout_path,omitempty"`
+	// AllowUsers admits users by email (verified, case-insensitive) or sub.
+	AllowUsers []string `json:"allow_users,omitempty"`
+	// AllowDomains admits users whose verified email is in one of these domains.
+	AllowDomains []string `json:"allow_domains,omitempty"`
+	// AllowGroups admits users with one of these values in the groups claim.
+	AllowGroups []string `json:"allow_groups,omitempty"`
+	// AllowRoles admits users with one of these values in the roles claim.
+	AllowRoles []string `json:"allow_roles,omitempty"`
+	// Exclude lists paths served without authentication, in the syntax of
+	// Caddy's path matcher (exact, /prefix/*, *suffix, globs).
+	Exclude []string `json:"exclude,omitempty"`
+	// Header sets request headers for the next handler, with placeholders;
+	// copies the client sent are removed first, on every request.
+	Header map[string]string `json:"header,omitempty"`
+
+	// SessionLifetime is a session's absolute lifetime. Default: 24h.
+	SessionLifetime caddy.Duration `json:"session_lifetime,omitempty"`
+	// SessionIdleTimeout ends a session unused for this long. Default: 0 (no idle limit).
+	SessionIdleTimeout caddy.Duration `json:"session_idle_timeout,omitempty"`
+	// RefreshBefore refreshes the access token this long before it expires. Default: 60s.
+	RefreshBefore caddy.Duration `json:"refresh_before,omitempty"`
+	// ClockSkew is tolerated when checking token times. Default: 60s.
+	ClockSkew caddy.Duration `json:"clock_skew,omitempty"`
+	// CookieName is the session cookie's name; on HTTPS it gets the __Host-
+	// prefix. Login-attempt cookies are named <cookie_name>_state_<id>.
+	// Default: oidc_session.
+	CookieName string `json:"cookie_name,omitempty"`
+
+	app           *App
+	prov          *provider.Provider
+	codec         *session.Codec
+	client        provider.Client
+	callbackPath  string
+	absRedirect   bool
+	exclude       caddyhttp.MatchPath
+	headers       []headerRule
+	secureDefault bool
+	logger        *zap.Logger
+}
+
+type headerRule struct{ name, value string }
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.oidc",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision resolves secrets, applies defaults and takes the shared state
+// from the `oidc` app. It does no network I/O: discovery is fetched lazily.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	repl := caddy.NewReplacer()
+	h.Issuer = strings.TrimSpace(repl.ReplaceAll(h.Issuer, ""))
+	h.ClientID = repl.ReplaceAll(h.ClientID, "")
+	h.ClientSecret = repl.ReplaceAll(h.ClientSecret, "")
+	secrets := make([]string, 0, len(h.SessionSecret))
+	for _, s := range h.SessionSecret {
+		secrets = append(secrets, repl.ReplaceAll(s, ""))
+	}
+	if h.RedirectURI == "" {
+		h.RedirectURI = DefaultRedirectURI
+	}
+	if len(h.Scopes) == 0 {
+		h.Scopes = DefaultScopes
+	}
+	if h.SessionStore == "" {
+		h.SessionStore = "cookie"
+	}
+	if h.LogoutPath == "" {
+		h.LogoutPath = DefaultLogoutPath
+	}
+	if h.BackchannelLogoutPath == "" {
+		h.BackchannelLogoutPath = DefaultBackchannelLogoutPath
+	}
+	if h.SessionLifetime == 0 {
+		h.SessionLifetime = caddy.Duration(DefaultSessionLifetime)
+	}
+	if h.RefreshBefore == 0 {
+		h.RefreshBefore = caddy.Duration(DefaultRefreshBefore)
+	}
+	if h.ClockSkew == 0 {
+		h.ClockSkew = caddy.Duration(DefaultClockSkew)
+	}
+	if h.CookieName == "" {
+		h.CookieName = DefaultCookieName
+	}
+	if err := h.check(secrets); err != nil {
+		return err
+	}
+	codec, err := session.NewCodec(secrets...)
+	if err != nil {
+		return fmt.Errorf("oidc: session_secret: %w; generate one with: openssl rand -base64 48", err)
+	}
+	h.codec = codec
+	h.client = provider.Client{ID: h.ClientID, Secret: h.ClientSecret}
+	h.secureDefault = strings.HasPrefix(h.RedirectURI, "https://")
+	for name, value := range h.Header {
+		h.headers = append(h.headers, headerRule{name: http.CanonicalHeaderKey(name), value: value})
+	}
+	slices.SortFunc(h.headers, func(a, b headerRule) int { return strings.Compare(a.name, b.name) })
+	if len(h.Exclude) > 0 {
+		h.exclude = caddyhttp.MatchPath(h.Exclude)
+		if err := h.exclude.Provision(ctx); err != nil {
+			return fmt.Errorf("oidc: exclude: %w", err)
+		}
+	}
+
+	appIface, err := ctx.App("oidc")
+	if err != nil {
+		return fmt.Errorf("oidc: loading the oidc app: %w", err)
+	}
+	app, ok := appIface.(*App)
+	if !ok {
+		return fmt.Errorf("oidc: the oidc app has unexpected type %T", appIface)
+	}
+	h.app = app
+	prov, err := app.provider(h.Issuer)
+	if err != nil {
+		return fmt.Errorf("oidc: issuer %s: %w", h.Issuer, err)
+	}
+	h.prov = prov
+	return nil
+}
+
+// check validates the configuration; every error names the field and the fix.
+func (h *Handler) check(secrets []string) error {
+	if h.Issuer == "" {
+		return errors.New("oidc: issuer is required: the IdP's issuer URL, e.g. https://idp.example.com/realms/main")
+	}
+	if u, err := url.Parse(h.Issuer); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
+		return fmt.Errorf("oidc: issuer %q must be an absolute http(s) URL without query or fragment", h.Issuer)
+	}
+	if h.ClientID == "" {
+		return errors.New("oidc: client_id is required: the client id registered at the IdP")
+	}
+	if len(secrets) == 0 {
+		return errors.New("oidc: session_secret is required (at least 32 bytes); generate one with: openssl rand -base64 48")
+	}
+	for i, s := range secrets {
+		if s == "" {
+			return fmt.Errorf("oidc: session_secret #%d is empty (is its environment variable set?)", i+1)
+		}
+		if len(s) < session.MinSecretLen {
+			return fmt.Errorf("oidc: session_secret #%d is %d bytes, want at least %d; generate one with: openssl rand -base64 48", i+1, len(s), session.MinSecretLen)
+		}
+	}
+	if !slices.Contains(h.Scopes, "openid") {
+		return fmt.Errorf("oidc: scopes %v must include openid", h.Scopes)
+	}
+	switch h.SessionStore {
+	case "cookie":
+	case "cache":
+		return errors.New(`oidc: session_store "cache" is not available in this build yet; use "cookie"`)
+	default:
+		return fmt.Errorf("oidc: session_store %q is unknown; use cookie or cache", h.SessionStore)
+	}
+	ru, err := url.Parse(h.RedirectURI)
+	switch {
+	case err != nil:
+		return fmt.Errorf("oidc: redirect_uri %q: %v", h.RedirectURI, err)
+	case ru.IsAbs() && (ru.Scheme == "https" || ru.Scheme == "http") && ru.Host != "" && strings.HasPrefix(ru.Path, "/"):
+		h.absRedirect = true
+	case !ru.IsAbs() && ru.Host == "" && strings.HasPrefix(ru.Path, "/") && !strings.HasPrefix(ru.Path, "//"):
+	default:
+		return fmt.Errorf("oidc: redirect_uri %q must be a path (/oauth2/callback) or an absolute http(s) URL", h.RedirectURI)
+	}
+	if ru.RawQuery != "" || ru.Fragment != "" {
+		return fmt.Errorf("oidc: redirect_uri %q must not have a query or fragment", h.RedirectURI)
+	}
+	h.callbackPath = ru.Path
+	for field, p := range map[string]string{"logout_path": h.LogoutPath, "backchannel_logout_path": h.BackchannelLogoutPath} {
+		if !strings.HasPrefix(p, "/") {
+			return fmt.Errorf("oidc: %s %q must be a path starting with /", field, p)
+		}
+		if p == h.callbackPath {
+			return fmt.Errorf("oidc: %s %q is the same path as redirect_uri", field, p)
+		}
+	}
+	if h.LogoutPath == h.BackchannelLogoutPath {
+		return fmt.Errorf("oidc: logout_path and backchannel_logout_path are both %q", h.LogoutPath)
+	}
+	if p := h.PostLogoutRedirectURI; p != "" {
+		u, err := url.Parse(p)
+		if err != nil || !(strings.HasPrefix(p, "/") && !strings.HasPrefix(p, "//") || u.IsAbs() && (u.Scheme == "https" || u.Scheme == "http") && u.Host != "") {
+			return fmt.Errorf("oidc: post_logout_redirect_uri %q must be a path or an absolute http(s) URL", p)
+		}
+	}
+	if h.SessionLifetime < 0 || h.SessionIdleTimeout < 0 || h.RefreshBefore < 0 || h.ClockSkew < 0 {
+		return errors.New("oidc: session_lifetime, session_idle_timeout, refresh_before and clock_skew must not be negative")
+	}
+	if strings.ContainsAny(h.CookieName, "=;, \t\"") || strings.HasPrefix(h.CookieName, "__") {
+		return fmt.Errorf("oidc: cookie_name %q is not a valid cookie name (no prefix, no separators)", h.CookieName)
+	}
+	for name := range h.Header {
+		if name == "" || strings.ContainsAny(name, " :\t\r\n") {
+			return fmt.Errorf("oidc: header name %q is invalid", name)
+		}
+	}
+	return nil
+}
+
+// Cleanup releases this handler's share of the app's state. It copes with a
+// Provision that stopped half way.
+func (h *Handler) Cleanup() error {
+	if h.prov != nil && h.app != nil {
+		h.app.releaseProvider(h.Issuer)
+		h.prov = nil
+	}
+	return nil
+}
+
+// ServeHTTP implements caddyhttp.MiddlewareHandler.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	// Identity headers are the module's to set: a client-sent copy must never
+	// reach the upstream, on any path.
+	for _, hr := range h.headers {
+		r.Header.Del(hr.name)
+	}
+	switch r.URL.Path {
+	case h.callbackPath:
+		return h.serveCallback(w, r)
+	case h.LogoutPath:
+		return h.serveLogout(w, r)
+	case h.BackchannelLogoutPath:
+		w.Header().Set("Cache-Control", "no-store")
+		return caddyhttp.Error(http.StatusNotImplemented, errors.New("back-channel logout is not supported by this build yet"))
+	}
+	if h.exclude != nil && h.exclude.Match(r) {
+		h.stripCookies(r)
+		return next.ServeHTTP(w, r)
+	}
+
+	now := time.Now()
+	sess, reissue := h.loadSession(r, now)
+	if sess == nil {
+		return h.challenge(w, r, "")
+	}
+	if h.needsRefresh(sess, now) {
+		switch err := h.refresh(r.Context(), sess); {
+		case err == nil:
+			reissue = true
+		case isDefinitive(err):
+			h.logger.Info("refresh token refused by the IdP; session ended", zap.String("sub", sess.Subject()), zap.Error(err))
+			session.ClearChunked(w, r, h.sessionCookieName(r), h.secure(r))
+			return h.challenge(w, r, "invalid_token")
+		case sess.AccessExpiry != 0 && now.Unix() >= sess.AccessExpiry:
+			// The IdP cannot be reached and the access token is gone: keep
+			// the session (the cookie is untouched) and ask to come back.
+			h.logger.Warn("token refresh failed and the access token has expired", zap.Error(err))
+			w.Header().Set("Retry-After", "5")
+			return caddyhttp.Error(http.StatusServiceUnavailable, fmt.Errorf("refreshing the session: %w", err))
+		default:
+			h.logger.Warn("token refresh failed; serving the session until its access token expires", zap.Error(err))
+		}
+	}
+	if !h.allowed(sess) {
+		return caddyhttp.Error(http.StatusForbidden, fmt.Errorf("user %q is not allowed by the allow rules", sess.Subject()))
+	}
+	if idle := time.Duration(h.SessionIdleTimeout); idle > 0 && now.Sub(time.Unix(sess.LastSeen, 0)) > max(idle/10, time.Second) {
+		sess.LastSeen = now.Unix()
+		reissue = true
+	}
+	if reissue {
+		if err := h.writeSession(w, r, sess, now); err != nil {
+			return caddyhttp.Error(http.StatusInternalServerError, err)
+		}
+	}
+	h.setIdentity(r, sess)
+	h.stripCookies(r)
+	return next.ServeHTTP(w, r)
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+)

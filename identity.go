@@ -1,0 +1,209 @@
+package caddyoidc
+
+import (
+	"encoding/json"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/caddy-oidc/caddy-oidc/session"
+)
+
+const userPrefix = "http.auth.user."
+
+// ClaimList is a list-valued claim. It renders comma-joined in headers and
+// placeholders, and stays a list for CEL expressions ('admin' in ...).
+type ClaimList []string
+
+func (l ClaimList) String() string { return strings.Join(l, ",") }
+
+// setIdentity makes the session's identity available as {http.auth.user.*}.
+// The values are computed when a placeholder is used, not per request.
+func (h *Handler) setIdentity(r *http.Request, s *session.Session) {
+	repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if !ok {
+		return
+	}
+	repl.Map(func(key string) (any, bool) {
+		if !strings.HasPrefix(key, userPrefix) {
+			return nil, false
+		}
+		return userPlaceholder(s.Claims, key[len(userPrefix):])
+	})
+	for _, hr := range h.headers {
+		if v := repl.ReplaceAll(hr.value, ""); v != "" {
+			r.Header.Set(hr.name, v)
+		}
+	}
+}
+
+func userPlaceholder(claims map[string]any, key string) (any, bool) {
+	switch key {
+	case "id":
+		return claimString(claims["sub"]), true
+	case "email", "name":
+		return claimString(claims[key]), true
+	case "groups", "roles":
+		return claimList(claims[key]), true
+	}
+	if path, ok := strings.CutPrefix(key, "claims."); ok {
+		v, found := lookupClaim(claims, path)
+		if !found {
+			return "", true
+		}
+		if l, isList := v.([]any); isList {
+			return claimList(l), true
+		}
+		return claimString(v), true
+	}
+	return nil, false
+}
+
+// lookupClaim finds a claim by name, or by a dotted path into nested
+// objects (realm_access.roles). A claim whose own name has dots (namespaced
+// URL claims) is found first by its full name.
+func lookupClaim(claims map[string]any, path string) (any, bool) {
+	if v, ok := claims[path]; ok {
+		return v, true
+	}
+	cur := claims
+	for {
+		head, rest, more := strings.Cut(path, ".")
+		v, ok := cur[head]
+		if !ok {
+			return nil, false
+		}
+		if !more {
+			return v, true
+		}
+		if next, ok := v.(map[string]any); ok {
+			if vv, ok := next[rest]; ok {
+				return vv, true
+			}
+			cur, path = next, rest
+			continue
+		}
+		return nil, false
+	}
+}
+
+func claimString(v any) string {
+	switch t := v.(type) {
+	case nil:
+		return ""
+	case string:
+		return t
+	case bool:
+		return strconv.FormatBool(t)
+	case float64:
+		return strconv.FormatFloat(t, 'f', -1, 64)
+	case json.Number:
+		return t.String()
+	case []any:
+		return claimList(t).String()
+	}
+	b, _ := json.Marshal(v)
+	return string(b)
+}
+
+func claimList(v any) ClaimList {
+	switch t := v.(type) {
+	case []any:
+		l := make(ClaimList, 0, len(t))
+		for _, e := range t {
+			l = append(l, claimString(e))
+		}
+		return l
+	case []string:
+		return ClaimList(t)
+	case string:
+		if t == "" {
+			return nil
+		}
+		return ClaimList{t}
+	}
+	return nil
+}
+
+// allowed applies the allow rules: with none configured every authenticated
+// user is allowed; otherwise a user matching any one rule is. Email rules
+// only count a verified email (email_verified absent is taken as verified,
+// as many IdPs omit it for managed accounts).
+func (h *Handler) allowed(s *session.Session) bool {
+	if len(h.AllowUsers)+len(h.AllowDomains)+len(h.AllowGroups)+len(h.AllowRoles) == 0 {
+		return true
+	}
+	sub := claimString(s.Claims["sub"])
+	email := claimString(s.Claims["email"])
+	verified := s.Claims["email_verified"] != false && email != ""
+	for _, u := range h.AllowUsers {
+		if u == sub || verified && strings.EqualFold(u, email) {
+			return true
+		}
+	}
+	if verified {
+		if at := strings.LastIndexByte(email, '@'); at >= 0 {
+			domain := email[at+1:]
+			for _, d := range h.AllowDomains {
+				if strings.EqualFold(strings.TrimPrefix(d, "@"), domain) {
+					return true
+				}
+			}
+		}
+	}
+	return intersects(claimList(s.Claims["groups"]), h.AllowGroups) ||
+		intersects(claimList(s.Claims["roles"]), h.AllowRoles)
+}
+
+func intersects(have ClaimList, want []string) bool {
+	for _, h := range have {
+		for _, w := range want {
+			if h == w {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// stripCookies removes the module's own cookies (session chunks and login
+// attempts) from the request, so they never reach the upstream.
+func (h *Handler) stripCookies(r *http.Request) {
+	lines := r.Header["Cookie"]
+	if len(lines) == 0 {
+		return
+	}
+	found := false
+	for _, l := range lines {
+		if strings.Contains(l, h.CookieName) {
+			found = true
+			break
+		}
+	}
+	if !found {
+		return
+	}
+	var kept []string
+	for _, l := range lines {
+		for part := range strings.SplitSeq(l, ";") {
+			p := strings.TrimSpace(part)
+			if p == "" || h.isOwnCookie(p) {
+				continue
+			}
+			kept = append(kept, p)
+		}
+	}
+	if len(kept) == 0 {
+		r.Header.Del("Cookie")
+		return
+	}
+	r.Header["Cookie"] = []string{strings.Join(kept, "; ")}
+}
+
+func (h *Handler) isOwnCookie(pair string) bool {
+	name, _, _ := strings.Cut(pair, "=")
+	name = strings.TrimPrefix(strings.TrimSpace(name), "__Host-")
+	return name == h.CookieName || strings.HasPrefix(name, h.CookieName+"_")
+}

@@ -1,0 +1,179 @@
+package provider
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"time"
+)
+
+// ErrInvalidGrant is the IdP's definitive refusal of a code or refresh
+// token (RFC 6749 §5.2 invalid_grant): the only refresh error that ends a session.
+var ErrInvalidGrant = errors.New("invalid_grant")
+
+// Client is how this relying party authenticates to the token endpoint.
+type Client struct {
+	ID     string
+	Secret string // empty: a public client, relying on PKCE
+}
+
+// TokenResponse is a successful token endpoint answer.
+type TokenResponse struct {
+	AccessToken  string `json:"access_token"`
+	TokenType    string `json:"token_type"`
+	RefreshToken string `json:"refresh_token,omitempty"`
+	ExpiresIn    int64  `json:"expires_in,omitempty"`
+	IDToken      string `json:"id_token,omitempty"`
+	Scope        string `json:"scope,omitempty"`
+}
+
+// Expiry converts expires_in to an absolute time; zero when the IdP gave none.
+func (t *TokenResponse) Expiry(now time.Time) time.Time {
+	if t.ExpiresIn <= 0 {
+		return time.Time{}
+	}
+	return now.Add(time.Duration(t.ExpiresIn) * time.Second)
+}
+
+// TokenError is an OAuth error answer from the token endpoint.
+type TokenError struct {
+	Status      int
+	Code        string `json:"error"`
+	Description string `json:"error_description,omitempty"`
+}
+
+func (e *TokenError) Error() string {
+	if e.Description != "" {
+		return fmt.Sprintf("token endpoint: HTTP %d %s: %s", e.Status, e.Code, e.Description)
+	}
+	return fmt.Sprintf("token endpoint: HTTP %d %s", e.Status, e.Code)
+}
+
+// Unwrap classifies the error: invalid_grant is definitive, a 5xx or an
+// unparseable answer means the IdP is unavailable.
+func (e *TokenError) Unwrap() error {
+	switch {
+	case e.Code == "invalid_grant":
+		return ErrInvalidGrant
+	case e.Status >= 500 || e.Code == "" || e.Code == "temporarily_unavailable":
+		return ErrUnavailable
+	}
+	return nil
+}
+
+// Exchange redeems an authorization code (RFC 6749 §4.1.3 with the PKCE verifier of RFC 7636).
+func (p *Provider) Exchange(ctx context.Context, c Client, code, redirectURI, verifier string) (*TokenResponse, error) {
+	form := url.Values{
+		"grant_type":    {"authorization_code"},
+		"code":          {code},
+		"redirect_uri":  {redirectURI},
+		"code_verifier": {verifier},
+	}
+	return p.token(ctx, c, form)
+}
+
+// Refresh spends a refresh token (RFC 6749 §6).
+func (p *Provider) Refresh(ctx context.Context, c Client, refreshToken string) (*TokenResponse, error) {
+	form := url.Values{
+		"grant_type":    {"refresh_token"},
+		"refresh_token": {refreshToken},
+	}
+	return p.token(ctx, c, form)
+}
+
+func (p *Provider) token(ctx context.Context, c Client, form url.Values) (*TokenResponse, error) {
+	d, err := p.Discovery(ctx)
+	if err != nil {
+		return nil, err
+	}
+	basic := c.Secret != "" && useBasic(d.TokenEndpointAuthMethodsSupported)
+	switch {
+	case c.Secret == "":
+		form.Set("client_id", c.ID)
+	case !basic:
+		form.Set("client_id", c.ID)
+		form.Set("client_secret", c.Secret)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, d.TokenEndpoint, strings.NewReader(form.Encode()))
+	if err != nil {
+		return nil, fmt.Errorf("token request: %w", err)
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Accept", "application/json")
+	if basic {
+		// RFC 6749 §2.3.1: form-encode both parts before Basic encoding.
+		req.SetBasicAuth(url.QueryEscape(c.ID), url.QueryEscape(c.Secret))
+	}
+	resp, err := p.hc.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("calling token endpoint: %v: %w", err, ErrUnavailable)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		te := &TokenError{Status: resp.StatusCode}
+		_ = json.NewDecoder(resp.Body).Decode(te)
+		return nil, te
+	}
+	var tr TokenResponse
+	if err := json.NewDecoder(resp.Body).Decode(&tr); err != nil {
+		return nil, fmt.Errorf("decoding token response: %v: %w", err, ErrUnavailable)
+	}
+	if tr.AccessToken == "" {
+		return nil, fmt.Errorf("token response has no access_token: %w", ErrUnavailable)
+	}
+	if tt := strings.ToLower(tr.TokenType); tt != "" && tt != "bearer" && tt != "dpop" {
+		return nil, fmt.Errorf("token response has token_type %q: %w", tr.TokenType, ErrInvalidToken)
+	}
+	return &tr, nil
+}
+
+// useBasic follows the IdP's announced methods: client_secret_basic is the
+// default of RFC 8414, client_secret_post is used only when basic is not offered.
+func useBasic(methods []string) bool {
+	if len(methods) == 0 || slices.Contains(methods, "client_secret_basic") {
+		return true
+	}
+	return !slices.Contains(methods, "client_secret_post")
+}
+
+// Revoke asks the IdP to revoke a token (RFC 7009). The result is advisory:
+// the session ends locally whatever the IdP answers.
+func (p *Provider) Revoke(ctx context.Context, c Client, token, hint string) error {
+	d, err := p.Discovery(ctx)
+	if err != nil {
+		return err
+	}
+	if d.RevocationEndpoint == "" {
+		return nil
+	}
+	form := url.Values{"token": {token}, "token_type_hint": {hint}}
+	basic := c.Secret != "" && useBasic(d.TokenEndpointAuthMethodsSupported)
+	if !basic {
+		form.Set("client_id", c.ID)
+		if c.Secret != "" {
+			form.Set("client_secret", c.Secret)
+		}
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, d.RevocationEndpoint, strings.NewReader(form.Encode()))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	if basic {
+		req.SetBasicAuth(url.QueryEscape(c.ID), url.QueryEscape(c.Secret))
+	}
+	resp, err := p.hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("calling revocation endpoint: %v: %w", err, ErrUnavailable)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("revocation endpoint: HTTP %d", resp.StatusCode)
+	}
+	return nil
+}

@@ -1,0 +1,171 @@
+package provider
+
+import (
+	"context"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/lestrrat-go/jwx/v2/jwa"
+	"github.com/lestrrat-go/jwx/v2/jwk"
+	"github.com/lestrrat-go/jwx/v2/jws"
+	"github.com/lestrrat-go/jwx/v2/jwt"
+)
+
+// ErrInvalidToken wraps every reason an ID token is refused.
+var ErrInvalidToken = errors.New("invalid ID token")
+
+// VerifyOptions says what an ID token must satisfy beyond its signature.
+type VerifyOptions struct {
+	ClientID string
+	// Nonce, when set, must equal the token's nonce claim (at login).
+	Nonce string
+	// Subject, when set, must equal the token's sub claim (at refresh).
+	Subject string
+	// ClockSkew is tolerated on exp, iat and nbf.
+	ClockSkew time.Duration
+	// MaxAge bounds how old iat may be. Default: 10 min + ClockSkew.
+	MaxAge time.Duration
+}
+
+// asymmetric lists the signature algorithms the module accepts. Symmetric
+// ones are left out on purpose: with them a confused verifier can be fed the
+// IdP's public key as an HMAC secret.
+var asymmetric = []string{"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+
+// VerifyIDToken checks an ID token as OpenID Connect Core §3.1.3.7 requires:
+// signature by a key of the IdP with an algorithm the IdP announces (never
+// "none"), iss, aud, azp, exp, iat and nonce. It returns the token's claims.
+func (p *Provider) VerifyIDToken(ctx context.Context, raw string, o VerifyOptions) (map[string]any, error) {
+	d, err := p.Discovery(ctx)
+	if err != nil {
+		return nil, err
+	}
+	msg, err := jws.Parse([]byte(raw))
+	if err != nil {
+		return nil, fmt.Errorf("parsing ID token: %v: %w", err, ErrInvalidToken)
+	}
+	sigs := msg.Signatures()
+	if len(sigs) != 1 {
+		return nil, fmt.Errorf("ID token has %d signatures, want 1: %w", len(sigs), ErrInvalidToken)
+	}
+	hdr := sigs[0].ProtectedHeaders()
+	alg := hdr.Algorithm().String()
+	allowed := d.IDTokenSigningAlgValuesSupported
+	if len(allowed) == 0 {
+		allowed = []string{"RS256"} // the default of Discovery §3
+	}
+	if !slices.Contains(allowed, alg) || !slices.Contains(asymmetric, alg) {
+		return nil, fmt.Errorf("ID token algorithm %q is not accepted (IdP announces %v): %w", alg, allowed, ErrInvalidToken)
+	}
+	key, err := p.signingKey(ctx, d.JWKSURI, hdr.KeyID(), alg)
+	if err != nil {
+		return nil, err
+	}
+	tok, err := jwt.Parse([]byte(raw),
+		jwt.WithKey(jwa.SignatureAlgorithm(alg), key),
+		jwt.WithValidate(true),
+		jwt.WithIssuer(p.issuer),
+		jwt.WithAudience(o.ClientID),
+		jwt.WithAcceptableSkew(o.ClockSkew),
+		jwt.WithRequiredClaim("iat"),
+		jwt.WithRequiredClaim("sub"),
+		jwt.WithRequiredClaim("exp"),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("validating ID token: %v: %w", err, ErrInvalidToken)
+	}
+	maxAge := o.MaxAge
+	if maxAge <= 0 {
+		maxAge = 10*time.Minute + o.ClockSkew
+	}
+	if time.Since(tok.IssuedAt()) > maxAge {
+		return nil, fmt.Errorf("ID token was issued %s ago: %w", time.Since(tok.IssuedAt()).Round(time.Second), ErrInvalidToken)
+	}
+	claims, err := tok.AsMap(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("reading ID token claims: %v: %w", err, ErrInvalidToken)
+	}
+	// Core §3.1.3.7 (4, 5): several audiences need azp, and azp must be us.
+	azp, _ := claims["azp"].(string)
+	if len(tok.Audience()) > 1 && azp == "" {
+		return nil, fmt.Errorf("ID token has several audiences and no azp: %w", ErrInvalidToken)
+	}
+	if azp != "" && azp != o.ClientID {
+		return nil, fmt.Errorf("ID token azp %q is not this client: %w", azp, ErrInvalidToken)
+	}
+	nonce, _ := claims["nonce"].(string)
+	if o.Nonce != "" && subtle.ConstantTimeCompare([]byte(nonce), []byte(o.Nonce)) != 1 {
+		return nil, fmt.Errorf("ID token nonce does not match the login attempt: %w", ErrInvalidToken)
+	}
+	if o.Subject != "" && tok.Subject() != o.Subject {
+		return nil, fmt.Errorf("ID token subject changed: %w", ErrInvalidToken)
+	}
+	return claims, nil
+}
+
+// signingKey finds the key for kid, refetching the JWKS (rate-limited) when
+// the kid is unknown, which is how an IdP's key rotation shows up.
+func (p *Provider) signingKey(ctx context.Context, jwksURL, kid, alg string) (any, error) {
+	set, err := p.jwks.Get(ctx, jwksURL)
+	if err != nil {
+		return nil, fmt.Errorf("fetching JWKS %s: %v: %w", jwksURL, err, ErrUnavailable)
+	}
+	if k, ok := findKey(set, kid, alg); ok {
+		return k, nil
+	}
+	p.refetchMu.Lock()
+	if time.Since(p.lastRefetch) >= p.refetchEvery {
+		p.lastRefetch = time.Now()
+		if fresh, err := p.jwks.Refresh(ctx, jwksURL); err == nil {
+			set = fresh
+		}
+	}
+	p.refetchMu.Unlock()
+	if k, ok := findKey(set, kid, alg); ok {
+		return k, nil
+	}
+	return nil, fmt.Errorf("no key with id %q in the IdP's JWKS: %w", kid, ErrInvalidToken)
+}
+
+func findKey(set jwk.Set, kid, alg string) (jwk.Key, bool) {
+	if kid != "" {
+		k, ok := set.LookupKeyID(kid)
+		if !ok || !keyFits(k, alg) {
+			return nil, false
+		}
+		return k, true
+	}
+	// No kid: only an unambiguous single signing key will do.
+	var found jwk.Key
+	for i := 0; i < set.Len(); i++ {
+		k, _ := set.Key(i)
+		if keyFits(k, alg) {
+			if found != nil {
+				return nil, false
+			}
+			found = k
+		}
+	}
+	return found, found != nil
+}
+
+func keyFits(k jwk.Key, alg string) bool {
+	if u := k.KeyUsage(); u != "" && u != "sig" {
+		return false
+	}
+	if a := k.Algorithm().String(); a != "" && a != alg {
+		return false
+	}
+	switch k.KeyType() {
+	case "RSA":
+		return alg[0] == 'R' || alg[0] == 'P'
+	case "EC":
+		return alg[0] == 'E' && alg != "EdDSA"
+	case "OKP":
+		return alg == "EdDSA"
+	}
+	return false
+}

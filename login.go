@@ -1,0 +1,262 @@
+package caddyoidc
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/caddy-oidc/caddy-oidc/internal/provider"
+	"github.com/caddy-oidc/caddy-oidc/session"
+)
+
+// loginAttemptTTL bounds how long a user may take at the IdP's login page.
+const loginAttemptTTL = 10 * time.Minute
+
+// maxLoginAttempts bounds the login-attempt cookies one browser holds (one
+// per tab logging in at once), so they cannot swell the Cookie header.
+const maxLoginAttempts = 8
+
+// attempt is one login in progress, sealed in its own short-lived cookie so
+// that several tabs can log in at once.
+type attempt struct {
+	State    string `json:"s"`
+	Nonce    string `json:"n"`
+	Verifier string `json:"v"`
+	ReturnTo string `json:"r"`
+	Created  int64  `json:"t"`
+}
+
+// isAPIRequest tells requests that cannot follow a login redirect: XHR and
+// fetch calls, JSON clients, and anything that is not a top-level GET.
+func isAPIRequest(r *http.Request) bool {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		return true
+	}
+	if strings.EqualFold(r.Header.Get("X-Requested-With"), "XMLHttpRequest") {
+		return true
+	}
+	if m := r.Header.Get("Sec-Fetch-Mode"); m != "" && m != "navigate" {
+		return true
+	}
+	accept := r.Header.Get("Accept")
+	return strings.Contains(accept, "application/json") && !strings.Contains(accept, "text/html")
+}
+
+// challenge answers a request that has no valid session: API clients get
+// 401, browsers are sent to the IdP.
+func (h *Handler) challenge(w http.ResponseWriter, r *http.Request, oauthErr string) error {
+	if isAPIRequest(r) {
+		v := `Bearer realm="` + h.realm() + `"`
+		if oauthErr != "" {
+			v += `, error="` + oauthErr + `"`
+		}
+		w.Header().Set("WWW-Authenticate", v)
+		w.Header().Set("Cache-Control", "no-store")
+		return caddyhttp.Error(http.StatusUnauthorized, errors.New("no valid session"))
+	}
+	return h.startLogin(w, r)
+}
+
+func (h *Handler) realm() string { return strings.ReplaceAll(h.Issuer, `"`, "") }
+
+func randomToken(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// stateCookieName derives the attempt cookie's name from its state value,
+// which is how the callback finds it.
+func (h *Handler) stateCookieName(r *http.Request, state string) string {
+	sum := sha256.Sum256([]byte(state))
+	return h.sessionCookieName(r) + "_state_" + hex.EncodeToString(sum[:6])
+}
+
+// redirectURL is the absolute redirect_uri for this request.
+func (h *Handler) redirectURL(r *http.Request) string {
+	if h.absRedirect {
+		return h.RedirectURI
+	}
+	return h.scheme(r) + "://" + r.Host + h.RedirectURI
+}
+
+func (h *Handler) scheme(r *http.Request) string {
+	if r.TLS != nil {
+		return "https"
+	}
+	return "http"
+}
+
+// startLogin sends the browser to the IdP's authorization endpoint with a
+// fresh state, nonce and PKCE S256 challenge.
+func (h *Handler) startLogin(w http.ResponseWriter, r *http.Request) error {
+	d, err := h.prov.Discovery(r.Context())
+	if err != nil {
+		w.Header().Set("Retry-After", "10")
+		return caddyhttp.Error(http.StatusServiceUnavailable, err)
+	}
+	a := attempt{
+		State:    randomToken(32),
+		Nonce:    randomToken(32),
+		Verifier: randomToken(32),
+		ReturnTo: safeReturnTo(r.URL.RequestURI()),
+		Created:  time.Now().Unix(),
+	}
+	pt, _ := json.Marshal(a)
+	name := h.stateCookieName(r, a.State)
+	h.pruneAttempts(w, r)
+	session.SetCookie(w, name, h.codec.Seal(name, pt), session.CookieOptions{Secure: h.secure(r), MaxAge: int(loginAttemptTTL / time.Second)})
+
+	challenge := sha256.Sum256([]byte(a.Verifier))
+	q := url.Values{
+		"response_type":         {"code"},
+		"client_id":             {h.ClientID},
+		"redirect_uri":          {h.redirectURL(r)},
+		"scope":                 {strings.Join(h.Scopes, " ")},
+		"state":                 {a.State},
+		"nonce":                 {a.Nonce},
+		"code_challenge":        {base64.RawURLEncoding.EncodeToString(challenge[:])},
+		"code_challenge_method": {"S256"},
+	}
+	target := d.AuthorizationEndpoint
+	if strings.Contains(target, "?") {
+		target += "&" + q.Encode()
+	} else {
+		target += "?" + q.Encode()
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	http.Redirect(w, r, target, http.StatusFound)
+	return nil
+}
+
+// pruneAttempts expires old attempt cookies once a browser holds too many.
+func (h *Handler) pruneAttempts(w http.ResponseWriter, r *http.Request) {
+	prefix := h.sessionCookieName(r) + "_state_"
+	var names []string
+	for _, c := range r.Cookies() {
+		if strings.HasPrefix(c.Name, prefix) {
+			names = append(names, c.Name)
+		}
+	}
+	if len(names) < maxLoginAttempts {
+		return
+	}
+	for _, n := range names {
+		session.Expire(w, n, h.secure(r))
+	}
+}
+
+// safeReturnTo keeps only same-site targets: a local absolute path. Anything
+// a browser could read as another host (//evil, /\evil, schemes) becomes "/".
+func safeReturnTo(s string) string {
+	if s == "" || s[0] != '/' || len(s) > 2048 {
+		return "/"
+	}
+	if len(s) > 1 && (s[1] == '/' || s[1] == '\\') {
+		return "/"
+	}
+	if strings.ContainsAny(s, "\\\r\n\t\x00") {
+		return "/"
+	}
+	u, err := url.Parse(s)
+	if err != nil || u.IsAbs() || u.Host != "" {
+		return "/"
+	}
+	return s
+}
+
+// serveCallback completes a login: it checks the attempt, the RFC 9207 iss
+// parameter and the ID token, then sets the session cookie and sends the
+// user to the page first asked for.
+func (h *Handler) serveCallback(w http.ResponseWriter, r *http.Request) error {
+	w.Header().Set("Cache-Control", "no-store")
+	if r.Method != http.MethodGet {
+		return caddyhttp.Error(http.StatusMethodNotAllowed, errors.New("callback: method not allowed"))
+	}
+	q := r.URL.Query()
+	state := q.Get("state")
+	if state == "" {
+		return caddyhttp.Error(http.StatusBadRequest, errors.New("callback: missing state"))
+	}
+	name := h.stateCookieName(r, state)
+	c, err := r.Cookie(name)
+	if err != nil {
+		return caddyhttp.Error(http.StatusBadRequest, errors.New("callback: unknown, used or expired login attempt"))
+	}
+	// One use only: the attempt cookie goes whatever happens next.
+	session.Expire(w, name, h.secure(r))
+	pt, _, err := h.codec.Open(name, c.Value)
+	var a attempt
+	if err == nil {
+		err = json.Unmarshal(pt, &a)
+	}
+	if err != nil || subtle.ConstantTimeCompare([]byte(a.State), []byte(state)) != 1 {
+		return caddyhttp.Error(http.StatusBadRequest, errors.New("callback: state does not match the login attempt"))
+	}
+	now := time.Now()
+	if now.Sub(time.Unix(a.Created, 0)) > loginAttemptTTL {
+		return caddyhttp.Error(http.StatusBadRequest, errors.New("callback: login attempt expired"))
+	}
+	if e := q.Get("error"); e != "" {
+		status := http.StatusBadRequest
+		if e == "access_denied" || e == "login_required" || e == "consent_required" || e == "interaction_required" {
+			status = http.StatusForbidden
+		}
+		return caddyhttp.Error(status, fmt.Errorf("callback: the IdP answered %q: %.200s", e, q.Get("error_description")))
+	}
+	d, err := h.prov.Discovery(r.Context())
+	if err != nil {
+		w.Header().Set("Retry-After", "10")
+		return caddyhttp.Error(http.StatusServiceUnavailable, err)
+	}
+	// RFC 9207: a mix-up attack shows as a response from another issuer.
+	if iss, ok := q["iss"]; ok || d.AuthorizationResponseIssParameter {
+		if !ok || len(iss) != 1 || iss[0] != h.Issuer {
+			return caddyhttp.Error(http.StatusBadRequest, errors.New("callback: iss parameter does not match the issuer"))
+		}
+	}
+	code := q.Get("code")
+	if code == "" {
+		return caddyhttp.Error(http.StatusBadRequest, errors.New("callback: missing code"))
+	}
+	tr, err := h.prov.Exchange(r.Context(), h.client, code, h.redirectURL(r), a.Verifier)
+	if err != nil {
+		if errors.Is(err, provider.ErrUnavailable) {
+			w.Header().Set("Retry-After", "10")
+			return caddyhttp.Error(http.StatusBadGateway, err)
+		}
+		return caddyhttp.Error(http.StatusBadRequest, fmt.Errorf("callback: code exchange: %w", err))
+	}
+	if tr.IDToken == "" {
+		return caddyhttp.Error(http.StatusBadGateway, errors.New("callback: the token response has no id_token (is the openid scope allowed for this client?)"))
+	}
+	claims, err := h.prov.VerifyIDToken(r.Context(), tr.IDToken, provider.VerifyOptions{
+		ClientID: h.ClientID, Nonce: a.Nonce, ClockSkew: time.Duration(h.ClockSkew),
+	})
+	if err != nil {
+		if errors.Is(err, provider.ErrUnavailable) {
+			w.Header().Set("Retry-After", "10")
+			return caddyhttp.Error(http.StatusServiceUnavailable, err)
+		}
+		return caddyhttp.Error(http.StatusUnauthorized, fmt.Errorf("callback: %w", err))
+	}
+	sess := session.New(claims, tr.IDToken, tr.AccessToken, tr.RefreshToken, tr.Expiry(now), now)
+	if err := h.writeSession(w, r, sess, now); err != nil {
+		return caddyhttp.Error(http.StatusInternalServerError, err)
+	}
+	h.logger.Info("login", zap.String("sub", sess.Subject()))
+	http.Redirect(w, r, safeReturnTo(a.ReturnTo), http.StatusFound)
+	return nil
+}

@@ -1,0 +1,118 @@
+package session
+
+import (
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// ChunkSize is the most value bytes put in one cookie: with name and
+// attributes every cookie stays under the 4096 bytes browsers keep.
+const ChunkSize = 3800
+
+// MaxChunks bounds how many cookies one session may span (and how many are
+// read back), about 30 KB in all.
+const MaxChunks = 8
+
+// CookieOptions are the attributes every cookie of the module gets.
+type CookieOptions struct {
+	Secure bool
+	// MaxAge in seconds; 0 makes a browser-session cookie.
+	MaxAge int
+}
+
+// ChunkName is the name of the i-th chunk of a value stored under name.
+func ChunkName(name string, i int) string {
+	if i == 0 {
+		return name
+	}
+	return name + "_" + strconv.Itoa(i)
+}
+
+// ReadChunked reassembles a value written by WriteChunked. The first cookie
+// carries the chunk count ("3.<chunk>") when there is more than one.
+func ReadChunked(r *http.Request, name string) (string, bool) {
+	first, err := r.Cookie(name)
+	if err != nil || first.Value == "" {
+		return "", false
+	}
+	v := first.Value
+	dot := strings.IndexByte(v, '.')
+	if dot < 0 {
+		return v, true
+	}
+	n, err := strconv.Atoi(v[:dot])
+	if err != nil || n < 2 || n > MaxChunks {
+		return "", false
+	}
+	var b strings.Builder
+	b.WriteString(v[dot+1:])
+	for i := 1; i < n; i++ {
+		c, err := r.Cookie(ChunkName(name, i))
+		if err != nil {
+			return "", false
+		}
+		b.WriteString(c.Value)
+	}
+	return b.String(), true
+}
+
+// WriteChunked sets value under name, split over as many cookies as it
+// needs, and expires chunks of an older, longer value still in r.
+func WriteChunked(w http.ResponseWriter, r *http.Request, name, value string, o CookieOptions) {
+	n := (len(value) + ChunkSize - 1) / ChunkSize
+	for i := 0; i < n; i++ {
+		part := value[i*ChunkSize : min((i+1)*ChunkSize, len(value))]
+		if i == 0 && n > 1 {
+			part = strconv.Itoa(n) + "." + part
+		}
+		http.SetCookie(w, cookie(ChunkName(name, i), part, o))
+	}
+	for i := max(n, 1); i < MaxChunks; i++ {
+		if _, err := r.Cookie(ChunkName(name, i)); err == nil {
+			http.SetCookie(w, expired(ChunkName(name, i), o.Secure))
+		}
+	}
+}
+
+// ClearChunked expires every chunk of name present in r.
+func ClearChunked(w http.ResponseWriter, r *http.Request, name string, secure bool) {
+	for i := 0; i < MaxChunks; i++ {
+		if _, err := r.Cookie(ChunkName(name, i)); err == nil {
+			http.SetCookie(w, expired(ChunkName(name, i), secure))
+		}
+	}
+}
+
+// Cookie builds one cookie with the module's attributes: Path=/ and no
+// Domain (so the __Host- prefix is valid), HttpOnly, SameSite=Lax.
+func cookie(name, value string, o CookieOptions) *http.Cookie {
+	c := &http.Cookie{
+		Name:     name,
+		Value:    value,
+		Path:     "/",
+		HttpOnly: true,
+		Secure:   o.Secure,
+		SameSite: http.SameSiteLaxMode,
+	}
+	if o.MaxAge > 0 {
+		c.MaxAge = o.MaxAge
+		c.Expires = time.Now().Add(time.Duration(o.MaxAge) * time.Second)
+	}
+	return c
+}
+
+// SetCookie sets one unchunked cookie with the module's attributes.
+func SetCookie(w http.ResponseWriter, name, value string, o CookieOptions) {
+	http.SetCookie(w, cookie(name, value, o))
+}
+
+// Expire deletes one cookie.
+func Expire(w http.ResponseWriter, name string, secure bool) {
+	http.SetCookie(w, expired(name, secure))
+}
+
+func expired(name string, secure bool) *http.Cookie {
+	return &http.Cookie{Name: name, Value: "", Path: "/", MaxAge: -1, HttpOnly: true, Secure: secure, SameSite: http.SameSiteLaxMode}
+}

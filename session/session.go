@@ -1,0 +1,88 @@
+// Package session holds the login session record and its cookie codec:
+// authenticated encryption with keys derived from the route's
+// session_secret, key rotation, and chunking across cookies.
+package session
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// Session is what a successful login leaves behind. It is sealed into the
+// session cookie, so every field costs cookie bytes: keep names short.
+type Session struct {
+	// Claims are the ID token's claims, without the protocol ones (see ProtocolClaims).
+	Claims map[string]any `json:"c"`
+	// IDToken is the raw ID token, kept as id_token_hint for logout.
+	IDToken      string `json:"i,omitempty"`
+	AccessToken  string `json:"a,omitempty"`
+	RefreshToken string `json:"r,omitempty"`
+	// AccessExpiry is the access token's expiry in Unix seconds; 0 when unknown.
+	AccessExpiry int64 `json:"x,omitempty"`
+	// Created is the login time in Unix seconds: the absolute lifetime counts from it.
+	Created int64 `json:"t"`
+	// LastSeen is the last time (Unix seconds) the cookie was re-issued for
+	// activity: the idle timeout counts from it.
+	LastSeen int64 `json:"l"`
+}
+
+// ProtocolClaims are ID token claims that describe the token rather than the
+// user; they are dropped from the session to save cookie bytes.
+var ProtocolClaims = []string{"iss", "aud", "exp", "iat", "nbf", "nonce", "at_hash", "c_hash", "azp", "jti"}
+
+// New builds a session from verified ID token claims and a token response.
+func New(claims map[string]any, idToken, accessToken, refreshToken string, accessExpiry time.Time, now time.Time) *Session {
+	c := make(map[string]any, len(claims))
+	for k, v := range claims {
+		c[k] = v
+	}
+	for _, k := range ProtocolClaims {
+		delete(c, k)
+	}
+	s := &Session{
+		Claims:       c,
+		IDToken:      idToken,
+		AccessToken:  accessToken,
+		RefreshToken: refreshToken,
+		Created:      now.Unix(),
+		LastSeen:     now.Unix(),
+	}
+	if !accessExpiry.IsZero() {
+		s.AccessExpiry = accessExpiry.Unix()
+	}
+	return s
+}
+
+// Subject returns the sub claim.
+func (s *Session) Subject() string { v, _ := s.Claims["sub"].(string); return v }
+
+// SID returns the IdP session id (sid claim), used by logout.
+func (s *Session) SID() string { v, _ := s.Claims["sid"].(string); return v }
+
+// Marshal encodes the session for sealing.
+func (s *Session) Marshal() ([]byte, error) { return json.Marshal(s) }
+
+// Unmarshal decodes a session sealed by Marshal.
+func Unmarshal(b []byte) (*Session, error) {
+	var s Session
+	if err := json.Unmarshal(b, &s); err != nil {
+		return nil, fmt.Errorf("decoding session: %w", err)
+	}
+	if s.Claims == nil || s.Created == 0 {
+		return nil, fmt.Errorf("decoding session: incomplete record")
+	}
+	return &s, nil
+}
+
+// Expired reports whether the session is past its absolute lifetime or its
+// idle timeout (a zero duration disables that limit).
+func (s *Session) Expired(now time.Time, lifetime, idle time.Duration) bool {
+	if lifetime > 0 && now.After(time.Unix(s.Created, 0).Add(lifetime)) {
+		return true
+	}
+	if idle > 0 && now.After(time.Unix(s.LastSeen, 0).Add(idle)) {
+		return true
+	}
+	return false
+}
