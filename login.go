@@ -186,6 +186,9 @@ func (h *Handler) serveCallback(w http.ResponseWriter, r *http.Request) error {
 		return caddyhttp.Error(http.StatusMethodNotAllowed, errors.New("callback: method not allowed"))
 	}
 	q := r.URL.Query()
+	redactCode(r, q)
+	// The code may travel on to the next page in a Referer header.
+	w.Header().Set("Referrer-Policy", "no-referrer")
 	state := q.Get("state")
 	if state == "" {
 		return caddyhttp.Error(http.StatusBadRequest, errors.New("callback: missing state"))
@@ -259,4 +262,21 @@ func (h *Handler) serveCallback(w http.ResponseWriter, r *http.Request) error {
 	h.logger.Info("login", zap.String("sub", sess.Subject()))
 	http.Redirect(w, r, safeReturnTo(a.ReturnTo), http.StatusFound)
 	return nil
+}
+
+// redactCode removes the authorization code from the request that Caddy's
+// access log prints. (Caddy's error log restores the original URI; a code
+// there is useless without the PKCE verifier, which never leaves the
+// browser's encrypted attempt cookie.)
+func redactCode(r *http.Request, q url.Values) {
+	if !q.Has("code") {
+		return
+	}
+	red := make(url.Values, len(q))
+	for k, v := range q {
+		red[k] = v
+	}
+	red.Set("code", "REDACTED")
+	r.URL.RawQuery = red.Encode()
+	r.RequestURI = r.URL.RequestURI()
 }

@@ -1,0 +1,222 @@
+// Package devidp is a development OpenID Provider for the demo and the
+// integration tests: github.com/zitadel/oidc/v3's OpenID-certified `op`
+// package with an in-memory store, a login form, refresh-token rotation with
+// reuse detection (a spent refresh token gets invalid_grant), a configurable
+// access-token lifetime, and counters of the grants it has answered.
+package devidp
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/zitadel/oidc/v3/example/server/exampleop"
+	"github.com/zitadel/oidc/v3/example/server/storage"
+	"github.com/zitadel/oidc/v3/pkg/oidc"
+	"github.com/zitadel/oidc/v3/pkg/op"
+	"golang.org/x/text/language"
+)
+
+// User is a demo account.
+type User struct {
+	ID, Username, Password, Email, FirstName, LastName string
+	Groups                                             []string
+}
+
+// DefaultUsers are the demo accounts.
+var DefaultUsers = []User{
+	{ID: "alice-id", Username: "alice", Password: "alice-password", Email: "alice@example.com", FirstName: "Alice", LastName: "Liddell", Groups: []string{"admins", "staff"}},
+	{ID: "bob-id", Username: "bob", Password: "bob-password", Email: "bob@other.example", FirstName: "Bob", LastName: "Builder", Groups: []string{"staff"}},
+}
+
+// Options configure a development IdP. Zero values take the defaults.
+type Options struct {
+	// Addr to listen on. Default: 127.0.0.1:0 (a free port).
+	Addr string
+	// ClientID and ClientSecret of the one registered client. Default: demo / demo-secret.
+	ClientID, ClientSecret string
+	// RedirectURIs and PostLogoutRedirectURIs registered for the client.
+	RedirectURIs, PostLogoutRedirectURIs []string
+	// AccessTokenLifetime is the expires_in of access tokens. Default: 5 min.
+	AccessTokenLifetime time.Duration
+	// Users; default DefaultUsers.
+	Users []User
+}
+
+// IdP is a running development OpenID Provider.
+type IdP struct {
+	// Issuer is the issuer URL, http://127.0.0.1:<port>.
+	Issuer string
+	store  *store
+	srv    *http.Server
+}
+
+// Start runs an IdP until Close.
+func Start(o Options) (*IdP, error) {
+	if o.Addr == "" {
+		o.Addr = "127.0.0.1:0"
+	}
+	if o.ClientID == "" {
+		o.ClientID, o.ClientSecret = "demo", "demo-secret"
+	}
+	if o.AccessTokenLifetime <= 0 {
+		o.AccessTokenLifetime = 5 * time.Minute
+	}
+	if o.Users == nil {
+		o.Users = DefaultUsers
+	}
+	ln, err := net.Listen("tcp", o.Addr)
+	if err != nil {
+		return nil, err
+	}
+	issuer := "http://" + ln.Addr().String()
+	us := userStore{byID: map[string]*storage.User{}, groups: map[string][]string{}}
+	for _, u := range o.Users {
+		su := &storage.User{ID: u.ID, Username: u.Username, Password: u.Password, Email: u.Email, EmailVerified: true,
+			FirstName: u.FirstName, LastName: u.LastName, PreferredLanguage: language.English}
+		us.byID[u.ID] = su
+		us.groups[u.ID] = u.Groups
+	}
+	client := storage.WebClient(o.ClientID, o.ClientSecret, o.RedirectURIs...)
+	s := &store{
+		Storage:   storage.NewStorageWithClients(us, map[string]*storage.Client{o.ClientID: client}),
+		users:     us,
+		accessTTL: o.AccessTokenLifetime,
+		client:    &devClient{Client: client, postLogout: o.PostLogoutRedirectURIs},
+	}
+	router := exampleop.SetupServer(issuer, s, nil, false)
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s.tokenDown.Load() && r.URL.Path == "/oauth/token" {
+			http.Error(w, "temporarily down", http.StatusServiceUnavailable)
+			return
+		}
+		router.ServeHTTP(w, r)
+	})
+	idp := &IdP{Issuer: issuer, store: s, srv: &http.Server{Handler: handler, ReadHeaderTimeout: 5 * time.Second}}
+	go func() { _ = idp.srv.Serve(ln) }()
+	return idp, nil
+}
+
+// Close stops the IdP.
+func (i *IdP) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	return i.srv.Shutdown(ctx)
+}
+
+// CodeGrants counts successful authorization-code grants.
+func (i *IdP) CodeGrants() int64 { return i.store.codeGrants.Load() }
+
+// RefreshGrants counts successful refresh-token grants.
+func (i *IdP) RefreshGrants() int64 { return i.store.refreshGrants.Load() }
+
+// RefusedRefreshGrants counts refresh grants refused (a reused or unknown refresh token).
+func (i *IdP) RefusedRefreshGrants() int64 { return i.store.refusedRefresh.Load() }
+
+// SetRefreshDelay makes every refresh grant wait d before it is answered.
+func (i *IdP) SetRefreshDelay(d time.Duration) { i.store.refreshDelay.Store(int64(d)) }
+
+// SetTokenEndpointDown makes the token endpoint answer 503, as an IdP in
+// an outage would, while on.
+func (i *IdP) SetTokenEndpointDown(on bool) { i.store.tokenDown.Store(on) }
+
+type store struct {
+	*storage.Storage
+	users     userStore
+	accessTTL time.Duration
+	client    *devClient
+
+	codeGrants, refreshGrants, refusedRefresh atomic.Int64
+	refreshDelay                              atomic.Int64
+	tokenDown                                 atomic.Bool
+}
+
+func (s *store) CreateAccessAndRefreshTokens(ctx context.Context, req op.TokenRequest, current string) (string, string, time.Time, error) {
+	if current != "" {
+		if d := time.Duration(s.refreshDelay.Load()); d > 0 {
+			time.Sleep(d)
+		}
+	}
+	id, rt, _, err := s.Storage.CreateAccessAndRefreshTokens(ctx, req, current)
+	switch {
+	case err != nil && current != "":
+		s.refusedRefresh.Add(1)
+		return "", "", time.Time{}, oidc.ErrInvalidGrant().WithParent(err)
+	case err != nil:
+		return "", "", time.Time{}, err
+	case current != "":
+		s.refreshGrants.Add(1)
+	default:
+		s.codeGrants.Add(1)
+	}
+	return id, rt, time.Now().Add(s.accessTTL), nil
+}
+
+func (s *store) CreateAccessToken(ctx context.Context, req op.TokenRequest) (string, time.Time, error) {
+	id, _, err := s.Storage.CreateAccessToken(ctx, req)
+	if err == nil {
+		s.codeGrants.Add(1)
+	}
+	return id, time.Now().Add(s.accessTTL), err
+}
+
+// TokenRequestByRefreshToken counts a reused refresh token as a refused grant.
+func (s *store) TokenRequestByRefreshToken(ctx context.Context, rt string) (op.RefreshTokenRequest, error) {
+	r, err := s.Storage.TokenRequestByRefreshToken(ctx, rt)
+	if err != nil {
+		s.refusedRefresh.Add(1)
+	}
+	return r, err
+}
+
+// SetUserinfoFromRequest adds the groups claim to ID tokens.
+func (s *store) SetUserinfoFromRequest(ctx context.Context, ui *oidc.UserInfo, token op.IDTokenRequest, scopes []string) error {
+	if err := s.Storage.SetUserinfoFromRequest(ctx, ui, token, scopes); err != nil {
+		return err
+	}
+	if g := s.users.groups[token.GetSubject()]; len(g) > 0 {
+		ui.AppendClaims("groups", g)
+	}
+	return nil
+}
+
+func (s *store) GetClientByClientID(ctx context.Context, id string) (op.Client, error) {
+	if id == s.client.GetID() {
+		return s.client, nil
+	}
+	return s.Storage.GetClientByClientID(ctx, id)
+}
+
+// devClient puts the user's claims in the ID token, as most IdPs do, and
+// registers post-logout redirect URIs.
+type devClient struct {
+	*storage.Client
+	postLogout []string
+}
+
+func (c *devClient) IDTokenUserinfoClaimsAssertion() bool { return true }
+func (c *devClient) PostLogoutRedirectURIs() []string     { return c.postLogout }
+
+type userStore struct {
+	byID   map[string]*storage.User
+	groups map[string][]string
+}
+
+func (u userStore) GetUserByID(id string) *storage.User { return u.byID[id] }
+func (u userStore) GetUserByUsername(name string) *storage.User {
+	for _, su := range u.byID {
+		if su.Username == name {
+			return su
+		}
+	}
+	return nil
+}
+func (u userStore) ExampleClientID() string { return "" }
+
+// RevokeRefreshTokens ends every refresh token of a user at the IdP, as an
+// administrator's "log out everywhere" would: the next refresh gets invalid_grant.
+func (i *IdP) RevokeRefreshTokens(userID string) error {
+	return i.store.TerminateSession(context.Background(), userID, i.store.client.GetID())
+}

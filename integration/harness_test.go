@@ -1,0 +1,281 @@
+package integration
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/cookiejar"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddy-oidc/caddy-oidc/integration/devidp"
+)
+
+// caddyBin is the Caddy binary built from ../cmd/caddy in TestMain: the
+// tests run the real server, as a user would.
+var caddyBin string
+
+const testSecret = "integration-test-session-secret-0123456789"
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "caddy-oidc-it")
+	if err != nil {
+		panic(err)
+	}
+	caddyBin = filepath.Join(dir, "caddy")
+	build := exec.Command("go", "build", "-o", caddyBin, "./cmd/caddy")
+	build.Dir = ".."
+	build.Stdout, build.Stderr = os.Stdout, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building caddy:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func freePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// upstream echoes what it received, so tests can see exactly what the
+// application behind Caddy gets.
+type echo struct {
+	Path    string      `json:"path"`
+	Query   string      `json:"query"`
+	Headers http.Header `json:"headers"`
+}
+
+func startUpstream(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(echo{Path: r.URL.Path, Query: r.URL.RawQuery, Headers: r.Header})
+	})}
+	go func() { _ = srv.Serve(l) }()
+	t.Cleanup(func() { srv.Close() })
+	return l.Addr().String()
+}
+
+// env is one test's world: an IdP, an upstream and a Caddy in front of it.
+type env struct {
+	t        testing.TB
+	idp      *devidp.IdP
+	caddyURL string
+	admin    string
+	cmd      *exec.Cmd
+	logs     *bytes.Buffer
+}
+
+type envOptions struct {
+	accessTTL time.Duration
+	// extra lines inside the oidc block
+	oidc string
+	// extra site lines before reverse_proxy
+	site string
+}
+
+func newEnv(t testing.TB, o envOptions) *env {
+	t.Helper()
+	port := freePort(t)
+	caddyURL := fmt.Sprintf("http://127.0.0.1:%d", port)
+	idp, err := devidp.Start(devidp.Options{
+		RedirectURIs:           []string{caddyURL + "/oauth2/callback"},
+		PostLogoutRedirectURIs: []string{caddyURL + "/bye"},
+		AccessTokenLifetime:    o.accessTTL,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { idp.Close() })
+	up := startUpstream(t)
+	e := &env{t: t, idp: idp, caddyURL: caddyURL, admin: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
+	cfg := fmt.Sprintf(`{
+	admin %s
+	http_port %d
+	auto_https off
+	log {
+		output stderr
+		level DEBUG
+	}
+}
+
+%s {
+	oidc {
+		issuer %s
+		client_id demo
+		client_secret {env.TEST_CLIENT_SECRET}
+		scopes openid profile email offline_access
+		session_secret {env.TEST_SESSION_SECRET}
+		post_logout_redirect_uri /bye
+		exclude /public/*
+		header X-Auth-User {http.auth.user.id}
+		header X-Auth-Email {http.auth.user.email}
+		header X-Auth-Groups {http.auth.user.groups}
+		header X-Auth-Name {http.auth.user.claims.name}
+		%s
+	}
+	%s
+	reverse_proxy %s
+}
+`, e.admin, port, caddyURL, idp.Issuer, o.oidc, o.site, up)
+	e.start(cfg)
+	return e
+}
+
+func (e *env) start(cfg string) {
+	t := e.t
+	dir := t.TempDir()
+	path := filepath.Join(dir, "Caddyfile")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e.logs = new(bytes.Buffer)
+	cmd := exec.Command(caddyBin, "run", "--config", path, "--adapter", "caddyfile")
+	cmd.Env = append(os.Environ(), "TEST_CLIENT_SECRET=demo-secret", "TEST_SESSION_SECRET="+testSecret, "HOME="+dir, "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir)
+	cmd.Stdout, cmd.Stderr = e.logs, e.logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	e.cmd = cmd
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		if t.Failed() {
+			t.Logf("caddy logs:\n%s", e.logs.String())
+		}
+	})
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		resp, err := http.Get("http://" + e.admin + "/config/")
+		if err == nil {
+			resp.Body.Close()
+			if c, err := net.Dial("tcp", strings.TrimPrefix(e.caddyURL, "http://")); err == nil {
+				c.Close()
+				return
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("caddy did not start:\n%s", e.logs.String())
+}
+
+// browser is an HTTP client that behaves like a browser for the flow:
+// a cookie jar and navigation headers.
+func (e *env) browser() *http.Client {
+	jar, _ := cookiejar.New(nil)
+	return &http.Client{
+		Jar:     jar,
+		Timeout: 15 * time.Second,
+		Transport: headerTransport{base: http.DefaultTransport, set: map[string]string{
+			"Accept":         "text/html,application/xhtml+xml",
+			"Sec-Fetch-Mode": "navigate",
+		}},
+	}
+}
+
+type headerTransport struct {
+	base http.RoundTripper
+	set  map[string]string
+}
+
+func (h headerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	for k, v := range h.set {
+		if r.Header.Get(k) == "" {
+			r.Header.Set(k, v)
+		}
+	}
+	return h.base.RoundTrip(r)
+}
+
+// login goes to path on Caddy, fills the IdP's login form and returns the
+// final response (after the redirect back to path).
+func (e *env) login(c *http.Client, path, user, pass string) *http.Response {
+	t := e.t
+	t.Helper()
+	resp, err := c.Get(e.caddyURL + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.Request.URL.Path != "/login/username" {
+		t.Fatalf("expected the IdP's login form, landed on %s (%d)", resp.Request.URL, resp.StatusCode)
+	}
+	return e.submitLogin(c, resp.Request.URL, user, pass)
+}
+
+func (e *env) submitLogin(c *http.Client, form *url.URL, user, pass string) *http.Response {
+	t := e.t
+	t.Helper()
+	id := form.Query().Get("authRequestID")
+	resp, err := c.PostForm(e.idp.Issuer+"/login/username", url.Values{"id": {id}, "username": {user}, "password": {pass}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp
+}
+
+func readEcho(t testing.TB, resp *http.Response) echo {
+	t.Helper()
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("want 200 from the upstream, got %d: %s", resp.StatusCode, b)
+	}
+	var e echo
+	if err := json.Unmarshal(b, &e); err != nil {
+		t.Fatalf("upstream answer is not the echo: %v: %s", err, b)
+	}
+	return e
+}
+
+func (e *env) get(c *http.Client, path string, hdr map[string]string) *http.Response {
+	e.t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, e.caddyURL+path, nil)
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return resp
+}
+
+// noRedirect returns a copy of c that does not follow redirects.
+func noRedirect(c *http.Client) *http.Client {
+	cc := *c
+	cc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	return &cc
+}
+
+func sessionCookies(c *http.Client, rawURL string) (n, size int) {
+	u, _ := url.Parse(rawURL)
+	for _, ck := range c.Jar.Cookies(u) {
+		if strings.HasPrefix(ck.Name, "oidc_session") && !strings.Contains(ck.Name, "_state_") {
+			n++
+			size += len(ck.Name) + 1 + len(ck.Value)
+		}
+	}
+	return n, size
+}
