@@ -127,7 +127,7 @@ func newEnv(t testing.TB, o envOptions) *env {
 		scopes openid profile email offline_access
 		session_secret {env.TEST_SESSION_SECRET}
 		post_logout_redirect_uri /bye
-		exclude /public/*
+		exclude /public/* /bye
 		header X-Auth-User {http.auth.user.id}
 		header X-Auth-Email {http.auth.user.email}
 		header X-Auth-Groups {http.auth.user.groups}
