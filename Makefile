@@ -1,0 +1,42 @@
+# caddy-oidc: `make demo` runs the demo, `make test` runs every test.
+GO       ?= go
+BIN      := bin
+# The module path is not published: make the proxy's refusal final so
+# xcaddy takes the local replacement instead of trying the network.
+XCADDY_GOPROXY := $(shell $(GO) env GOPROXY | cut -d, -f1)|off
+
+.PHONY: all build devidp demo test test-unit test-integration lint xcaddy bench clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN)/caddy ./cmd/caddy
+
+devidp:
+	cd integration && $(GO) build -o ../$(BIN)/devidp ./cmd/devidp
+
+demo: build devidp
+	./scripts/demo.sh
+
+lint:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
+	$(GO) vet ./...
+	cd integration && $(GO) vet ./...
+
+test-unit:
+	$(GO) test -race -count=1 ./...
+
+test-integration:
+	cd integration && $(GO) test -race -count=1 -timeout 15m ./...
+
+test: lint test-unit test-integration
+
+# Builds Caddy through xcaddy from the recipe in xcaddy.json.
+xcaddy:
+	cd integration && GOPROXY="$(XCADDY_GOPROXY)" $(GO) run ./cmd/xcaddybuild -recipe ../xcaddy.json -o ../$(BIN)/caddy-xcaddy
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./...
+
+clean:
+	rm -rf $(BIN)
