@@ -200,6 +200,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if !ok {
 		return fmt.Errorf("oidc: the oidc app has unexpected type %T", appIface)
 	}
+	return h.attach(app)
+}
+
+// attach takes this handler's share of the app's state.
+func (h *Handler) attach(app *App) error {
 	h.app = app
 	prov, err := app.provider(h.Issuer)
 	if err != nil {

@@ -1,0 +1,179 @@
+package provider_test
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/lestrrat-go/jwx/v2/jwa"
+
+	"github.com/caddy-oidc/caddy-oidc/internal/provider"
+	"github.com/caddy-oidc/caddy-oidc/internal/testidp"
+)
+
+const clientID = "app"
+
+func setup(t *testing.T) (*testidp.IdP, *provider.Provider) {
+	t.Helper()
+	idp := testidp.New()
+	t.Cleanup(idp.Close)
+	p := provider.New(idp.Issuer, provider.Options{})
+	t.Cleanup(p.Close)
+	return idp, p
+}
+
+func TestVerifyIDToken(t *testing.T) {
+	idp, p := setup(t)
+	ctx := context.Background()
+	opts := provider.VerifyOptions{ClientID: clientID, Nonce: "n-1", ClockSkew: time.Minute}
+	valid := idp.Claims(clientID, "n-1")
+	with := func(mod func(c map[string]any)) map[string]any {
+		c := idp.Claims(clientID, "n-1")
+		mod(c)
+		return c
+	}
+
+	claims, err := p.VerifyIDToken(ctx, idp.Sign(valid), opts)
+	if err != nil {
+		t.Fatalf("valid token refused: %v", err)
+	}
+	if claims["email"] != "user1@example.com" {
+		t.Errorf("claims lost: %v", claims)
+	}
+
+	bad := map[string]string{
+		"bad signature":         testidp.SignWith(jwa.RS256, testidp.ForeignKey("k1"), "k1", valid),
+		"unknown kid":           testidp.SignWith(jwa.RS256, testidp.ForeignKey("k9"), "k9", valid),
+		"alg none":              testidp.Unsigned(valid),
+		"HS256 with public key": testidp.SignWith(jwa.HS256, idp.PublicKeyBytes(), "k1", valid),
+		"wrong aud":             idp.Sign(with(func(c map[string]any) { c["aud"] = "other"; c["azp"] = "other" })),
+		"wrong iss":             idp.Sign(with(func(c map[string]any) { c["iss"] = "https://evil.example" })),
+		"expired":               idp.Sign(with(func(c map[string]any) { c["exp"] = time.Now().Add(-2 * time.Minute).Unix() })),
+		"iat in the future":     idp.Sign(with(func(c map[string]any) { c["iat"] = time.Now().Add(5 * time.Minute).Unix() })),
+		"iat too old":           idp.Sign(with(func(c map[string]any) { c["iat"] = time.Now().Add(-time.Hour).Unix() })),
+		"no iat":                idp.Sign(with(func(c map[string]any) { delete(c, "iat") })),
+		"no sub":                idp.Sign(with(func(c map[string]any) { delete(c, "sub") })),
+		"wrong nonce":           idp.Sign(with(func(c map[string]any) { c["nonce"] = "n-2" })),
+		"no nonce":              idp.Sign(with(func(c map[string]any) { delete(c, "nonce") })),
+		"several aud, no azp":   idp.Sign(with(func(c map[string]any) { c["aud"] = []string{clientID, "other"}; delete(c, "azp") })),
+		"azp of another client": idp.Sign(with(func(c map[string]any) { c["azp"] = "other" })),
+		"not a JWT":             "abc.def",
+	}
+	for name, tok := range bad {
+		t.Run(name, func(t *testing.T) {
+			if _, err := p.VerifyIDToken(ctx, tok, opts); !errors.Is(err, provider.ErrInvalidToken) {
+				t.Errorf("got %v, want ErrInvalidToken", err)
+			}
+		})
+	}
+}
+
+func TestVerifyFollowsKeyRotationWithRateLimitedRefetch(t *testing.T) {
+	idp, p := setup(t)
+	ctx := context.Background()
+	opts := provider.VerifyOptions{ClientID: clientID, Nonce: "n", ClockSkew: time.Minute}
+	if _, err := p.VerifyIDToken(ctx, idp.Sign(idp.Claims(clientID, "n")), opts); err != nil {
+		t.Fatal(err)
+	}
+	idp.AddKey("k2") // the IdP rotates: new tokens carry kid k2
+	if _, err := p.VerifyIDToken(ctx, idp.Sign(idp.Claims(clientID, "n")), opts); err != nil {
+		t.Fatalf("token signed by the rotated-in key refused: %v", err)
+	}
+	before := idp.JWKSHits.Load()
+	// A flood of unknown kids costs at most one JWKS fetch per interval.
+	for range 50 {
+		tok := testidp.SignWith(jwa.RS256, testidp.ForeignKey("nope"), "nope", idp.Claims(clientID, "n"))
+		if _, err := p.VerifyIDToken(ctx, tok, opts); err == nil {
+			t.Fatal("unknown kid accepted")
+		}
+	}
+	if n := idp.JWKSHits.Load() - before; n > 1 {
+		t.Errorf("unknown kids caused %d JWKS fetches, want at most 1", n)
+	}
+}
+
+func TestDiscovery(t *testing.T) {
+	t.Run("fetched once for concurrent callers", func(t *testing.T) {
+		idp, p := setup(t)
+		var wg sync.WaitGroup
+		for range 20 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if _, err := p.Discovery(context.Background()); err != nil {
+					t.Error(err)
+				}
+			}()
+		}
+		wg.Wait()
+		if n := idp.DiscoveryHits.Load(); n != 1 {
+			t.Errorf("%d discovery fetches, want 1", n)
+		}
+	})
+	t.Run("issuer mismatch refused", func(t *testing.T) {
+		idp, p := setup(t)
+		idp.SetDiscovery("issuer", "https://evil.example")
+		if _, err := p.Discovery(context.Background()); !errors.Is(err, provider.ErrUnavailable) {
+			t.Errorf("got %v, want an error", err)
+		}
+	})
+	t.Run("failures back off", func(t *testing.T) {
+		p := provider.New("http://127.0.0.1:1", provider.Options{})
+		defer p.Close()
+		for range 5 {
+			if _, err := p.Discovery(context.Background()); !errors.Is(err, provider.ErrUnavailable) {
+				t.Fatalf("got %v, want ErrUnavailable", err)
+			}
+		}
+		if n := p.DiscoveryFetches(); n != 1 {
+			t.Errorf("%d fetches in the backoff window, want 1", n)
+		}
+	})
+}
+
+func TestTokenEndpoint(t *testing.T) {
+	idp, p := setup(t)
+	ctx := context.Background()
+	c := provider.Client{ID: "app", Secret: "s3cret"}
+
+	var gotBasic, gotPost bool
+	idp.OnToken(func(w http.ResponseWriter, r *http.Request) {
+		_ = r.ParseForm()
+		_, _, gotBasic = r.BasicAuth()
+		gotPost = r.PostForm.Get("client_secret") != ""
+		if r.PostForm.Get("refresh_token") == "spent" {
+			w.WriteHeader(http.StatusBadRequest)
+			_, _ = w.Write([]byte(`{"error":"invalid_grant"}`))
+			return
+		}
+		if r.PostForm.Get("refresh_token") == "boom" {
+			w.WriteHeader(http.StatusBadGateway)
+			return
+		}
+		_, _ = w.Write([]byte(`{"access_token":"at","token_type":"Bearer","expires_in":60}`))
+	})
+	if _, err := p.Exchange(ctx, c, "code", "http://app/cb", "verifier"); err != nil || !gotBasic || gotPost {
+		t.Errorf("basic: err=%v basic=%v post=%v, want client_secret_basic", err, gotBasic, gotPost)
+	}
+	if _, err := p.Refresh(ctx, c, "spent"); !errors.Is(err, provider.ErrInvalidGrant) {
+		t.Errorf("invalid_grant: got %v", err)
+	}
+	if _, err := p.Refresh(ctx, c, "boom"); !errors.Is(err, provider.ErrUnavailable) || errors.Is(err, provider.ErrInvalidGrant) {
+		t.Errorf("5xx: got %v, want ErrUnavailable", err)
+	}
+
+	idp2, p2 := setup(t)
+	idp2.SetDiscovery("token_endpoint_auth_methods_supported", []string{"client_secret_post"})
+	idp2.OnToken(func(w http.ResponseWriter, r *http.Request) {
+		_ = r.ParseForm()
+		_, _, gotBasic = r.BasicAuth()
+		gotPost = r.PostForm.Get("client_secret") == "s3cret"
+		_, _ = w.Write([]byte(`{"access_token":"at","token_type":"Bearer"}`))
+	})
+	if _, err := p2.Exchange(ctx, c, "code", "http://app/cb", "v"); err != nil || gotBasic || !gotPost {
+		t.Errorf("post: err=%v basic=%v post=%v, want client_secret_post", err, gotBasic, gotPost)
+	}
+}

@@ -1,0 +1,191 @@
+// Package testidp is a fake OpenID Provider for unit tests: it serves
+// discovery and JWKS and signs whatever tokens a test asks for, including
+// the malformed ones a real IdP would never issue. Integration tests use the
+// real provider in integration/devidp instead.
+package testidp
+
+import (
+	"crypto/rand"
+	"crypto/rsa"
+	"encoding/base64"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/lestrrat-go/jwx/v2/jwa"
+	"github.com/lestrrat-go/jwx/v2/jwk"
+	"github.com/lestrrat-go/jwx/v2/jws"
+)
+
+// IdP is a fake OpenID Provider on an httptest server.
+type IdP struct {
+	Server *httptest.Server
+	Issuer string
+
+	mu        sync.Mutex
+	keys      []jwk.Key // private keys; their public halves are served
+	discovery map[string]any
+	token     http.HandlerFunc
+
+	DiscoveryHits, JWKSHits, TokenHits atomic.Int64
+}
+
+// New starts a fake IdP with one RSA key ("k1").
+func New() *IdP {
+	i := &IdP{}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/.well-known/openid-configuration", func(w http.ResponseWriter, r *http.Request) {
+		i.DiscoveryHits.Add(1)
+		i.mu.Lock()
+		defer i.mu.Unlock()
+		writeJSON(w, i.discovery)
+	})
+	mux.HandleFunc("/jwks", func(w http.ResponseWriter, r *http.Request) {
+		i.JWKSHits.Add(1)
+		i.mu.Lock()
+		set := jwk.NewSet()
+		for _, k := range i.keys {
+			pub, _ := k.PublicKey()
+			_ = set.AddKey(pub)
+		}
+		i.mu.Unlock()
+		writeJSON(w, set)
+	})
+	mux.HandleFunc("/token", func(w http.ResponseWriter, r *http.Request) {
+		i.TokenHits.Add(1)
+		i.mu.Lock()
+		h := i.token
+		i.mu.Unlock()
+		if h == nil {
+			http.Error(w, `{"error":"server_error"}`, http.StatusInternalServerError)
+			return
+		}
+		h(w, r)
+	})
+	i.Server = httptest.NewServer(mux)
+	i.Issuer = i.Server.URL
+	i.discovery = map[string]any{
+		"issuer":                                i.Issuer,
+		"authorization_endpoint":                i.Issuer + "/authorize",
+		"token_endpoint":                        i.Issuer + "/token",
+		"jwks_uri":                              i.Issuer + "/jwks",
+		"end_session_endpoint":                  i.Issuer + "/logout",
+		"id_token_signing_alg_values_supported": []string{"RS256"},
+		"token_endpoint_auth_methods_supported": []string{"client_secret_basic", "client_secret_post"},
+	}
+	i.AddKey("k1")
+	return i
+}
+
+// Close stops the server.
+func (i *IdP) Close() { i.Server.Close() }
+
+// SetDiscovery changes one discovery field.
+func (i *IdP) SetDiscovery(field string, v any) {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	if v == nil {
+		delete(i.discovery, field)
+		return
+	}
+	i.discovery[field] = v
+}
+
+// AddKey adds a new RSA signing key with this kid; the newest key signs.
+func (i *IdP) AddKey(kid string) {
+	raw, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		panic(err)
+	}
+	k, _ := jwk.FromRaw(raw)
+	_ = k.Set(jwk.KeyIDKey, kid)
+	_ = k.Set(jwk.AlgorithmKey, jwa.RS256)
+	_ = k.Set(jwk.KeyUsageKey, "sig")
+	i.mu.Lock()
+	i.keys = append(i.keys, k)
+	i.mu.Unlock()
+}
+
+// OnToken sets the token endpoint's handler.
+func (i *IdP) OnToken(h http.HandlerFunc) {
+	i.mu.Lock()
+	i.token = h
+	i.mu.Unlock()
+}
+
+// Claims returns valid ID token claims for clientID and nonce.
+func (i *IdP) Claims(clientID, nonce string) map[string]any {
+	now := time.Now()
+	return map[string]any{
+		"iss": i.Issuer, "sub": "user-1", "aud": clientID, "azp": clientID,
+		"exp": now.Add(time.Hour).Unix(), "iat": now.Unix(), "nonce": nonce,
+		"email": "user1@example.com", "email_verified": true, "name": "User One",
+		"groups": []string{"admins", "staff"},
+	}
+}
+
+// Sign signs claims RS256 with the newest key.
+func (i *IdP) Sign(claims map[string]any) string {
+	i.mu.Lock()
+	k := i.keys[len(i.keys)-1]
+	i.mu.Unlock()
+	return SignWith(jwa.RS256, k, k.KeyID(), claims)
+}
+
+// SignWith signs claims with any algorithm and key, and the given kid.
+func SignWith(alg jwa.SignatureAlgorithm, key any, kid string, claims map[string]any) string {
+	payload, _ := json.Marshal(claims)
+	hdr := jws.NewHeaders()
+	if kid != "" {
+		_ = hdr.Set(jws.KeyIDKey, kid)
+	}
+	out, err := jws.Sign(payload, jws.WithKey(alg, key, jws.WithProtectedHeaders(hdr)))
+	if err != nil {
+		panic(err)
+	}
+	return string(out)
+}
+
+// PublicKeyBytes returns the newest key's public half as JSON bytes: what a
+// confused verifier might take as an HMAC secret.
+func (i *IdP) PublicKeyBytes() []byte {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	pub, _ := i.keys[len(i.keys)-1].PublicKey()
+	b, _ := json.Marshal(pub)
+	return b
+}
+
+// Unsigned returns an "alg":"none" token.
+func Unsigned(claims map[string]any) string {
+	h := base64.RawURLEncoding.EncodeToString([]byte(`{"alg":"none","typ":"JWT"}`))
+	p, _ := json.Marshal(claims)
+	return h + "." + base64.RawURLEncoding.EncodeToString(p) + "."
+}
+
+// ForeignKey returns a fresh RSA key the IdP does not know.
+func ForeignKey(kid string) jwk.Key {
+	raw, _ := rsa.GenerateKey(rand.Reader, 2048)
+	k, _ := jwk.FromRaw(raw)
+	_ = k.Set(jwk.KeyIDKey, kid)
+	return k
+}
+
+// TokenResponse answers the token endpoint with these tokens.
+func TokenResponse(idToken string, extra map[string]any) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		body := map[string]any{"access_token": "at-" + idToken[len(idToken)-8:], "token_type": "Bearer", "expires_in": 300, "id_token": idToken}
+		for k, v := range extra {
+			body[k] = v
+		}
+		writeJSON(w, body)
+	}
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(v)
+}
