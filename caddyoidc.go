@@ -135,7 +135,23 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // Provision resolves secrets, applies defaults and takes the shared state
 // from the `oidc` app. It does no network I/O: discovery is fetched lazily.
 func (h *Handler) Provision(ctx caddy.Context) error {
-	h.logger = ctx.Logger()
+	if err := h.configure(ctx, ctx.Logger()); err != nil {
+		return err
+	}
+	appIface, err := ctx.App("oidc")
+	if err != nil {
+		return fmt.Errorf("oidc: loading the oidc app: %w", err)
+	}
+	app, ok := appIface.(*App)
+	if !ok {
+		return fmt.Errorf("oidc: the oidc app has unexpected type %T", appIface)
+	}
+	return h.attach(app)
+}
+
+// configure resolves secrets, applies defaults and validates the config.
+func (h *Handler) configure(ctx caddy.Context, logger *zap.Logger) error {
+	h.logger = logger
 	repl := caddy.NewReplacer()
 	h.Issuer = strings.TrimSpace(repl.ReplaceAll(h.Issuer, ""))
 	h.ClientID = repl.ReplaceAll(h.ClientID, "")
@@ -191,16 +207,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			return fmt.Errorf("oidc: exclude: %w", err)
 		}
 	}
-
-	appIface, err := ctx.App("oidc")
-	if err != nil {
-		return fmt.Errorf("oidc: loading the oidc app: %w", err)
-	}
-	app, ok := appIface.(*App)
-	if !ok {
-		return fmt.Errorf("oidc: the oidc app has unexpected type %T", appIface)
-	}
-	return h.attach(app)
+	return nil
 }
 
 // attach takes this handler's share of the app's state.

@@ -111,7 +111,7 @@ func (h *Handler) startLogin(w http.ResponseWriter, r *http.Request) error {
 		State:    randomToken(32),
 		Nonce:    randomToken(32),
 		Verifier: randomToken(32),
-		ReturnTo: safeReturnTo(r.URL.RequestURI()),
+		ReturnTo: returnTo(r),
 		Created:  time.Now().Unix(),
 	}
 	pt, _ := json.Marshal(a)
@@ -156,6 +156,15 @@ func (h *Handler) pruneAttempts(w http.ResponseWriter, r *http.Request) {
 	for _, n := range names {
 		session.Expire(w, n, h.secure(r))
 	}
+}
+
+// returnTo is where the user goes after login: this request's URI, when it
+// is unambiguously a path on this site.
+func returnTo(r *http.Request) string {
+	if strings.Contains(r.URL.Path, "\\") || strings.HasPrefix(r.URL.Path, "//") {
+		return "/"
+	}
+	return safeReturnTo(r.URL.RequestURI())
 }
 
 // safeReturnTo keeps only same-site targets: a local absolute path. Anything

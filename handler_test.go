@@ -1,0 +1,387 @@
+package caddyoidc
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/lestrrat-go/jwx/v2/jwa"
+	"go.uber.org/zap"
+
+	"github.com/caddy-oidc/caddy-oidc/internal/provider"
+	"github.com/caddy-oidc/caddy-oidc/internal/testidp"
+	"github.com/caddy-oidc/caddy-oidc/refresh"
+	"github.com/caddy-oidc/caddy-oidc/session"
+)
+
+const testSecret = "unit-test-session-secret-0123456789abcdef"
+
+// newTestHandler provisions a handler as Provision does, against a fake
+// IdP, without a running Caddy.
+func newTestHandler(t testing.TB, idp *testidp.IdP, mod func(h *Handler)) *Handler {
+	t.Helper()
+	h := &Handler{Issuer: idp.Issuer, ClientID: "app", ClientSecret: "s3cret", SessionSecret: []string{testSecret},
+		Header: map[string]string{"X-Auth-Email": "{http.auth.user.email}", "X-Auth-Groups": "{http.auth.user.groups}"}}
+	if mod != nil {
+		mod(h)
+	}
+	if err := h.configure(caddy.Context{}, zap.NewNop()); err != nil {
+		t.Fatal(err)
+	}
+	app := &App{coordinator: refresh.New[*refreshResult](refresh.Options{IsDefinitive: isDefinitive})}
+	t.Cleanup(app.coordinator.Close)
+	if err := h.attach(app); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = h.Cleanup() })
+	return h
+}
+
+// request makes a request with a Caddy replacer in its context, as Caddy's server does.
+func request(method, target string) *http.Request {
+	r := httptest.NewRequest(method, target, nil)
+	repl := caddy.NewReplacer()
+	ctx := context.WithValue(r.Context(), caddy.ReplacerCtxKey, repl)
+	return r.WithContext(ctx)
+}
+
+type recordNext struct {
+	called bool
+	req    *http.Request
+}
+
+func (n *recordNext) ServeHTTP(w http.ResponseWriter, r *http.Request) error {
+	n.called, n.req = true, r
+	w.WriteHeader(http.StatusOK)
+	return nil
+}
+
+func statusOf(err error, w *httptest.ResponseRecorder) int {
+	if he, ok := err.(caddyhttp.HandlerError); ok {
+		return he.StatusCode
+	}
+	return w.Code
+}
+
+// startLogin runs a browser request through the handler and returns the
+// attempt cookie and the authorization request's parameters.
+func startLogin(t *testing.T, h *Handler, target string) (*http.Cookie, url.Values) {
+	t.Helper()
+	w := httptest.NewRecorder()
+	if err := h.ServeHTTP(w, request("GET", target), &recordNext{}); err != nil {
+		t.Fatal(err)
+	}
+	if w.Code != http.StatusFound {
+		t.Fatalf("got %d, want 302 to the IdP", w.Code)
+	}
+	loc, _ := url.Parse(w.Header().Get("Location"))
+	cookies := w.Result().Cookies()
+	if len(cookies) != 1 {
+		t.Fatalf("want one attempt cookie, got %d", len(cookies))
+	}
+	return cookies[0], loc.Query()
+}
+
+func callback(h *Handler, attempt *http.Cookie, q url.Values) (*httptest.ResponseRecorder, error) {
+	r := request("GET", "/oauth2/callback?"+q.Encode())
+	r.AddCookie(attempt)
+	w := httptest.NewRecorder()
+	err := h.ServeHTTP(w, r, &recordNext{})
+	return w, err
+}
+
+func hasSessionCookie(w *httptest.ResponseRecorder) bool {
+	for _, c := range w.Result().Cookies() {
+		if c.Name == DefaultCookieName && c.MaxAge >= 0 && c.Value != "" {
+			return true
+		}
+	}
+	return false
+}
+
+func TestCallbackRefusesBadIDTokens(t *testing.T) {
+	idp := testidp.New()
+	defer idp.Close()
+	h := newTestHandler(t, idp, nil)
+	for name, mint := range map[string]func(nonce string) string{
+		"bad signature": func(n string) string {
+			return testidp.SignWith(jwa.RS256, testidp.ForeignKey("k1"), "k1", idp.Claims("app", n))
+		},
+		"wrong aud": func(n string) string {
+			c := idp.Claims("other", n)
+			return idp.Sign(c)
+		},
+		"expired": func(n string) string {
+			c := idp.Claims("app", n)
+			c["exp"] = time.Now().Add(-time.Hour).Unix()
+			return idp.Sign(c)
+		},
+		"wrong nonce": func(n string) string { return idp.Sign(idp.Claims("app", "not-"+n)) },
+		"alg none":    func(n string) string { return testidp.Unsigned(idp.Claims("app", n)) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			attempt, q := startLogin(t, h, "/page")
+			idp.OnToken(testidp.TokenResponse(mint(q.Get("nonce")), nil))
+			w, err := callback(h, attempt, url.Values{"code": {"c"}, "state": {q.Get("state")}})
+			if s := statusOf(err, w); s < 400 || s > 499 {
+				t.Errorf("got %d (%v), want a 4xx", s, err)
+			}
+			if hasSessionCookie(w) {
+				t.Error("a session cookie was set")
+			}
+		})
+	}
+	t.Run("valid token logs in and returns to the page", func(t *testing.T) {
+		attempt, q := startLogin(t, h, "/page?a=1")
+		if q.Get("redirect_uri") != "http://example.com/oauth2/callback" {
+			t.Errorf("redirect_uri %q, want the request's host", q.Get("redirect_uri"))
+		}
+		idp.OnToken(testidp.TokenResponse(idp.Sign(idp.Claims("app", q.Get("nonce"))), map[string]any{"refresh_token": "rt"}))
+		w, err := callback(h, attempt, url.Values{"code": {"c"}, "state": {q.Get("state")}, "iss": {idp.Issuer}})
+		if err != nil || w.Code != http.StatusFound || w.Header().Get("Location") != "/page?a=1" || !hasSessionCookie(w) {
+			t.Fatalf("got %d to %q (%v), session=%v", w.Code, w.Header().Get("Location"), err, hasSessionCookie(w))
+		}
+	})
+}
+
+func TestCallbackRequiresAnnouncedIss(t *testing.T) {
+	idp := testidp.New()
+	defer idp.Close()
+	idp.SetDiscovery("authorization_response_iss_parameter_supported", true)
+	h := newTestHandler(t, idp, nil)
+	attempt, q := startLogin(t, h, "/")
+	idp.OnToken(testidp.TokenResponse(idp.Sign(idp.Claims("app", q.Get("nonce"))), nil))
+	w, err := callback(h, attempt, url.Values{"code": {"c"}, "state": {q.Get("state")}})
+	if statusOf(err, w) != http.StatusBadRequest || idp.TokenHits.Load() != 0 {
+		t.Errorf("a callback without iss from an IdP that announces it: got %d, %d token calls", statusOf(err, w), idp.TokenHits.Load())
+	}
+}
+
+func TestSafeReturnTo(t *testing.T) {
+	for in, want := range map[string]string{
+		"/":                      "/",
+		"/a/b?c=d":               "/a/b?c=d",
+		"//evil.example":         "/",
+		"//evil.example/x":       "/",
+		"/\\evil.example":        "/",
+		"/\\/evil.example":       "/",
+		"https://evil.example/":  "/",
+		"javascript:alert(1)":    "/",
+		"":                       "/",
+		"evil.example":           "/",
+		"/ok\r\nSet-Cookie: x=y": "/",
+		"/%2F%2Fevil.example":    "/%2F%2Fevil.example",
+		"/path//double?next=//x": "/path//double?next=//x",
+	} {
+		if got := safeReturnTo(in); got != want {
+			t.Errorf("safeReturnTo(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestRawBackslashPathReturnsHome(t *testing.T) {
+	idp := testidp.New()
+	defer idp.Close()
+	h := newTestHandler(t, idp, nil)
+	r := request("GET", "/")
+	r.RequestURI = "/\\evil.example"
+	r.URL.Path = "/\\evil.example"
+	w := httptest.NewRecorder()
+	if err := h.ServeHTTP(w, r, &recordNext{}); err != nil {
+		t.Fatal(err)
+	}
+	c := w.Result().Cookies()[0]
+	pt, _, err := h.codec.Open(c.Name, c.Value)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var a attempt
+	_ = json.Unmarshal(pt, &a)
+	if a.ReturnTo != "/" {
+		t.Errorf("return-to %q, want /", a.ReturnTo)
+	}
+}
+
+// loggedIn returns a request carrying a valid session cookie for claims.
+func loggedIn(t testing.TB, h *Handler, claims map[string]any, mod func(s *session.Session)) *http.Request {
+	t.Helper()
+	now := time.Now()
+	s := session.New(claims, "idt", "at", "", time.Time{}, now)
+	if mod != nil {
+		mod(s)
+	}
+	w := httptest.NewRecorder()
+	r := request("GET", "/app")
+	if err := h.writeSession(w, r, s, now); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range w.Result().Cookies() {
+		r.AddCookie(c)
+	}
+	return r
+}
+
+func TestIdentityReachesNextHandler(t *testing.T) {
+	idp := testidp.New()
+	defer idp.Close()
+	h := newTestHandler(t, idp, func(h *Handler) { h.Header["X-Realm-Roles"] = "{http.auth.user.claims.realm_access.roles}" })
+	claims := map[string]any{"sub": "u1", "email": "u1@example.com", "groups": []any{"a", "b"},
+		"realm_access": map[string]any{"roles": []any{"r1", "r2"}}, "https://ns.example/tier": "gold"}
+	r := loggedIn(t, h, claims, nil)
+	r.Header.Set("X-Auth-Email", "forged@evil.example")
+	r.Header.Add("Cookie", "theme=dark")
+	next := &recordNext{}
+	w := httptest.NewRecorder()
+	if err := h.ServeHTTP(w, r, next); err != nil || !next.called {
+		t.Fatalf("authenticated request not passed on: %v", err)
+	}
+	got := next.req.Header
+	if got.Get("X-Auth-Email") != "u1@example.com" || len(got.Values("X-Auth-Email")) != 1 {
+		t.Errorf("X-Auth-Email %q", got.Values("X-Auth-Email"))
+	}
+	if got.Get("X-Auth-Groups") != "a,b" || got.Get("X-Realm-Roles") != "r1,r2" {
+		t.Errorf("groups %q, nested roles %q", got.Get("X-Auth-Groups"), got.Get("X-Realm-Roles"))
+	}
+	if ck := got.Get("Cookie"); ck != "theme=dark" {
+		t.Errorf("Cookie passed on: %q, want only the application's", ck)
+	}
+	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	for ph, want := range map[string]string{
+		"{http.auth.user.id}":                             "u1",
+		"{http.auth.user.email}":                          "u1@example.com",
+		"{http.auth.user.claims.https://ns.example/tier}": "gold",
+		"{http.auth.user.claims.missing}":                 "",
+	} {
+		if v := repl.ReplaceAll(ph, ""); v != want {
+			t.Errorf("%s = %q, want %q", ph, v, want)
+		}
+	}
+	if v, _ := repl.Get("http.auth.user.groups"); v.(ClaimList).String() != "a,b" {
+		t.Errorf("groups placeholder is %T %v, want a ClaimList", v, v)
+	}
+}
+
+func TestAllowRules(t *testing.T) {
+	idp := testidp.New()
+	defer idp.Close()
+	alice := map[string]any{"sub": "a1", "email": "Alice@Example.com", "email_verified": true, "groups": []any{"staff"}, "roles": []any{"editor"}}
+	unverified := map[string]any{"sub": "m1", "email": "mallory@example.com", "email_verified": false}
+	cases := []struct {
+		name   string
+		rules  func(h *Handler)
+		claims map[string]any
+		want   int
+	}{
+		{"no rules", func(h *Handler) {}, alice, 200},
+		{"user by email, any case", func(h *Handler) { h.AllowUsers = []string{"alice@example.com"} }, alice, 200},
+		{"user by sub", func(h *Handler) { h.AllowUsers = []string{"a1"} }, alice, 200},
+		{"other user", func(h *Handler) { h.AllowUsers = []string{"bob@example.com"} }, alice, 403},
+		{"domain", func(h *Handler) { h.AllowDomains = []string{"example.com"} }, alice, 200},
+		{"domain, unverified email", func(h *Handler) { h.AllowDomains = []string{"example.com"} }, unverified, 403},
+		{"user, unverified email", func(h *Handler) { h.AllowUsers = []string{"mallory@example.com"} }, unverified, 403},
+		{"group", func(h *Handler) { h.AllowGroups = []string{"admins", "staff"} }, alice, 200},
+		{"missing group", func(h *Handler) { h.AllowGroups = []string{"admins"} }, alice, 403},
+		{"role", func(h *Handler) { h.AllowRoles = []string{"editor"} }, alice, 200},
+		{"any rule admits", func(h *Handler) { h.AllowGroups = []string{"admins"}; h.AllowRoles = []string{"editor"} }, alice, 200},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newTestHandler(t, idp, tc.rules)
+			w := httptest.NewRecorder()
+			err := h.ServeHTTP(w, loggedIn(t, h, tc.claims, nil), &recordNext{})
+			if got := statusOf(err, w); got != tc.want {
+				t.Errorf("got %d, want %d", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestExpiredOrRotatedSessions(t *testing.T) {
+	idp := testidp.New()
+	defer idp.Close()
+	h := newTestHandler(t, idp, func(h *Handler) { h.SessionLifetime = caddy.Duration(time.Hour) })
+	old := loggedIn(t, h, map[string]any{"sub": "u"}, func(s *session.Session) { s.Created = time.Now().Add(-2 * time.Hour).Unix() })
+	old.Header.Set("Accept", "application/json")
+	w := httptest.NewRecorder()
+	if err := h.ServeHTTP(w, old, &recordNext{}); statusOf(err, w) != http.StatusUnauthorized {
+		t.Errorf("a session past its lifetime: got %d, want 401", statusOf(err, w))
+	}
+
+	// A cookie under the previous secret is accepted and re-issued under the new one.
+	r := loggedIn(t, h, map[string]any{"sub": "u"}, nil)
+	rotated := newTestHandler(t, idp, func(h *Handler) {
+		h.SessionSecret = []string{"a-brand-new-secret-a-brand-new-secret-42", testSecret}
+	})
+	w = httptest.NewRecorder()
+	if err := rotated.ServeHTTP(w, r, &recordNext{}); err != nil || w.Code != 200 {
+		t.Fatalf("a cookie under the older secret: %d %v", w.Code, err)
+	}
+	if !hasSessionCookie(w) {
+		t.Fatal("the cookie was not re-issued under the current secret")
+	}
+	c := w.Result().Cookies()[0]
+	if _, wasOld, err := rotated.codec.Open(c.Name, c.Value); err != nil || wasOld {
+		t.Errorf("re-issued cookie: rotated=%v err=%v, want sealed by the current secret", wasOld, err)
+	}
+}
+
+func TestChallengeKinds(t *testing.T) {
+	idp := testidp.New()
+	defer idp.Close()
+	h := newTestHandler(t, idp, func(h *Handler) { h.Exclude = []string{"/healthz", "/public/*"} })
+	for _, tc := range []struct {
+		method, path string
+		hdr          map[string]string
+		want         int
+	}{
+		{"GET", "/", nil, 302},
+		{"GET", "/", map[string]string{"Sec-Fetch-Mode": "navigate", "Accept": "text/html"}, 302},
+		{"GET", "/api", map[string]string{"Accept": "application/json"}, 401},
+		{"GET", "/api", map[string]string{"X-Requested-With": "XMLHttpRequest"}, 401},
+		{"GET", "/api", map[string]string{"Sec-Fetch-Mode": "cors"}, 401},
+		{"POST", "/form", nil, 401},
+		{"GET", "/healthz", nil, 200},
+		{"GET", "/public/a.css", nil, 200},
+		{"GET", "/oauth2/backchannel_logout", nil, 501},
+	} {
+		r := request(tc.method, tc.path)
+		for k, v := range tc.hdr {
+			r.Header.Set(k, v)
+		}
+		w := httptest.NewRecorder()
+		err := h.ServeHTTP(w, r, &recordNext{})
+		if got := statusOf(err, w); got != tc.want {
+			t.Errorf("%s %s %v: got %d, want %d", tc.method, tc.path, tc.hdr, got, tc.want)
+		}
+		if tc.want == 401 && !strings.HasPrefix(w.Header().Get("WWW-Authenticate"), "Bearer") {
+			t.Errorf("%s %s: 401 without WWW-Authenticate", tc.method, tc.path)
+		}
+	}
+}
+
+func TestIdPDownAtLoginIs503(t *testing.T) {
+	h := &Handler{Issuer: "http://127.0.0.1:1", ClientID: "app", SessionSecret: []string{testSecret}}
+	if err := h.configure(caddy.Context{}, zap.NewNop()); err != nil {
+		t.Fatal(err)
+	}
+	app := &App{coordinator: refresh.New[*refreshResult](refresh.Options{})}
+	defer app.coordinator.Close()
+	if err := h.attach(app); err != nil {
+		t.Fatal(err)
+	}
+	defer h.Cleanup()
+	w := httptest.NewRecorder()
+	err := h.ServeHTTP(w, request("GET", "/"), &recordNext{})
+	if statusOf(err, w) != http.StatusServiceUnavailable || w.Header().Get("Retry-After") == "" {
+		t.Errorf("got %d, want 503 with Retry-After", statusOf(err, w))
+	}
+}
+
+var _ = provider.ErrInvalidToken
