@@ -1,0 +1,161 @@
+package caddyoidc
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files")
+
+func adapt(t *testing.T, src string) ([]byte, error) {
+	t.Helper()
+	out, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(src), nil)
+	return out, err
+}
+
+// TestGoldenAdapt keeps Caddyfile.example and the parser in step: every
+// snippet a user copies adapts to the JSON in testdata.
+func TestGoldenAdapt(t *testing.T) {
+	files := []string{"Caddyfile.example"}
+	extra, _ := filepath.Glob("testdata/*.caddyfile")
+	files = append(files, extra...)
+	for _, f := range files {
+		t.Run(f, func(t *testing.T) {
+			src, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out, err := adapt(t, string(src))
+			if err != nil {
+				t.Fatalf("adapting %s: %v", f, err)
+			}
+			var pretty bytes.Buffer
+			_ = json.Indent(&pretty, out, "", "\t")
+			golden := filepath.Join("testdata", strings.TrimSuffix(filepath.Base(f), ".caddyfile")+".json")
+			if *update {
+				if err := os.WriteFile(golden, pretty.Bytes(), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want, err := os.ReadFile(golden)
+			if err != nil {
+				t.Fatalf("%v (run go test -run TestGoldenAdapt -update)", err)
+			}
+			if !bytes.Equal(bytes.TrimSpace(pretty.Bytes()), bytes.TrimSpace(want)) {
+				t.Errorf("%s adapts to:\n%s\nwant (%s):\n%s", f, pretty.String(), golden, want)
+			}
+		})
+	}
+}
+
+func TestCaddyfileErrors(t *testing.T) {
+	for name, tc := range map[string]struct{ src, want string }{
+		"unknown subdirective": {"oidc {\n issuer https://idp\n colour blue\n}", `unrecognized subdirective "colour"`},
+		"header needs two":     {"oidc {\n header X-A\n}", "header takes a name and a value"},
+		"bad duration":         {"oidc {\n session_lifetime soon\n}", "session_lifetime"},
+		"two issuers":          {"oidc {\n issuer a b\n}", "issuer takes exactly one value"},
+		"missing value":        {"oidc {\n client_id\n}", "wrong argument count"},
+		"inline argument":      {"oidc https://idp", "wrong argument count"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			var h Handler
+			err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tc.src))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("got %v, want an error containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestCaddyfileAllFields(t *testing.T) {
+	var h Handler
+	err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(`oidc {
+		issuer https://idp.example.com/realms/main
+		client_id my-app
+		client_secret s
+		redirect_uri /cb
+		scopes openid email
+		session_secret one two
+		session_store cookie
+		session_lifetime 8h
+		session_idle_timeout 30m
+		cookie_name app_sess
+		logout_path /out
+		post_logout_redirect_uri https://app.example.com/
+		backchannel_logout_path /bcl
+		refresh_before 2m
+		clock_skew 30s
+		allow_users a@example.com sub-1
+		allow_domains example.com
+		allow_groups admins
+		allow_roles editor
+		exclude /healthz /public/*
+		header X-Auth-Email {http.auth.user.email}
+	}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := json.Marshal(h)
+	want := `{"issuer":"https://idp.example.com/realms/main","client_id":"my-app","client_secret":"s","redirect_uri":"/cb","scopes":["openid","email"],"session_secret":["one","two"],"session_store":"cookie","logout_path":"/out","post_logout_redirect_uri":"https://app.example.com/","backchannel_logout_path":"/bcl","allow_users":["a@example.com","sub-1"],"allow_domains":["example.com"],"allow_groups":["admins"],"allow_roles":["editor"],"exclude":["/healthz","/public/*"],"header":{"X-Auth-Email":"{http.auth.user.email}"},"session_lifetime":28800000000000,"session_idle_timeout":1800000000000,"refresh_before":120000000000,"clock_skew":30000000000,"cookie_name":"app_sess"}`
+	if string(got) != want {
+		t.Errorf("JSON:\n%s\nwant:\n%s", got, want)
+	}
+}
+
+// TestBadConfigFailsAtLoad runs each bad config through Caddy's own
+// validation (what `caddy validate` and a reload do): it must fail with an
+// error naming the field.
+func TestBadConfigFailsAtLoad(t *testing.T) {
+	const good = "issuer https://idp.example.com\n client_id app\n session_secret " + testSecret + "\n"
+	for name, tc := range map[string]struct{ body, want string }{
+		"missing issuer":       {"client_id app\n session_secret " + testSecret, "issuer is required"},
+		"missing client_id":    {"issuer https://idp.example.com\n session_secret " + testSecret, "client_id is required"},
+		"missing secret":       {"issuer https://idp.example.com\n client_id app", "session_secret is required"},
+		"short secret":         {"issuer https://idp.example.com\n client_id app\n session_secret short", "session_secret #1 is 5 bytes"},
+		"short older secret":   {"issuer https://idp.example.com\n client_id app\n session_secret " + testSecret + " tiny", "session_secret #2"},
+		"empty env secret":     {"issuer https://idp.example.com\n client_id app\n session_secret {env.CADDY_OIDC_SURELY_UNSET}", "session_secret #1 is empty"},
+		"relative issuer":      {"issuer idp.example.com\n client_id app\n session_secret " + testSecret, "issuer"},
+		"no openid scope":      {good + " scopes profile", "must include openid"},
+		"cache store":          {good + " session_store cache", "session_store"},
+		"unknown store":        {good + " session_store disk", "session_store"},
+		"bad redirect_uri":     {good + " redirect_uri //evil.example/cb", "redirect_uri"},
+		"logout is callback":   {good + " logout_path /oauth2/callback", "logout_path"},
+		"bad post-logout":      {good + " post_logout_redirect_uri javascript:x", "post_logout_redirect_uri"},
+		"bad cookie name":      {good + " cookie_name __Host-x", "cookie_name"},
+		"unknown subdirective": {good + " colour blue", "colour"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			out, err := adapt(t, "http://localhost:9999 {\n oidc {\n "+tc.body+"\n }\n}\n")
+			if err == nil {
+				var cfg caddy.Config
+				if err = json.Unmarshal(out, &cfg); err == nil {
+					err = caddy.Validate(&cfg)
+				}
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("got %v, want an error containing %q", err, tc.want)
+			}
+		})
+	}
+	// And the good config validates without any network access.
+	out, err := adapt(t, "http://localhost:9999 {\n oidc {\n "+good+"\n }\n}\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg caddy.Config
+	_ = json.Unmarshal(out, &cfg)
+	if err := caddy.Validate(&cfg); err != nil {
+		t.Errorf("a good config failed validation: %v", err)
+	}
+}
