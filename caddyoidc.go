@@ -36,6 +36,10 @@ const (
 	DefaultClockSkew             = 60 * time.Second
 )
 
+// decodedSessionCacheSize bounds each route's cache of opened session
+// cookies: about 5 KB each for a typical session, so a few MB at most.
+const decodedSessionCacheSize = 1024
+
 // DefaultScopes are requested when `scopes` is not set.
 var DefaultScopes = []string{"openid", "profile", "email"}
 
@@ -113,6 +117,7 @@ type Handler struct {
 	app           *App
 	prov          *provider.Provider
 	codec         *session.Codec
+	decoded       *session.DecodedCache
 	client        provider.Client
 	callbackPath  string
 	absRedirect   bool
@@ -195,6 +200,7 @@ func (h *Handler) configure(ctx caddy.Context, logger *zap.Logger) error {
 		return fmt.Errorf("oidc: session_secret: %w; generate one with: openssl rand -base64 48", err)
 	}
 	h.codec = codec
+	h.decoded = session.NewDecodedCache(decodedSessionCacheSize)
 	h.client = provider.Client{ID: h.ClientID, Secret: h.ClientSecret}
 	h.secureDefault = strings.HasPrefix(h.RedirectURI, "https://")
 	for name, value := range h.Header {

@@ -385,3 +385,20 @@ func TestIdPDownAtLoginIs503(t *testing.T) {
 }
 
 var _ = provider.ErrInvalidToken
+
+func TestCookieOfAnotherRouteIsRefused(t *testing.T) {
+	idp := testidp.New()
+	defer idp.Close()
+	a := newTestHandler(t, idp, nil)
+	b := newTestHandler(t, idp, func(h *Handler) { h.SessionSecret = []string{"route-b-secret-route-b-secret-route-b-00"} })
+	r := loggedIn(t, a, map[string]any{"sub": "u"}, nil)
+	// Route A has the session decoded and cached; route B must still refuse it.
+	if err := a.ServeHTTP(httptest.NewRecorder(), r.Clone(r.Context()), &recordNext{}); err != nil {
+		t.Fatal(err)
+	}
+	r.Header.Set("Accept", "application/json")
+	w := httptest.NewRecorder()
+	if err := b.ServeHTTP(w, r, &recordNext{}); statusOf(err, w) != http.StatusUnauthorized {
+		t.Errorf("route B accepted route A's cookie: %d", statusOf(err, w))
+	}
+}

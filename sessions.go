@@ -31,15 +31,27 @@ func (h *Handler) loadSession(r *http.Request, now time.Time) (s *session.Sessio
 	if !ok {
 		return nil, false
 	}
-	pt, rotated, err := h.codec.Open(name, v)
-	if err != nil {
+	s, cached := h.decoded.Get(v)
+	if !cached {
+		pt, rotated, err := h.codec.Open(name, v)
+		if err != nil {
+			return nil, false
+		}
+		if s, err = session.Unmarshal(pt); err != nil {
+			return nil, false
+		}
+		if rotated {
+			reissue = true
+		} else {
+			// Cache a private copy: the caller may change s.
+			cp := *s
+			h.decoded.Put(v, &cp)
+		}
+	}
+	if s.Expired(now, time.Duration(h.SessionLifetime), time.Duration(h.SessionIdleTimeout)) {
 		return nil, false
 	}
-	s, err = session.Unmarshal(pt)
-	if err != nil || s.Expired(now, time.Duration(h.SessionLifetime), time.Duration(h.SessionIdleTimeout)) {
-		return nil, false
-	}
-	return s, rotated
+	return s, reissue
 }
 
 // writeSession seals s into the session cookie, which lives as long as the
