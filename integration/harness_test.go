@@ -85,6 +85,8 @@ type env struct {
 	admin    string
 	cmd      *exec.Cmd
 	logs     *syncBuffer
+	// caddyfile is the config file Caddy was started with.
+	caddyfile string
 }
 
 // syncBuffer collects Caddy's output, written by exec's copying goroutine
@@ -166,6 +168,7 @@ func (e *env) start(cfg string) {
 	t := e.t
 	dir := t.TempDir()
 	path := filepath.Join(dir, "Caddyfile")
+	e.caddyfile = path
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -88,6 +88,9 @@ func Start(o Options) (*IdP, error) {
 	}
 	router := exampleop.SetupServer(issuer, s, nil, false)
 	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/.well-known/openid-configuration" {
+			s.discoveryHits.Add(1)
+		}
 		if s.tokenDown.Load() && r.URL.Path == "/oauth/token" {
 			http.Error(w, "temporarily down", http.StatusServiceUnavailable)
 			return
@@ -115,6 +118,9 @@ func (i *IdP) RefreshGrants() int64 { return i.store.refreshGrants.Load() }
 // RefusedRefreshGrants counts refresh grants refused (a reused or unknown refresh token).
 func (i *IdP) RefusedRefreshGrants() int64 { return i.store.refusedRefresh.Load() }
 
+// DiscoveryFetches counts requests for the discovery document.
+func (i *IdP) DiscoveryFetches() int64 { return i.store.discoveryHits.Load() }
+
 // SetRefreshDelay makes every refresh grant wait d before it is answered.
 func (i *IdP) SetRefreshDelay(d time.Duration) { i.store.refreshDelay.Store(int64(d)) }
 
@@ -129,6 +135,7 @@ type store struct {
 	client    *devClient
 
 	codeGrants, refreshGrants, refusedRefresh atomic.Int64
+	discoveryHits                             atomic.Int64
 	refreshDelay                              atomic.Int64
 	tokenDown                                 atomic.Bool
 }
