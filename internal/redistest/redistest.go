@@ -1,0 +1,91 @@
+// Package redistest gives tests real Valkey-protocol servers: the machine's
+// Redis at 127.0.0.1:6379, or a redis-server of the test's own on a free
+// port that the test can kill and restart. Under CI=true a missing server
+// fails the test instead of skipping it.
+package redistest
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"testing"
+	"time"
+)
+
+// Shared returns the address of the machine's Redis (127.0.0.1:6379).
+func Shared(t testing.TB) string {
+	t.Helper()
+	const addr = "127.0.0.1:6379"
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		missing(t, "no Redis at "+addr+" (start one: redis-server --daemonize yes)")
+	}
+	c.Close()
+	return addr
+}
+
+func missing(t testing.TB, why string) {
+	t.Helper()
+	if os.Getenv("CI") == "true" {
+		t.Fatal(why)
+	}
+	t.Skip(why)
+}
+
+// Server is a redis-server owned by one test.
+type Server struct {
+	t    testing.TB
+	Addr string
+	Port int
+	dir  string
+	cmd  *exec.Cmd
+	args []string
+}
+
+// Start runs redis-server on a free port; it is killed when the test ends.
+func Start(t testing.TB, extra ...string) *Server {
+	t.Helper()
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		missing(t, "redis-server is not installed (apt-get install redis-server)")
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	s := &Server{t: t, Port: port, Addr: fmt.Sprintf("127.0.0.1:%d", port), dir: t.TempDir()}
+	s.args = append([]string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", s.dir}, extra...)
+	s.Restart()
+	t.Cleanup(s.Kill)
+	return s
+}
+
+// Restart starts the server again on the same port (after Kill).
+func (s *Server) Restart() {
+	s.t.Helper()
+	s.cmd = exec.Command("redis-server", s.args...)
+	if err := s.cmd.Start(); err != nil {
+		s.t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if c, err := net.DialTimeout("tcp", s.Addr, 200*time.Millisecond); err == nil {
+			c.Close()
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	s.t.Fatalf("redis-server on %s did not start", s.Addr)
+}
+
+// Kill stops the server at once (SIGKILL), as a crash would.
+func (s *Server) Kill() {
+	if s.cmd != nil && s.cmd.Process != nil {
+		_ = s.cmd.Process.Kill()
+		_ = s.cmd.Wait()
+		s.cmd = nil
+	}
+}
