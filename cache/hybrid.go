@@ -214,11 +214,18 @@ func (h *Hybrid) onSubscribed(c valkey.Client) {
 	}
 	dirty := h.l1.Flush()
 	for _, e := range dirty {
-		ctx, cancel := context.WithTimeout(h.ctx, h.opts.Timeout*4)
-		err := h.write(ctx, c, e.Key, e.Value, e.TTL)
-		cancel()
+		var err error
+		for range 5 {
+			ctx, cancel := context.WithTimeout(h.ctx, h.opts.Timeout*4)
+			err = h.write(ctx, c, e.Key, e.Value, e.TTL)
+			cancel()
+			if err == nil || !h.sleep(50*time.Millisecond) {
+				break
+			}
+		}
 		if err != nil {
 			h.l1.set(e.Key, e.Value, e.TTL, true)
+			h.noteError("writing back", err)
 		}
 	}
 	h.subscribed.Store(true)
