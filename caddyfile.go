@@ -1,7 +1,11 @@
 package caddyoidc
 
 import (
+	"fmt"
+	"strconv"
+
 	"github.com/caddyserver/caddy/v2"
+	"github.com/dustin/go-humanize"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
@@ -126,10 +130,22 @@ func (h *Handler) durationField(name string) *caddy.Duration {
 // parseGlobalOption sets up the `oidc` app from the global option. Syntax:
 //
 //	{
-//		oidc
+//		oidc {
+//			cache memory|valkey {
+//				address         <host:port...>
+//				username        <name>
+//				password        <password>
+//				db              <n>
+//				key_prefix      <prefix>
+//				tls
+//				tls_server_name <name>
+//				sentinel_master <name>
+//				timeout         <duration>
+//				l1_max_bytes    <size>
+//				l1_max_entries  <n>
+//			}
+//		}
 //	}
-//
-// The app runs on memory alone; its block takes no options in this build.
 func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 	app := new(App)
 	d.Next() // the option's name
@@ -137,9 +153,107 @@ func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 		return nil, d.ArgErr()
 	}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		return nil, d.Errf("unrecognized oidc global option %q", d.Val())
+		switch d.Val() {
+		case "cache":
+			if app.Cache != nil {
+				return nil, d.Err("cache is configured twice")
+			}
+			c, err := parseCache(d)
+			if err != nil {
+				return nil, err
+			}
+			app.Cache = c
+		default:
+			return nil, d.Errf("unrecognized oidc global option %q", d.Val())
+		}
 	}
 	return httpcaddyfile.App{Name: "oidc", Value: caddyconfig.JSON(app, nil)}, nil
+}
+
+func parseCache(d *caddyfile.Dispenser) (*CacheConfig, error) {
+	c := new(CacheConfig)
+	if !d.NextArg() {
+		return nil, d.Err("cache needs a backend: memory or valkey")
+	}
+	c.Backend = d.Val()
+	if c.Backend != "memory" && c.Backend != "valkey" {
+		return nil, d.Errf("cache backend %q is unknown; use memory or valkey", c.Backend)
+	}
+	if d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		field := d.Val()
+		if c.Backend == "memory" && field != "l1_max_bytes" && field != "l1_max_entries" {
+			return nil, d.Errf("cache memory takes only l1_max_bytes and l1_max_entries, not %q", field)
+		}
+		switch field {
+		case "address":
+			c.Address = append(c.Address, d.RemainingArgs()...)
+			if len(c.Address) == 0 {
+				return nil, d.ArgErr()
+			}
+		case "tls":
+			if d.NextArg() {
+				return nil, d.ArgErr()
+			}
+			c.TLS = true
+		case "username", "password", "key_prefix", "tls_server_name", "sentinel_master", "db", "timeout", "l1_max_bytes", "l1_max_entries":
+			if !d.NextArg() {
+				return nil, d.ArgErr()
+			}
+			v := d.Val()
+			if d.NextArg() {
+				return nil, d.Errf("%s takes exactly one value", field)
+			}
+			if err := c.set(field, v); err != nil {
+				return nil, d.Errf("%s: %v", field, err)
+			}
+		default:
+			return nil, d.Errf("unrecognized cache subdirective %q", field)
+		}
+	}
+	return c, nil
+}
+
+func (c *CacheConfig) set(field, v string) error {
+	switch field {
+	case "username":
+		c.Username = v
+	case "password":
+		c.Password = v
+	case "key_prefix":
+		c.KeyPrefix = v
+	case "tls_server_name":
+		c.TLSServerName = v
+	case "sentinel_master":
+		c.SentinelMaster = v
+	case "db":
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			return fmt.Errorf("%q is not a database number", v)
+		}
+		c.DB = n
+	case "timeout":
+		dur, err := caddy.ParseDuration(v)
+		if err != nil {
+			return err
+		}
+		c.Timeout = caddy.Duration(dur)
+	case "l1_max_bytes":
+		n, err := humanize.ParseBytes(v)
+		if err != nil || n == 0 {
+			return fmt.Errorf("%q is not a size (e.g. 64MiB)", v)
+		}
+		c.L1MaxBytes = int64(n)
+	case "l1_max_entries":
+		n, err := strconv.Atoi(v)
+		if err != nil || n <= 0 {
+			return fmt.Errorf("%q is not a positive number", v)
+		}
+		c.L1MaxEntries = n
+	}
+	return nil
 }
 
 // Interface guards

@@ -127,7 +127,6 @@ func TestBadConfigFailsAtLoad(t *testing.T) {
 		"empty env secret":     {"issuer https://idp.example.com\n client_id app\n session_secret {env.CADDY_OIDC_SURELY_UNSET}", "session_secret #1 is empty"},
 		"relative issuer":      {"issuer idp.example.com\n client_id app\n session_secret " + testSecret, "issuer"},
 		"no openid scope":      {good + " scopes profile", "must include openid"},
-		"cache store":          {good + " session_store cache", "session_store"},
 		"unknown store":        {good + " session_store disk", "session_store"},
 		"bad redirect_uri":     {good + " redirect_uri //evil.example/cb", "redirect_uri"},
 		"logout is callback":   {good + " logout_path /oauth2/callback", "logout_path"},
@@ -157,5 +156,34 @@ func TestBadConfigFailsAtLoad(t *testing.T) {
 	_ = json.Unmarshal(out, &cfg)
 	if err := caddy.Validate(&cfg); err != nil {
 		t.Errorf("a good config failed validation: %v", err)
+	}
+}
+
+func TestGlobalOptionErrors(t *testing.T) {
+	for name, tc := range map[string]struct{ src, want string }{
+		"no backend":        {"{\n oidc {\n cache\n }\n}\n", "cache needs a backend"},
+		"unknown backend":   {"{\n oidc {\n cache disk\n }\n}\n", `cache backend "disk" is unknown`},
+		"memory with addr":  {"{\n oidc {\n cache memory {\n address x:1\n }\n }\n}\n", "cache memory takes only"},
+		"bad size":          {"{\n oidc {\n cache valkey {\n address a:1\n l1_max_bytes lots\n }\n }\n}\n", "l1_max_bytes"},
+		"bad db":            {"{\n oidc {\n cache valkey {\n address a:1\n db -1\n }\n }\n}\n", "db"},
+		"unknown option":    {"{\n oidc {\n colour blue\n }\n}\n", `unrecognized oidc global option "colour"`},
+		"unknown cache sub": {"{\n oidc {\n cache valkey {\n address a:1\n pool 3\n }\n }\n}\n", `unrecognized cache subdirective "pool"`},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := adapt(t, tc.src+"http://localhost:9999 {\n respond ok\n}\n")
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("got %v, want an error containing %q", err, tc.want)
+			}
+		})
+	}
+	// Valkey without an address fails at load, naming the field.
+	out, err := adapt(t, "{\n oidc {\n cache valkey\n }\n}\nhttp://localhost:9999 {\n respond ok\n}\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg caddy.Config
+	_ = json.Unmarshal(out, &cfg)
+	if err := caddy.Validate(&cfg); err == nil || !strings.Contains(err.Error(), "address is required") {
+		t.Errorf("valkey without address: got %v", err)
 	}
 }

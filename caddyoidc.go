@@ -17,7 +17,9 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
+	"github.com/caddy-oidc/caddy-oidc/cache"
 	"github.com/caddy-oidc/caddy-oidc/internal/provider"
+	"github.com/caddy-oidc/caddy-oidc/refresh"
 	"github.com/caddy-oidc/caddy-oidc/session"
 )
 
@@ -72,9 +74,10 @@ type Handler struct {
 	// open, so an older secret listed after the new one keeps sessions alive
 	// during a rotation. Each at least 32 bytes. Required.
 	SessionSecret []string `json:"session_secret,omitempty"`
-	// SessionStore is where sessions live: "cookie" (encrypted, chunked).
-	// Default: cookie. "cache" (server-side sessions) needs the shared cache,
-	// which this build does not have yet.
+	// SessionStore is where sessions live: "cookie" (the whole session in
+	// encrypted, chunked cookies) or "cache" (an opaque id in the cookie, the
+	// session, encrypted, in the oidc app's shared cache, so any replica
+	// sharing the Valkey serves it). Default: cookie.
 	SessionStore string `json:"session_store,omitempty"`
 	// LogoutPath ends the session and logs out at the IdP (POST, or a
 	// same-origin GET). Default: /oauth2/logout.
@@ -115,6 +118,9 @@ type Handler struct {
 	CookieName string `json:"cookie_name,omitempty"`
 
 	app           *App
+	coordinator   *refresh.Coordinator[*refreshResult]
+	store         cache.Store
+	stats         *cache.Stats
 	prov          *provider.Provider
 	codec         *session.Codec
 	decoded       *session.DecodedCache
@@ -219,6 +225,10 @@ func (h *Handler) configure(ctx caddy.Context, logger *zap.Logger) error {
 // attach takes this handler's share of the app's state.
 func (h *Handler) attach(app *App) error {
 	h.app = app
+	// Keep the shared objects themselves: an old handler may still serve a
+	// request after its app was cleaned up, and these outlive it.
+	h.coordinator = app.coordinator
+	h.store, h.stats = app.caches.store, app.caches.stats
 	prov, err := app.provider(h.Issuer)
 	if err != nil {
 		return fmt.Errorf("oidc: issuer %s: %w", h.Issuer, err)
@@ -255,7 +265,6 @@ func (h *Handler) check(secrets []string) error {
 	switch h.SessionStore {
 	case "cookie":
 	case "cache":
-		return errors.New(`oidc: session_store "cache" is not available in this build yet; use "cookie"`)
 	default:
 		return fmt.Errorf("oidc: session_store %q is unknown; use cookie or cache", h.SessionStore)
 	}
@@ -336,7 +345,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 
 	now := time.Now()
-	sess, reissue := h.loadSession(r, now)
+	sess, reissue, err := h.loadSession(r, now)
+	if err != nil {
+		// The shared cache cannot say whether this session exists: neither
+		// a login redirect (a loop) nor a deletion, but a retry.
+		w.Header().Set("Retry-After", "5")
+		return caddyhttp.Error(http.StatusServiceUnavailable, err)
+	}
 	if sess == nil {
 		return h.challenge(w, r, "")
 	}
@@ -346,7 +361,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			reissue = true
 		case isDefinitive(err):
 			h.logger.Info("refresh token refused by the IdP; session ended", zap.String("sub", sess.Subject()), zap.Error(err))
-			session.ClearChunked(w, r, h.sessionCookieName(r), h.secure(r))
+			h.endSession(w, r, sess)
 			return h.challenge(w, r, "invalid_token")
 		case sess.AccessExpiry != 0 && now.Unix() >= sess.AccessExpiry:
 			// The IdP cannot be reached and the access token is gone: keep
@@ -381,3 +396,5 @@ var (
 	_ caddy.CleanerUpper          = (*Handler)(nil)
 	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
 )
+
+func timeDuration(d caddy.Duration) time.Duration { return time.Duration(d) }

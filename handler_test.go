@@ -3,6 +3,7 @@ package caddyoidc
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -15,6 +16,7 @@ import (
 	"github.com/lestrrat-go/jwx/v2/jwa"
 	"go.uber.org/zap"
 
+	"github.com/caddy-oidc/caddy-oidc/cache"
 	"github.com/caddy-oidc/caddy-oidc/internal/provider"
 	"github.com/caddy-oidc/caddy-oidc/internal/testidp"
 	"github.com/caddy-oidc/caddy-oidc/refresh"
@@ -35,13 +37,21 @@ func newTestHandler(t testing.TB, idp *testidp.IdP, mod func(h *Handler)) *Handl
 	if err := h.configure(caddy.Context{}, zap.NewNop()); err != nil {
 		t.Fatal(err)
 	}
-	app := &App{coordinator: refresh.New[*refreshResult](refresh.Options{IsDefinitive: isDefinitive})}
-	t.Cleanup(app.coordinator.Close)
+	app := newTestApp(t)
 	if err := h.attach(app); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = h.Cleanup() })
 	return h
+}
+
+// newTestApp is an oidc app on memory alone, as without configuration.
+func newTestApp(t testing.TB) *App {
+	t.Helper()
+	set, _ := newCacheSet(CacheConfig{Backend: "memory", L1MaxBytes: 1 << 20, L1MaxEntries: 1000})
+	app := &App{coordinator: refresh.New[*refreshResult](refresh.Options{IsDefinitive: isDefinitive}), caches: set}
+	t.Cleanup(app.coordinator.Close)
+	return app
 }
 
 // request makes a request with a Caddy replacer in its context, as Caddy's server does.
@@ -371,8 +381,7 @@ func TestIdPDownAtLoginIs503(t *testing.T) {
 	if err := h.configure(caddy.Context{}, zap.NewNop()); err != nil {
 		t.Fatal(err)
 	}
-	app := &App{coordinator: refresh.New[*refreshResult](refresh.Options{})}
-	defer app.coordinator.Close()
+	app := newTestApp(t)
 	if err := h.attach(app); err != nil {
 		t.Fatal(err)
 	}
@@ -400,5 +409,80 @@ func TestCookieOfAnotherRouteIsRefused(t *testing.T) {
 	w := httptest.NewRecorder()
 	if err := b.ServeHTTP(w, r, &recordNext{}); statusOf(err, w) != http.StatusUnauthorized {
 		t.Errorf("route B accepted route A's cookie: %d", statusOf(err, w))
+	}
+}
+
+// failingStore is a shared cache that is down.
+type failingStore struct{}
+
+func (failingStore) Get(context.Context, string) ([]byte, bool, error) {
+	return nil, false, cache.ErrUnavailable
+}
+func (failingStore) Set(context.Context, string, []byte, time.Duration) error {
+	return cache.ErrUnavailable
+}
+func (failingStore) Delete(context.Context, string) error { return cache.ErrUnavailable }
+
+func TestCacheStoreSessions(t *testing.T) {
+	idp := testidp.New()
+	defer idp.Close()
+	h := newTestHandler(t, idp, func(h *Handler) { h.SessionStore = "cache" })
+
+	attempt, q := startLogin(t, h, "/")
+	claims := idp.Claims("app", q.Get("nonce"))
+	groups := make([]string, 300)
+	for i := range groups {
+		groups[i] = fmt.Sprintf("group-with-a-long-name-%03d", i)
+	}
+	claims["groups"] = groups
+	idp.OnToken(testidp.TokenResponse(idp.Sign(claims), map[string]any{"refresh_token": "rt"}))
+	w, err := callback(h, attempt, url.Values{"code": {"c"}, "state": {q.Get("state")}})
+	if err != nil || !hasSessionCookie(w) {
+		t.Fatalf("login: %d %v", w.Code, err)
+	}
+	var sc *http.Cookie
+	for _, c := range w.Result().Cookies() {
+		if c.Name == DefaultCookieName {
+			sc = c
+		}
+	}
+	if n := len(sc.Name) + 1 + len(sc.Value); n >= 200 {
+		t.Errorf("cache-store cookie is %d bytes with 300 groups, want under 200", n)
+	}
+
+	r := request("GET", "/app")
+	r.AddCookie(sc)
+	next := &recordNext{}
+	if err := h.ServeHTTP(httptest.NewRecorder(), r, next); err != nil || !next.called {
+		t.Fatalf("request with the cache-store cookie: %v", err)
+	}
+	if g := next.req.Header.Get("X-Auth-Groups"); !strings.HasPrefix(g, "group-with-a-long-name-000,") {
+		t.Errorf("groups from the cached session: %.60q", g)
+	}
+
+	// The shared cache down and the session not in L1: 503, cookie kept.
+	down := newTestHandler(t, idp, func(h *Handler) { h.SessionStore = "cache" })
+	down.store = failingStore{}
+	r = request("GET", "/app")
+	r.AddCookie(sc)
+	w = httptest.NewRecorder()
+	err = down.ServeHTTP(w, r, &recordNext{})
+	if statusOf(err, w) != http.StatusServiceUnavailable || w.Header().Get("Retry-After") == "" || len(w.Result().Cookies()) != 0 {
+		t.Errorf("store down: got %d, Retry-After %q, %d cookies; want 503, Retry-After, cookie untouched",
+			statusOf(err, w), w.Header().Get("Retry-After"), len(w.Result().Cookies()))
+	}
+
+	// Logout deletes the session from the store: the old cookie is dead.
+	r = request("POST", "/oauth2/logout")
+	r.AddCookie(sc)
+	if err := h.ServeHTTP(httptest.NewRecorder(), r, &recordNext{}); err != nil {
+		t.Fatal(err)
+	}
+	r = request("GET", "/app")
+	r.AddCookie(sc)
+	r.Header.Set("Accept", "application/json")
+	w = httptest.NewRecorder()
+	if err := h.ServeHTTP(w, r, &recordNext{}); statusOf(err, w) != http.StatusUnauthorized {
+		t.Errorf("after logout the old cookie got %d, want 401", statusOf(err, w))
 	}
 }

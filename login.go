@@ -268,6 +268,7 @@ func (h *Handler) serveCallback(w http.ResponseWriter, r *http.Request) error {
 	if err := h.writeSession(w, r, sess, now); err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
+	h.stats.SessionsCreated.Add(1)
 	h.logger.Info("login", zap.String("sub", sess.Subject()))
 	http.Redirect(w, r, safeReturnTo(a.ReturnTo), http.StatusFound)
 	return nil

@@ -9,8 +9,6 @@ import (
 	"time"
 
 	"go.uber.org/zap"
-
-	"github.com/caddy-oidc/caddy-oidc/session"
 )
 
 var confirmLogout = template.Must(template.New("logout").Parse(`<!doctype html>
@@ -40,8 +38,8 @@ func (h *Handler) serveLogout(w http.ResponseWriter, r *http.Request) error {
 	}
 
 	now := time.Now()
-	sess, _ := h.loadSession(r, now)
-	session.ClearChunked(w, r, h.sessionCookieName(r), h.secure(r))
+	sess, _, _ := h.loadSession(r, now)
+	h.endSession(w, r, sess)
 	target := h.postLogoutURL(r)
 	if sess != nil {
 		h.logger.Info("logout", zap.String("sub", sess.Subject()))

@@ -2,13 +2,28 @@ package caddyoidc
 
 import (
 	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"time"
 
+	"go.uber.org/zap"
+
+	"github.com/caddy-oidc/caddy-oidc/cache"
 	"github.com/caddy-oidc/caddy-oidc/internal/provider"
 	"github.com/caddy-oidc/caddy-oidc/session"
 )
+
+// errStoreUnavailable: the session may exist but the shared cache cannot
+// say; the request gets 503, the session is not touched.
+var errStoreUnavailable = errors.New("session store unavailable")
+
+// cacheIDPrefix marks the cookie payload of a cache-store session.
+const cacheIDPrefix = "id:"
 
 // secure reports whether cookies get the Secure attribute and the __Host-
 // prefix: on HTTPS, or when the configured redirect_uri is https (Caddy
@@ -22,52 +37,130 @@ func (h *Handler) sessionCookieName(r *http.Request) string {
 	return h.CookieName
 }
 
-// loadSession opens the session cookie. Anything wrong with it (missing,
-// tampered, truncated, foreign, expired) means no session: the user logs in
-// again. reissue is true when an older secret opened it.
-func (h *Handler) loadSession(r *http.Request, now time.Time) (s *session.Session, reissue bool) {
+func (h *Handler) cacheStore() bool { return h.SessionStore == "cache" }
+
+// storeKey is where a cache-store session lives: a hash of its id, so the
+// id itself (a bearer credential) is never a key in Valkey.
+func storeKey(id string) string {
+	sum := sha256.Sum256([]byte(id))
+	return cache.Key(cache.NSSession, hex.EncodeToString(sum[:]))
+}
+
+// loadSession finds the request's session. Anything wrong with the cookie
+// (missing, tampered, truncated, foreign, expired) means no session: the
+// user logs in again. reissue is true when an older secret opened it. err
+// is errStoreUnavailable when the shared cache cannot answer.
+func (h *Handler) loadSession(r *http.Request, now time.Time) (s *session.Session, reissue bool, err error) {
 	name := h.sessionCookieName(r)
 	v, ok := session.ReadChunked(r, name)
 	if !ok {
-		return nil, false
+		return nil, false, nil
 	}
-	s, cached := h.decoded.Get(v)
-	if !cached {
-		pt, rotated, err := h.codec.Open(name, v)
-		if err != nil {
-			return nil, false
-		}
-		if s, err = session.Unmarshal(pt); err != nil {
-			return nil, false
-		}
-		if rotated {
-			reissue = true
-		} else {
-			// Cache a private copy: the caller may change s.
-			cp := *s
-			h.decoded.Put(v, &cp)
-		}
+	if h.cacheStore() {
+		s, reissue, err = h.loadCached(r.Context(), name, v)
+	} else {
+		s, reissue = h.decode(name, v, []byte(nil))
+	}
+	if s == nil || err != nil {
+		return nil, false, err
 	}
 	if s.Expired(now, time.Duration(h.SessionLifetime), time.Duration(h.SessionIdleTimeout)) {
-		return nil, false
+		return nil, false, nil
 	}
-	return s, reissue
+	return s, reissue, nil
 }
 
-// writeSession seals s into the session cookie, which lives as long as the
-// session may.
+// decode opens a sealed session (the cookie's value, or the bytes from the
+// cache), through the per-route cache of opened sessions.
+func (h *Handler) decode(purpose, sealed string, sealedBytes []byte) (*session.Session, bool) {
+	var s *session.Session
+	var cached bool
+	if sealedBytes != nil {
+		s, cached = h.decoded.GetBytes(sealedBytes)
+		sealed = string(sealedBytes)
+	} else {
+		s, cached = h.decoded.Get(sealed)
+	}
+	if cached {
+		return s, false
+	}
+	pt, rotated, err := h.codec.Open(purpose, sealed)
+	if err != nil {
+		return nil, false
+	}
+	if s, err = session.Unmarshal(pt); err != nil {
+		return nil, false
+	}
+	if !rotated {
+		// Cache a private copy: the caller may change s.
+		cp := *s
+		h.decoded.Put(sealed, &cp)
+	}
+	return s, rotated
+}
+
+func (h *Handler) loadCached(ctx context.Context, name, cookieValue string) (*session.Session, bool, error) {
+	pt, rotated, err := h.codec.Open(name, cookieValue)
+	if err != nil {
+		return nil, false, nil
+	}
+	id, ok := strings.CutPrefix(string(pt), cacheIDPrefix)
+	if !ok || len(id) < 32 {
+		return nil, false, nil
+	}
+	key := storeKey(id)
+	v, found, err := h.store.Get(ctx, key)
+	if err != nil {
+		return nil, false, errStoreUnavailable
+	}
+	if !found {
+		return nil, false, nil
+	}
+	s, rotatedValue := h.decode(key, "", v)
+	if s == nil {
+		return nil, false, nil
+	}
+	s.ID = id
+	return s, rotated || rotatedValue, nil
+}
+
+// writeSession stores s: sealed into the session cookie, or into the
+// shared cache with only its id in the cookie. A cache outage keeps the
+// session in this process's L1 (written back later) and is not an error.
 func (h *Handler) writeSession(w http.ResponseWriter, r *http.Request, s *session.Session, now time.Time) error {
 	pt, err := s.Marshal()
 	if err != nil {
 		return fmt.Errorf("encoding session: %w", err)
 	}
 	name := h.sessionCookieName(r)
-	maxAge := int(time.Until(time.Unix(s.Created, 0).Add(time.Duration(h.SessionLifetime))) / time.Second)
-	if maxAge < 1 {
-		maxAge = 1
+	remaining := time.Until(time.Unix(s.Created, 0).Add(time.Duration(h.SessionLifetime)))
+	maxAge := max(int(remaining/time.Second), 1)
+	opts := session.CookieOptions{Secure: h.secure(r), MaxAge: maxAge}
+	if !h.cacheStore() {
+		session.WriteChunked(w, r, name, h.codec.Seal(name, pt), opts)
+		return nil
 	}
-	session.WriteChunked(w, r, name, h.codec.Seal(name, pt), session.CookieOptions{Secure: h.secure(r), MaxAge: maxAge})
+	if s.ID == "" {
+		b := make([]byte, 16) // 128 bits
+		rand.Read(b)
+		s.ID = hex.EncodeToString(b)
+	}
+	key := storeKey(s.ID)
+	if err := h.store.Set(r.Context(), key, []byte(h.codec.Seal(key, pt)), max(remaining, time.Second)); err != nil {
+		h.logger.Warn("session kept in this process only: the shared cache is unavailable", zap.Error(err))
+	}
+	session.WriteChunked(w, r, name, h.codec.Seal(name, []byte(cacheIDPrefix+s.ID)), opts)
 	return nil
+}
+
+// endSession removes the session everywhere this handler can reach.
+func (h *Handler) endSession(w http.ResponseWriter, r *http.Request, s *session.Session) {
+	session.ClearChunked(w, r, h.sessionCookieName(r), h.secure(r))
+	if s != nil && s.ID != "" {
+		if err := h.store.Delete(context.WithoutCancel(r.Context()), storeKey(s.ID)); err != nil {
+			h.logger.Warn("deleting the session from the shared cache failed", zap.Error(err))
+		}
+	}
 }
 
 // refreshResult is what one refresh grant yields, shared by every request
@@ -87,7 +180,7 @@ func (h *Handler) needsRefresh(s *session.Session, now time.Time) bool {
 // so concurrent requests of this session share one grant, and updates s.
 func (h *Handler) refresh(ctx context.Context, s *session.Session) error {
 	rt, sub := s.RefreshToken, s.Subject()
-	res, err := h.app.coordinator.Do(ctx, rt, func(gctx context.Context) (*refreshResult, error) {
+	res, err := h.coordinator.Do(ctx, rt, func(gctx context.Context) (*refreshResult, error) {
 		tr, err := h.prov.Refresh(gctx, h.client, rt)
 		if err != nil {
 			return nil, err

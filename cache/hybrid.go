@@ -62,10 +62,11 @@ type Hybrid struct {
 	subscribed  atomic.Bool
 	connectedCh chan struct{}
 	connectOnce sync.Once
+	startOnce   sync.Once
 }
 
-// NewHybrid starts connecting to Valkey in the background and returns at
-// once: Caddy starts even while Valkey is down. Close releases it.
+// NewHybrid returns a Hybrid that does no I/O until Start (so `caddy
+// validate` never dials). Close releases it.
 func NewHybrid(l1 *Memory, o ValkeyOptions, stats *Stats, logger *zap.Logger) *Hybrid {
 	if o.KeyPrefix == "" {
 		o.KeyPrefix = "caddy-oidc:"
@@ -85,11 +86,20 @@ func NewHybrid(l1 *Memory, o ValkeyOptions, stats *Stats, logger *zap.Logger) *H
 	id := make([]byte, 8)
 	rand.Read(id)
 	ctx, cancel := context.WithCancel(context.Background())
-	h := &Hybrid{l1: l1, opts: o, stats: stats, logger: logger, channel: o.KeyPrefix + "invalidate",
+	return &Hybrid{l1: l1, opts: o, stats: stats, logger: logger, channel: o.KeyPrefix + "invalidate",
 		origin: hex.EncodeToString(id), ctx: ctx, cancel: cancel, connectedCh: make(chan struct{})}
-	h.wg.Add(1)
-	go h.run()
-	return h
+}
+
+// Start connects to Valkey in the background and returns at once: Caddy
+// starts even while Valkey is down. Later calls do nothing.
+func (h *Hybrid) Start() {
+	h.startOnce.Do(func() {
+		if h.ctx.Err() != nil {
+			return
+		}
+		h.wg.Add(1)
+		go h.run()
+	})
 }
 
 // L1 returns the in-process tier.

@@ -24,6 +24,7 @@ func newHybrid(t testing.TB, addr, prefix string) *Hybrid {
 	t.Helper()
 	h := NewHybrid(NewMemory(8<<20, 10000, nil), ValkeyOptions{Addresses: []string{addr}, KeyPrefix: prefix}, new(Stats), nil)
 	t.Cleanup(h.Close)
+	h.Start()
 	select {
 	case <-h.Connected():
 	case <-time.After(10 * time.Second):
@@ -133,6 +134,7 @@ func TestHybridStartsWhileValkeyIsDown(t *testing.T) {
 	srv.Kill()
 	h := NewHybrid(NewMemory(1<<20, 100, nil), ValkeyOptions{Addresses: []string{srv.Addr}, KeyPrefix: testPrefix()}, new(Stats), nil)
 	defer h.Close()
+	h.Start()
 	ctx := context.Background()
 	if _, _, err := h.Get(ctx, "sess:a"); !errors.Is(err, ErrUnavailable) {
 		t.Errorf("got %v, want ErrUnavailable before the first connection", err)

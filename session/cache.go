@@ -50,3 +50,15 @@ func (c *DecodedCache) Len() int {
 	defer c.mu.RUnlock()
 	return len(c.m)
 }
+
+// GetBytes is Get for a value held as bytes, without converting it.
+func (c *DecodedCache) GetBytes(value []byte) (*Session, bool) {
+	c.mu.RLock()
+	s, ok := c.m[string(value)]
+	c.mu.RUnlock()
+	if !ok {
+		return nil, false
+	}
+	cp := *s
+	return &cp, true
+}

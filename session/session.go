@@ -12,6 +12,10 @@ import (
 // Session is what a successful login leaves behind. It is sealed into the
 // session cookie, so every field costs cookie bytes: keep names short.
 type Session struct {
+	// ID is the opaque id of a session kept in the shared cache
+	// (session_store cache); empty for cookie sessions. Never serialized:
+	// it travels only in the cookie.
+	ID string `json:"-"`
 	// Claims are the ID token's claims, without the protocol ones (see ProtocolClaims).
 	Claims map[string]any `json:"c"`
 	// IDToken is the raw ID token, kept as id_token_hint for logout.
