@@ -1,18 +1,20 @@
 module github.com/caddy-oidc/caddy-oidc/integration
 
-go 1.26.0
+go 1.26.8
 
 replace github.com/caddy-oidc/caddy-oidc => ../
 
 require (
+	github.com/caddy-oidc/caddy-oidc v0.0.0-00010101000000-000000000000
 	github.com/caddyserver/xcaddy v0.4.5
 	github.com/chromedp/chromedp v0.23.0
+	github.com/valkey-io/valkey-go v1.0.79
 	github.com/zitadel/oidc/v3 v3.52.0
 	golang.org/x/text v0.43.0
 )
 
 require (
-	github.com/Masterminds/semver/v3 v3.4.0 // indirect
+	github.com/Masterminds/semver/v3 v3.5.0 // indirect
 	github.com/akavel/rsrc v0.10.2 // indirect
 	github.com/bmatcuk/doublestar/v4 v4.10.4 // indirect
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
@@ -35,4 +37,5 @@ require (
 	go.opentelemetry.io/otel/metric v1.46.0 // indirect
 	go.opentelemetry.io/otel/trace v1.46.0 // indirect
 	golang.org/x/oauth2 v0.38.0 // indirect
+	golang.org/x/sys v0.48.0 // indirect
 )

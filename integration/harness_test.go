@@ -87,6 +87,8 @@ type env struct {
 	logs     *syncBuffer
 	// caddyfile is the config file Caddy was started with.
 	caddyfile string
+	// replicas are the Caddy processes of the env (the first is itself).
+	replicas []*env
 }
 
 // syncBuffer collects Caddy's output, written by exec's copying goroutine
@@ -114,15 +116,28 @@ type envOptions struct {
 	oidc string
 	// extra site lines before reverse_proxy
 	site string
+	// extra lines inside the global options block (e.g. the oidc app's cache)
+	global string
+	// replicas is the number of Caddy processes sharing the IdP and the
+	// upstream; e.replicas[0] is e itself. Default: 1.
+	replicas int
 }
 
 func newEnv(t testing.TB, o envOptions) *env {
 	t.Helper()
-	port := freePort(t)
-	caddyURL := fmt.Sprintf("http://127.0.0.1:%d", port)
+	n := max(o.replicas, 1)
+	var urls, redirects, postLogout []string
+	ports := make([]int, n)
+	for i := range ports {
+		ports[i] = freePort(t)
+		u := fmt.Sprintf("http://127.0.0.1:%d", ports[i])
+		urls = append(urls, u)
+		redirects = append(redirects, u+"/oauth2/callback")
+		postLogout = append(postLogout, u+"/bye")
+	}
 	idp, err := devidp.Start(devidp.Options{
-		RedirectURIs:           []string{caddyURL + "/oauth2/callback"},
-		PostLogoutRedirectURIs: []string{caddyURL + "/bye"},
+		RedirectURIs:           redirects,
+		PostLogoutRedirectURIs: postLogout,
 		AccessTokenLifetime:    o.accessTTL,
 	})
 	if err != nil {
@@ -130,8 +145,20 @@ func newEnv(t testing.TB, o envOptions) *env {
 	}
 	t.Cleanup(func() { idp.Close() })
 	up := startUpstream(t)
-	e := &env{t: t, idp: idp, caddyURL: caddyURL, admin: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
-	cfg := fmt.Sprintf(`{
+	var first *env
+	for i := range ports {
+		e := &env{t: t, idp: idp, caddyURL: urls[i], admin: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
+		if first == nil {
+			first = e
+		}
+		first.replicas = append(first.replicas, e)
+		e.start(caddyfileFor(e, ports[i], idp.Issuer, up, o))
+	}
+	return first
+}
+
+func caddyfileFor(e *env, port int, issuer, upstream string, o envOptions) string {
+	return fmt.Sprintf(`{
 	admin %s
 	http_port %d
 	auto_https off
@@ -139,6 +166,7 @@ func newEnv(t testing.TB, o envOptions) *env {
 		output stderr
 		level DEBUG
 	}
+	%s
 }
 
 %s {
@@ -159,9 +187,7 @@ func newEnv(t testing.TB, o envOptions) *env {
 	%s
 	reverse_proxy %s
 }
-`, e.admin, port, caddyURL, idp.Issuer, o.oidc, o.site, up)
-	e.start(cfg)
-	return e
+`, e.admin, port, o.global, e.caddyURL, issuer, o.oidc, o.site, upstream)
 }
 
 func (e *env) start(cfg string) {
