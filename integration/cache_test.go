@@ -324,3 +324,24 @@ func TestFiftyReloadsKeepConnectionsAndL1(t *testing.T) {
 		t.Errorf("goroutines grew from %d to %d over 50 reloads:\n%s", g0, g1, adminGet(t, e.admin, "/debug/pprof/goroutine?debug=1"))
 	}
 }
+
+func TestCacheStoreOnAValkeyCluster(t *testing.T) {
+	addrs := redistest.StartCluster(t)
+	e := newEnv(t, envOptions{replicas: 2, oidc: "session_store cache", global: valkeyGlobal(addrs...)})
+	a, b := e.replicas[0], e.replicas[1]
+	// Several users, so their sessions spread over the cluster's slots.
+	for _, user := range []string{"alice", "bob"} {
+		c := a.browser()
+		readEcho(t, a.login(c, "/", user, user+"-password"))
+		got := readEcho(t, b.get(c, "/on-b", nil))
+		if !strings.HasPrefix(got.Headers.Get("X-Auth-Email"), user+"@") {
+			t.Errorf("replica b did not recognise %s's session from the cluster: %q", user, got.Headers.Get("X-Auth-Email"))
+		}
+		// An invalidation from b reaches a through the cluster's pub/sub.
+		resp, err := noRedirect(c).PostForm(b.caddyURL+"/oauth2/logout", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+}
