@@ -103,3 +103,21 @@ func BenchmarkAuthenticatedRequestCacheMiss(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkAuthenticatedRequestCacheStore: session_store cache, the session
+// in L1 (memory-only app): the cookie holds only the id.
+func BenchmarkAuthenticatedRequestCacheStore(b *testing.B) {
+	idp := testidp.New()
+	defer idp.Close()
+	h := newTestHandler(b, idp, func(h *Handler) { h.AllowGroups = []string{"staff"}; h.SessionStore = "cache" })
+	cookie := benchRequests(b, h)
+	b.ReportMetric(float64(len(cookie)), "cookie-bytes")
+	w := httptest.NewRecorder()
+	b.ReportAllocs()
+	for b.Loop() {
+		r := newBenchRequest(cookie)
+		if err := h.ServeHTTP(w, r, nopNext{}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -266,6 +266,7 @@ func TestFiftyReloadsKeepConnectionsAndL1(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	g0, conns0 := goroutines(t, e.admin), valkeyClients(t, srv.Addr)
 	l1 := metric(t, e.admin, "caddy_oidc_cache_l1_entries")
+	t.Logf("L1 after one cache-store login: %.0f entries, %.0f bytes", l1, metric(t, e.admin, "caddy_oidc_cache_l1_bytes"))
 
 	var failures, total int
 	var mu sync.Mutex
