@@ -174,3 +174,53 @@ func BenchmarkValkeyGET(b *testing.B) {
 		_, _ = c.Do(ctx, c.B().Get().Key("caddy-oidc-bench").Build()).AsBytes()
 	}
 }
+
+func TestHybridAuthAndSentinel(t *testing.T) {
+	ctx := context.Background()
+	t.Run("password and ACL user", func(t *testing.T) {
+		srv := redistest.Start(t, "--requirepass", "s3cret", "--user", "caddy", "on", ">caddy-pass", "~*", "&*", "+@all")
+		for name, o := range map[string]ValkeyOptions{
+			"requirepass": {Addresses: []string{srv.Addr}, Password: "s3cret"},
+			"ACL user":    {Addresses: []string{srv.Addr}, Username: "caddy", Password: "caddy-pass"},
+		} {
+			o.KeyPrefix = testPrefix()
+			h := NewHybrid(NewMemory(1<<20, 100, nil), o, new(Stats), nil)
+			h.Start()
+			select {
+			case <-h.Connected():
+			case <-time.After(10 * time.Second):
+				t.Fatalf("%s: never connected", name)
+			}
+			if err := h.Set(ctx, "sess:a", []byte("v"), time.Minute); err != nil {
+				t.Errorf("%s: %v", name, err)
+			}
+			h.Close()
+		}
+		bad := NewHybrid(NewMemory(1<<20, 100, nil), ValkeyOptions{Addresses: []string{srv.Addr}, Password: "wrong"}, new(Stats), nil)
+		bad.Start()
+		defer bad.Close()
+		if _, _, err := bad.Get(ctx, "sess:a"); !errors.Is(err, ErrUnavailable) {
+			t.Errorf("wrong password: got %v, want ErrUnavailable", err)
+		}
+	})
+	t.Run("sentinel", func(t *testing.T) {
+		master := redistest.Start(t)
+		sentinel := redistest.StartSentinel(t, master)
+		h := NewHybrid(NewMemory(1<<20, 100, nil), ValkeyOptions{Addresses: []string{sentinel}, SentinelMaster: "mymaster", KeyPrefix: testPrefix()}, new(Stats), nil)
+		h.Start()
+		defer h.Close()
+		select {
+		case <-h.Connected():
+		case <-time.After(10 * time.Second):
+			t.Fatal("never connected through the sentinel")
+		}
+		if err := h.Set(ctx, "sess:s", []byte("via-sentinel"), time.Minute); err != nil {
+			t.Fatal(err)
+		}
+		c, _ := valkey.NewClient(valkey.ClientOption{InitAddress: []string{master.Addr}, DisableCache: true})
+		defer c.Close()
+		if v, _ := c.Do(ctx, c.B().Get().Key(h.opts.KeyPrefix+"sess:s").Build()).ToString(); v != "via-sentinel" {
+			t.Errorf("the master holds %q", v)
+		}
+	})
+}
