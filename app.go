@@ -35,8 +35,6 @@ var (
 	cacheSets = caddy.NewUsagePool()
 )
 
-const coordinatorKey = "refresh"
-
 // Defaults of the cache configuration.
 const (
 	DefaultL1MaxBytes   = 64 << 20
@@ -51,6 +49,14 @@ const (
 type App struct {
 	// Cache configures the shared cache. Default: memory only.
 	Cache *CacheConfig `json:"cache,omitempty"`
+	// RefreshLease is how long one replica may hold the right to spend a
+	// refresh token before another takes over (a replica that died
+	// mid-grant). Needs the valkey cache. Default: 10s.
+	RefreshLease caddy.Duration `json:"refresh_lease,omitempty"`
+	// RefreshHandOff is how long the outcome of a refresh is handed to
+	// requests (of any replica) that still carry the spent refresh token.
+	// Default: 30s.
+	RefreshHandOff caddy.Duration `json:"refresh_handoff,omitempty"`
 
 	coordinator *refresh.Coordinator[*refreshResult]
 	caches      *cacheSet
@@ -118,7 +124,13 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	keyJSON, _ := json.Marshal(cfg)
+	if a.RefreshLease < 0 || a.RefreshHandOff < 0 {
+		return errors.New("oidc app: refresh_lease and refresh_handoff must not be negative")
+	}
+	keyJSON, _ := json.Marshal(struct {
+		Cache          CacheConfig
+		Lease, HandOff caddy.Duration
+	}{cfg, a.RefreshLease, a.RefreshHandOff})
 	a.cacheKey = string(keyJSON)
 	v, _, err := cacheSets.LoadOrNew(a.cacheKey, func() (caddy.Destructor, error) { return newCacheSet(cfg) })
 	if err != nil {
@@ -131,8 +143,14 @@ func (a *App) Provision(ctx caddy.Context) error {
 		}
 	}
 
-	c, _, err := coordinators.LoadOrNew(coordinatorKey, func() (caddy.Destructor, error) {
-		return refresh.New[*refreshResult](refresh.Options{IsDefinitive: isDefinitive}), nil
+	// One coordinator per cache set: with Valkey, it coordinates replicas.
+	c, _, err := coordinators.LoadOrNew(a.cacheKey, func() (caddy.Destructor, error) {
+		o := refresh.Options{IsDefinitive: isDefinitive,
+			HandOff: timeDuration(a.RefreshHandOff), Lease: timeDuration(a.RefreshLease)}
+		if a.caches.hybrid != nil {
+			o.Shared = a.caches.hybrid
+		}
+		return refresh.New[*refreshResult](o), nil
 	})
 	if err != nil {
 		return fmt.Errorf("oidc app: refresh coordinator: %w", err)
@@ -217,7 +235,7 @@ func (a *App) Stop() error { return nil }
 // Cleanup releases this config's references to the shared state.
 func (a *App) Cleanup() error {
 	if a.coordinator != nil {
-		_, _ = coordinators.Delete(coordinatorKey)
+		_, _ = coordinators.Delete(a.cacheKey)
 		a.coordinator = nil
 	}
 	if a.caches != nil {

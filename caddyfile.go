@@ -131,6 +131,8 @@ func (h *Handler) durationField(name string) *caddy.Duration {
 //
 //	{
 //		oidc {
+//			refresh_lease   <duration>
+//			refresh_handoff <duration>
 //			cache memory|valkey {
 //				address         <host:port...>
 //				username        <name>
@@ -163,6 +165,23 @@ func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 				return nil, err
 			}
 			app.Cache = c
+		case "refresh_lease", "refresh_handoff":
+			field := d.Val()
+			if !d.NextArg() {
+				return nil, d.ArgErr()
+			}
+			dur, err := caddy.ParseDuration(d.Val())
+			if err != nil || dur <= 0 {
+				return nil, d.Errf("%s: %q is not a positive duration", field, d.Val())
+			}
+			if d.NextArg() {
+				return nil, d.Errf("%s takes exactly one value", field)
+			}
+			if field == "refresh_lease" {
+				app.RefreshLease = caddy.Duration(dur)
+			} else {
+				app.RefreshHandOff = caddy.Duration(dur)
+			}
 		default:
 			return nil, d.Errf("unrecognized oidc global option %q", d.Val())
 		}

@@ -123,6 +123,7 @@ type Handler struct {
 	stats         *cache.Stats
 	prov          *provider.Provider
 	codec         *session.Codec
+	refreshCodec  *refresh.Codec[*refreshResult]
 	decoded       *session.DecodedCache
 	client        provider.Client
 	callbackPath  string
@@ -206,6 +207,7 @@ func (h *Handler) configure(ctx caddy.Context, logger *zap.Logger) error {
 		return fmt.Errorf("oidc: session_secret: %w; generate one with: openssl rand -base64 48", err)
 	}
 	h.codec = codec
+	h.refreshCodec = newRefreshCodec(codec)
 	h.decoded = session.NewDecodedCache(decodedSessionCacheSize)
 	h.client = provider.Client{ID: h.ClientID, Secret: h.ClientSecret}
 	h.secureDefault = strings.HasPrefix(h.RedirectURI, "https://")

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/caddy-oidc/caddy-oidc/cache"
 	"github.com/caddy-oidc/caddy-oidc/internal/provider"
+	"github.com/caddy-oidc/caddy-oidc/refresh"
 	"github.com/caddy-oidc/caddy-oidc/session"
 )
 
@@ -197,7 +199,7 @@ func (h *Handler) refresh(ctx context.Context, s *session.Session) error {
 			res.claims = claims
 		}
 		return res, nil
-	})
+	}, h.refreshCodec)
 	if err != nil {
 		return err
 	}
@@ -214,4 +216,53 @@ func (h *Handler) refresh(ctx context.Context, s *session.Session) error {
 		s.Claims, s.IDToken = fresh.Claims, res.tokens.IDToken
 	}
 	return nil
+}
+
+// handOff is a refresh outcome as other replicas adopt it.
+type handOff struct {
+	Tokens *provider.TokenResponse `json:"t,omitempty"`
+	Claims map[string]any          `json:"c,omitempty"`
+	At     int64                   `json:"at"`
+	// Err is the definitive error ("invalid_grant"), handed to followers so
+	// they do not spend the token again.
+	Err string `json:"e,omitempty"`
+}
+
+const handOffPurpose = "caddy-oidc refresh hand-off v1"
+
+// newRefreshCodec seals hand-offs with this route's keys: they carry tokens
+// and travel through Valkey.
+func newRefreshCodec(c *session.Codec) *refresh.Codec[*refreshResult] {
+	return &refresh.Codec[*refreshResult]{
+		Encode: func(r *refreshResult, err error) ([]byte, error) {
+			var ho handOff
+			if err != nil {
+				ho.Err = "invalid_grant"
+			} else {
+				ho = handOff{Tokens: r.tokens, Claims: r.claims, At: r.at.Unix()}
+			}
+			b, jerr := json.Marshal(ho)
+			if jerr != nil {
+				return nil, jerr
+			}
+			return []byte(c.Seal(handOffPurpose, b)), nil
+		},
+		Decode: func(b []byte) (*refreshResult, error) {
+			pt, _, err := c.Open(handOffPurpose, string(b))
+			if err != nil {
+				return nil, fmt.Errorf("opening a refresh hand-off: %w", provider.ErrUnavailable)
+			}
+			var ho handOff
+			if err := json.Unmarshal(pt, &ho); err != nil {
+				return nil, fmt.Errorf("decoding a refresh hand-off: %w", provider.ErrUnavailable)
+			}
+			if ho.Err != "" {
+				return nil, fmt.Errorf("refresh refused on another replica: %w", provider.ErrInvalidGrant)
+			}
+			if ho.Tokens == nil {
+				return nil, fmt.Errorf("empty refresh hand-off: %w", provider.ErrUnavailable)
+			}
+			return &refreshResult{tokens: ho.Tokens, claims: ho.Claims, at: time.Unix(ho.At, 0)}, nil
+		},
+	}
 }

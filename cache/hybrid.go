@@ -63,6 +63,7 @@ type Hybrid struct {
 	connectedCh chan struct{}
 	connectOnce sync.Once
 	startOnce   sync.Once
+	watch       watchers
 }
 
 // NewHybrid returns a Hybrid that does no I/O until Start (so `caddy
@@ -252,6 +253,7 @@ func (h *Hybrid) onMessage(m valkey.PubSubMessage) {
 	}
 	_ = h.l1.Delete(context.Background(), key)
 	h.stats.Invalidations.Add(1)
+	h.watch.fire(key)
 }
 
 // noteError counts a Valkey error and logs at most one line per 10 s.

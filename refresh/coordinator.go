@@ -7,7 +7,9 @@ package refresh
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"sync"
 	"sync/atomic"
@@ -31,6 +33,36 @@ type Options struct {
 	// IsDefinitive tells errors that end a session (invalid_grant) from
 	// transient ones. Default: every error is transient.
 	IsDefinitive func(error) bool
+	// Shared, when set, extends the one-grant rule across replicas (see
+	// Shared). Without it, or while it fails, the rule holds in-process.
+	Shared Shared
+	// Lease is how long a replica may hold the right to spend a refresh
+	// token before another takes over (a dead leader). Default: 10 s.
+	Lease time.Duration
+	// Poll is how often a waiting replica looks for the result when no
+	// notification came. Default: 250 ms.
+	Poll time.Duration
+}
+
+// Shared is the cross-replica state a Coordinator needs: leases, results
+// and change notifications (the oidc app's Valkey-backed cache).
+type Shared interface {
+	// TryLease takes key for ttl unless someone holds it; token fences Release.
+	TryLease(ctx context.Context, key, token string, ttl time.Duration) (bool, error)
+	// ReleaseLease frees key if token still holds it.
+	ReleaseLease(ctx context.Context, key, token string) error
+	Get(ctx context.Context, key string) ([]byte, bool, error)
+	Set(ctx context.Context, key string, value []byte, ttl time.Duration) error
+	// Watch returns a channel closed when another replica announces a
+	// change of key; stop releases it.
+	Watch(key string) (changed <-chan struct{}, stop func())
+}
+
+// Codec turns a grant's outcome into bytes another replica can adopt, and
+// back. Encode must seal (encrypt) token material: it leaves the process.
+type Codec[T any] struct {
+	Encode func(val T, err error) ([]byte, error)
+	Decode func([]byte) (T, error)
 }
 
 // Coordinator runs at most one grant per refresh token at a time in this
@@ -46,7 +78,7 @@ type Coordinator[T any] struct {
 	flights   map[[32]byte]*flight[T]
 	nextSweep time.Time
 
-	grants atomic.Int64
+	grants, adopted, shared atomic.Int64
 }
 
 type flight[T any] struct {
@@ -70,6 +102,12 @@ func New[T any](o Options) *Coordinator[T] {
 	if o.IsDefinitive == nil {
 		o.IsDefinitive = func(error) bool { return false }
 	}
+	if o.Lease <= 0 {
+		o.Lease = 10 * time.Second
+	}
+	if o.Poll <= 0 {
+		o.Poll = 250 * time.Millisecond
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Coordinator[T]{opts: o, ctx: ctx, cancel: cancel, flights: make(map[[32]byte]*flight[T])}
 }
@@ -79,7 +117,11 @@ func New[T any](o Options) *Coordinator[T] {
 // window after it get its result. The grant runs on the coordinator's own
 // context, so a leader whose client goes away does not fail its followers;
 // each caller waits at most until its own ctx ends.
-func (c *Coordinator[T]) Do(ctx context.Context, refreshToken string, grant func(context.Context) (T, error)) (T, error) {
+//
+// With a Shared backend and a codec, replicas coordinate too: the result of
+// another replica's grant is adopted, and only the lease holder spends the
+// token. codec may be nil for in-process coordination only.
+func (c *Coordinator[T]) Do(ctx context.Context, refreshToken string, grant func(context.Context) (T, error), codec *Codec[T]) (T, error) {
 	key := sha256.Sum256([]byte(refreshToken))
 	now := time.Now()
 	c.mu.Lock()
@@ -99,7 +141,7 @@ func (c *Coordinator[T]) Do(ctx context.Context, refreshToken string, grant func
 		f = &flight[T]{done: make(chan struct{})}
 		c.flights[key] = f
 		c.wg.Add(1)
-		go c.run(f, grant)
+		go c.run(f, key, grant, codec)
 	}
 	c.mu.Unlock()
 
@@ -112,12 +154,18 @@ func (c *Coordinator[T]) Do(ctx context.Context, refreshToken string, grant func
 	}
 }
 
-func (c *Coordinator[T]) run(f *flight[T], grant func(context.Context) (T, error)) {
+func (c *Coordinator[T]) run(f *flight[T], key [32]byte, grant func(context.Context) (T, error), codec *Codec[T]) {
 	defer c.wg.Done()
 	ctx, cancel := context.WithTimeout(c.ctx, c.opts.GrantTimeout)
 	defer cancel()
-	c.grants.Add(1)
-	val, err := grant(ctx)
+	var val T
+	var err error
+	if c.opts.Shared != nil && codec != nil {
+		val, err = c.acrossReplicas(ctx, hex.EncodeToString(key[:]), grant, codec)
+	} else {
+		c.grants.Add(1)
+		val, err = grant(ctx)
+	}
 	hold := c.opts.HandOff
 	if err != nil && !c.opts.IsDefinitive(err) {
 		hold = c.opts.ErrorHold
@@ -147,8 +195,81 @@ func (c *Coordinator[T]) sweep(now time.Time) {
 	c.nextSweep = now.Add(c.opts.HandOff)
 }
 
+// acrossReplicas is the protocol between replicas for one refresh token:
+//
+//  1. a result published by another replica (the hand-off) is adopted;
+//  2. otherwise the replica that takes the lease spends the token, after
+//     checking the hand-off once more (it may have appeared meanwhile), and
+//     publishes the outcome (success or invalid_grant) for the others;
+//  3. the others wait for its announcement (polling as a fallback) and take
+//     the lease over if it expires without a result (a dead leader).
+//
+// A transient failure is not published: the token may still be good. If
+// the shared state fails, the grant runs locally (in-process coordination
+// still holds), so Valkey being down never blocks a refresh.
+func (c *Coordinator[T]) acrossReplicas(ctx context.Context, id string, grant func(context.Context) (T, error), codec *Codec[T]) (T, error) {
+	sh := c.opts.Shared
+	resultKey, leaseKey := "rfr:"+id, "lease:"+id
+	local := func() (T, error) {
+		c.grants.Add(1)
+		return grant(ctx)
+	}
+	for {
+		if b, ok, err := sh.Get(ctx, resultKey); err != nil {
+			return local()
+		} else if ok {
+			c.adopted.Add(1)
+			return codec.Decode(b)
+		}
+		token := randomToken()
+		got, err := sh.TryLease(ctx, leaseKey, token, c.opts.Lease)
+		if err != nil {
+			return local()
+		}
+		if got {
+			if b, ok, _ := sh.Get(ctx, resultKey); ok {
+				_ = sh.ReleaseLease(context.WithoutCancel(ctx), leaseKey, token)
+				c.adopted.Add(1)
+				return codec.Decode(b)
+			}
+			c.grants.Add(1)
+			c.shared.Add(1)
+			val, err := grant(ctx)
+			if err == nil || c.opts.IsDefinitive(err) {
+				if b, encErr := codec.Encode(val, err); encErr == nil {
+					_ = sh.Set(context.WithoutCancel(ctx), resultKey, b, c.opts.HandOff)
+				}
+			}
+			_ = sh.ReleaseLease(context.WithoutCancel(ctx), leaseKey, token)
+			return val, err
+		}
+		changed, stop := sh.Watch(resultKey)
+		t := time.NewTimer(c.opts.Poll)
+		select {
+		case <-changed:
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			stop()
+			var zero T
+			return zero, ctx.Err()
+		}
+		t.Stop()
+		stop()
+	}
+}
+
+func randomToken() string {
+	b := make([]byte, 16)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
 // Grants reports how many grants this coordinator has started.
 func (c *Coordinator[T]) Grants() int64 { return c.grants.Load() }
+
+// Adopted reports how many results of other replicas' grants were adopted.
+func (c *Coordinator[T]) Adopted() int64 { return c.adopted.Load() }
 
 // Close cancels grants in flight and waits for them to return.
 func (c *Coordinator[T]) Close() {
