@@ -143,7 +143,13 @@ type store struct {
 func (s *store) CreateAccessAndRefreshTokens(ctx context.Context, req op.TokenRequest, current string) (string, string, time.Time, error) {
 	if current != "" {
 		if d := time.Duration(s.refreshDelay.Load()); d > 0 {
-			time.Sleep(d)
+			// A client that goes away during the delay (a killed replica)
+			// gets nothing, and its token is not spent.
+			select {
+			case <-time.After(d):
+			case <-ctx.Done():
+				return "", "", time.Time{}, ctx.Err()
+			}
 		}
 	}
 	id, rt, _, err := s.Storage.CreateAccessAndRefreshTokens(ctx, req, current)

@@ -1,0 +1,207 @@
+package integration
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/caddy-oidc/caddy-oidc/internal/redistest"
+)
+
+// refreshEnv: three replicas sharing a Valkey, access tokens that need a
+// refresh 3 s after they are issued (lifetime 20 s, refresh_before 17 s).
+func refreshEnv(t *testing.T, store string, extraGlobal string) *env {
+	srv := redistest.Start(t, persistent...)
+	return newEnv(t, envOptions{
+		replicas:  3,
+		accessTTL: 20 * time.Second,
+		oidc:      "refresh_before 17s\n\t\tsession_store " + store,
+		global:    "oidc {\n\t\t" + extraGlobal + "\n\t\tcache valkey {\n\t\t\taddress " + srv.Addr + "\n\t\t}\n\t}",
+	})
+}
+
+// burst sends n concurrent API requests carrying the same cookies, spread
+// over the given replicas, and returns their statuses and latencies.
+func burst(t *testing.T, replicas []*env, cookies []*http.Cookie, n int) (statuses map[int]int, latencies []time.Duration) {
+	t.Helper()
+	var mu sync.Mutex
+	statuses = map[int]int{}
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := replicas[i%len(replicas)]
+			req, _ := http.NewRequest(http.MethodGet, fmt.Sprintf("%s/burst/%d", r.caddyURL, i), nil)
+			for _, ck := range cookies {
+				req.AddCookie(ck)
+			}
+			req.Header.Set("Accept", "application/json")
+			<-start
+			t0 := time.Now()
+			resp, err := http.DefaultClient.Do(req)
+			d := time.Since(t0)
+			code := -1
+			if err == nil {
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				code = resp.StatusCode
+			}
+			mu.Lock()
+			statuses[code]++
+			latencies = append(latencies, d)
+			mu.Unlock()
+		}()
+	}
+	close(start)
+	wg.Wait()
+	sort.Slice(latencies, func(i, j int) bool { return latencies[i] < latencies[j] })
+	return statuses, latencies
+}
+
+func pct(l []time.Duration, p float64) time.Duration {
+	if len(l) == 0 {
+		return 0
+	}
+	return l[min(len(l)-1, int(float64(len(l))*p))].Round(100 * time.Microsecond)
+}
+
+func (e *env) loginCookies(t *testing.T, user string) []*http.Cookie {
+	t.Helper()
+	c := e.browser()
+	readEcho(t, e.login(c, "/", user, user+"-password"))
+	u, _ := url.Parse(e.caddyURL)
+	return c.Jar.Cookies(u)
+}
+
+func TestRefreshBurstsOneGrantPerSession(t *testing.T) {
+	for _, store := range []string{"cookie", "cache"} {
+		t.Run(store, func(t *testing.T) {
+			e := refreshEnv(t, store, "")
+			type combo struct {
+				replicas, requests int
+				cookies            []*http.Cookie
+			}
+			var combos []*combo
+			for _, r := range []int{1, 3} {
+				for _, n := range []int{10, 50, 200} {
+					combos = append(combos, &combo{replicas: r, requests: n, cookies: e.loginCookies(t, "alice")})
+				}
+			}
+			time.Sleep(3200 * time.Millisecond) // every session's access token now needs a refresh
+			for _, c := range combos {
+				before, refusedBefore := e.idp.RefreshGrants(), e.idp.RefusedRefreshGrants()
+				statuses, lat := burst(t, e.replicas[:c.replicas], c.cookies, c.requests)
+				grants, refused := e.idp.RefreshGrants()-before, e.idp.RefusedRefreshGrants()-refusedBefore
+				t.Logf("%s store, %d replica(s), %d concurrent requests: %d grant(s) at the IdP, %d refused; statuses %v; latency p50 %s p99 %s",
+					store, c.replicas, c.requests, grants, refused, statuses, pct(lat, 0.5), pct(lat, 0.99))
+				if grants != 1 || refused != 0 || statuses[200] != c.requests {
+					t.Errorf("%d replica(s) x %d requests: %d grants, %d refused, statuses %v; want 1 grant, 0 refused, all 200",
+						c.replicas, c.requests, grants, refused, statuses)
+				}
+			}
+		})
+	}
+}
+
+func TestRefreshLeaderKilledMidGrant(t *testing.T) {
+	e := refreshEnv(t, "cookie", "refresh_lease 2s")
+	cookies := e.loginCookies(t, "alice")
+	time.Sleep(3200 * time.Millisecond)
+	e.idp.SetRefreshDelay(time.Second)
+
+	leader, followers := e.replicas[0], e.replicas[1:]
+	go func() {
+		req, _ := http.NewRequest(http.MethodGet, leader.caddyURL+"/leader", nil)
+		for _, ck := range cookies {
+			req.AddCookie(ck)
+		}
+		req.Header.Set("Accept", "application/json")
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	time.Sleep(300 * time.Millisecond) // the leader holds the lease and waits on the IdP
+	start := time.Now()
+	done := make(chan struct{})
+	var statuses map[int]int
+	go func() {
+		statuses, _ = burst(t, followers, cookies, 20)
+		close(done)
+	}()
+	time.Sleep(100 * time.Millisecond)
+	if err := leader.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-done
+	took := time.Since(start)
+	t.Logf("leader killed mid-grant: followers answered %v after %s (lease 2s, IdP delay 1s); %d grant(s), %d refused",
+		statuses, took.Round(time.Millisecond), e.idp.RefreshGrants(), e.idp.RefusedRefreshGrants())
+	if statuses[200] != 20 {
+		t.Errorf("followers: %v, want 20 x 200", statuses)
+	}
+	if g, r := e.idp.RefreshGrants(), e.idp.RefusedRefreshGrants(); g != 1 || r != 0 {
+		t.Errorf("%d successful grants and %d refused, want exactly 1 and 0", g, r)
+	}
+	if took > 2*time.Second+time.Second+2*time.Second {
+		t.Errorf("followers took %s, more than the lease plus one grant (with margin)", took)
+	}
+}
+
+func TestTwoHundredSessionsRefreshAcrossReplicas(t *testing.T) {
+	e := refreshEnv(t, "cache", "")
+	var sessions [][]*http.Cookie
+	for i := range 200 {
+		user := "alice"
+		if i%2 == 1 {
+			user = "bob"
+		}
+		sessions = append(sessions, e.replicas[i%3].loginCookies(t, user))
+	}
+	time.Sleep(3200 * time.Millisecond)
+	before := e.idp.RefreshGrants()
+	var ok, bad atomic.Int64
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for _, cookies := range sessions {
+		for _, r := range e.replicas {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				req, _ := http.NewRequest(http.MethodGet, r.caddyURL+"/many", nil)
+				for _, ck := range cookies {
+					req.AddCookie(ck)
+				}
+				req.Header.Set("Accept", "application/json")
+				<-start
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					bad.Add(1)
+					return
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode == http.StatusOK {
+					ok.Add(1)
+				} else {
+					bad.Add(1)
+				}
+			}()
+		}
+	}
+	close(start)
+	wg.Wait()
+	grants := e.idp.RefreshGrants() - before
+	t.Logf("200 sessions x 3 replicas at once: %d grants, %d refused, %d ok, %d failed", grants, e.idp.RefusedRefreshGrants(), ok.Load(), bad.Load())
+	if grants != 200 || e.idp.RefusedRefreshGrants() != 0 || bad.Load() != 0 {
+		t.Errorf("%d grants for 200 sessions, %d refused, %d failed requests", grants, e.idp.RefusedRefreshGrants(), bad.Load())
+	}
+}
