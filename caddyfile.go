@@ -42,6 +42,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		post_logout_redirect_uri <path|url>
 //		backchannel_logout_path  <path>
 //		refresh_before           <duration>
+//		refresh_token_max_age    <duration>
 //		clock_skew               <duration>
 //		allow_users              <email|sub...>
 //		allow_domains            <domain...>
@@ -75,7 +76,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			list := h.listField(field)
 			*list = append(*list, args...)
-		case "session_lifetime", "session_idle_timeout", "refresh_before", "clock_skew":
+		case "session_lifetime", "session_idle_timeout", "refresh_before", "refresh_token_max_age", "clock_skew":
 			if !d.NextArg() {
 				return d.ArgErr()
 			}
@@ -123,7 +124,7 @@ func (h *Handler) listField(name string) *[]string {
 func (h *Handler) durationField(name string) *caddy.Duration {
 	return map[string]*caddy.Duration{
 		"session_lifetime": &h.SessionLifetime, "session_idle_timeout": &h.SessionIdleTimeout,
-		"refresh_before": &h.RefreshBefore, "clock_skew": &h.ClockSkew,
+		"refresh_before": &h.RefreshBefore, "refresh_token_max_age": &h.RefreshTokenMaxAge, "clock_skew": &h.ClockSkew,
 	}[name]
 }
 

@@ -110,6 +110,10 @@ type Handler struct {
 	SessionIdleTimeout caddy.Duration `json:"session_idle_timeout,omitempty"`
 	// RefreshBefore refreshes the access token this long before it expires. Default: 60s.
 	RefreshBefore caddy.Duration `json:"refresh_before,omitempty"`
+	// RefreshTokenMaxAge stops using a refresh token this long after it was
+	// received: the session then ends when its access token expires, and
+	// the user logs in again. Default: 0 (as long as the IdP accepts it).
+	RefreshTokenMaxAge caddy.Duration `json:"refresh_token_max_age,omitempty"`
 	// ClockSkew is tolerated when checking token times. Default: 60s.
 	ClockSkew caddy.Duration `json:"clock_skew,omitempty"`
 	// CookieName is the session cookie's name; on HTTPS it gets the __Host-
@@ -301,8 +305,8 @@ func (h *Handler) check(secrets []string) error {
 			return fmt.Errorf("oidc: post_logout_redirect_uri %q must be a path or an absolute http(s) URL", p)
 		}
 	}
-	if h.SessionLifetime < 0 || h.SessionIdleTimeout < 0 || h.RefreshBefore < 0 || h.ClockSkew < 0 {
-		return errors.New("oidc: session_lifetime, session_idle_timeout, refresh_before and clock_skew must not be negative")
+	if h.SessionLifetime < 0 || h.SessionIdleTimeout < 0 || h.RefreshBefore < 0 || h.ClockSkew < 0 || h.RefreshTokenMaxAge < 0 {
+		return errors.New("oidc: session_lifetime, session_idle_timeout, refresh_before, refresh_token_max_age and clock_skew must not be negative")
 	}
 	if strings.ContainsAny(h.CookieName, "=;, \t\"") || strings.HasPrefix(h.CookieName, "__") {
 		return fmt.Errorf("oidc: cookie_name %q is not a valid cookie name (no prefix, no separators)", h.CookieName)
@@ -356,6 +360,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	if sess == nil {
 		return h.challenge(w, r, "")
+	}
+	if h.refreshTooOld(sess, now) && sess.AccessExpiry != 0 && now.Unix() >= sess.AccessExpiry {
+		h.endSession(w, r, sess)
+		return h.challenge(w, r, "invalid_token")
 	}
 	if h.needsRefresh(sess, now) {
 		switch err := h.refresh(r.Context(), sess); {

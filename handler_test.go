@@ -486,3 +486,33 @@ func TestCacheStoreSessions(t *testing.T) {
 		t.Errorf("after logout the old cookie got %d, want 401", statusOf(err, w))
 	}
 }
+
+func TestRefreshTokenMaxAge(t *testing.T) {
+	idp := testidp.New()
+	defer idp.Close()
+	h := newTestHandler(t, idp, func(h *Handler) { h.RefreshTokenMaxAge = caddy.Duration(time.Hour) })
+	var grants int
+	idp.OnToken(func(w http.ResponseWriter, r *http.Request) {
+		grants++
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"access_token":"at2","token_type":"Bearer","expires_in":300,"refresh_token":"rt2"}`))
+	})
+	expired := func(issued time.Duration) *http.Request {
+		r := loggedIn(t, h, map[string]any{"sub": "u"}, func(s *session.Session) {
+			s.RefreshToken = "rt"
+			s.RefreshIssued = time.Now().Add(-issued).Unix()
+			s.AccessExpiry = time.Now().Add(-time.Second).Unix()
+		})
+		r.Header.Set("Accept", "application/json")
+		return r
+	}
+	w := httptest.NewRecorder()
+	if err := h.ServeHTTP(w, expired(30*time.Minute), &recordNext{}); err != nil || grants != 1 {
+		t.Fatalf("a young refresh token: %v, %d grants; want a refresh", err, grants)
+	}
+	w = httptest.NewRecorder()
+	err := h.ServeHTTP(w, expired(2*time.Hour), &recordNext{})
+	if statusOf(err, w) != http.StatusUnauthorized || grants != 1 {
+		t.Errorf("a refresh token past its max age: got %d after %d grants; want 401 and no grant", statusOf(err, w), grants)
+	}
+}

@@ -174,8 +174,15 @@ type refreshResult struct {
 }
 
 func (h *Handler) needsRefresh(s *session.Session, now time.Time) bool {
-	return s.RefreshToken != "" && s.AccessExpiry != 0 &&
+	return s.RefreshToken != "" && s.AccessExpiry != 0 && !h.refreshTooOld(s, now) &&
 		now.Add(time.Duration(h.RefreshBefore)).Unix() >= s.AccessExpiry
+}
+
+// refreshTooOld reports a refresh token past refresh_token_max_age: it is
+// not spent any more, and the session ends with its access token.
+func (h *Handler) refreshTooOld(s *session.Session, now time.Time) bool {
+	maxAge := time.Duration(h.RefreshTokenMaxAge)
+	return maxAge > 0 && s.RefreshToken != "" && now.Sub(time.Unix(s.RefreshIssued, 0)) > maxAge
 }
 
 // refresh spends the session's refresh token through the app's coordinator,
@@ -204,8 +211,9 @@ func (h *Handler) refresh(ctx context.Context, s *session.Session) error {
 		return err
 	}
 	s.AccessToken = res.tokens.AccessToken
-	if res.tokens.RefreshToken != "" {
+	if res.tokens.RefreshToken != "" && res.tokens.RefreshToken != s.RefreshToken {
 		s.RefreshToken = res.tokens.RefreshToken
+		s.RefreshIssued = res.at.Unix()
 	}
 	s.AccessExpiry = 0
 	if exp := res.tokens.Expiry(res.at); !exp.IsZero() {

@@ -24,6 +24,9 @@ type Session struct {
 	RefreshToken string `json:"r,omitempty"`
 	// AccessExpiry is the access token's expiry in Unix seconds; 0 when unknown.
 	AccessExpiry int64 `json:"x,omitempty"`
+	// RefreshIssued is when the current refresh token was received (Unix
+	// seconds), for refresh_token_max_age.
+	RefreshIssued int64 `json:"ri,omitempty"`
 	// Created is the login time in Unix seconds: the absolute lifetime counts from it.
 	Created int64 `json:"t"`
 	// LastSeen is the last time (Unix seconds) the cookie was re-issued for
@@ -54,6 +57,9 @@ func New(claims map[string]any, idToken, accessToken, refreshToken string, acces
 	}
 	if !accessExpiry.IsZero() {
 		s.AccessExpiry = accessExpiry.Unix()
+	}
+	if refreshToken != "" {
+		s.RefreshIssued = now.Unix()
 	}
 	return s
 }
