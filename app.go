@@ -100,6 +100,7 @@ type cacheSet struct {
 	hybrid *cache.Hybrid // nil for memory only
 	stats  *cache.Stats
 	coll   *cache.Collector
+	revs   *revocations
 }
 
 func (c *cacheSet) Destruct() error {
@@ -216,6 +217,7 @@ func newCacheSet(c CacheConfig) (*cacheSet, error) {
 		}, stats, caddy.Log().Named("oidc.cache"))
 		set.store = set.hybrid
 	}
+	set.revs = newRevocations(set.store, set.hybrid, caddy.Log().Named("oidc.revocations"))
 	return set, nil
 }
 

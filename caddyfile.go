@@ -41,6 +41,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		logout_path              <path>
 //		post_logout_redirect_uri <path|url>
 //		backchannel_logout_path  <path>
+//		frontchannel_logout_path <path>
 //		refresh_before           <duration>
 //		refresh_token_max_age    <duration>
 //		clock_skew               <duration>
@@ -60,7 +61,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		field := d.Val()
 		switch field {
 		case "issuer", "client_id", "client_secret", "redirect_uri", "session_store",
-			"logout_path", "post_logout_redirect_uri", "backchannel_logout_path", "cookie_name":
+			"logout_path", "post_logout_redirect_uri", "backchannel_logout_path", "frontchannel_logout_path", "cookie_name":
 			if !d.NextArg() {
 				return d.ArgErr()
 			}
@@ -109,7 +110,8 @@ func (h *Handler) stringField(name string) *string {
 		"issuer": &h.Issuer, "client_id": &h.ClientID, "client_secret": &h.ClientSecret,
 		"redirect_uri": &h.RedirectURI, "session_store": &h.SessionStore, "logout_path": &h.LogoutPath,
 		"post_logout_redirect_uri": &h.PostLogoutRedirectURI, "backchannel_logout_path": &h.BackchannelLogoutPath,
-		"cookie_name": &h.CookieName,
+		"frontchannel_logout_path": &h.FrontchannelLogoutPath,
+		"cookie_name":              &h.CookieName,
 	}[name]
 }
 

@@ -29,13 +29,14 @@ func init() {
 
 // Defaults of the handler's configuration.
 const (
-	DefaultRedirectURI           = "/oauth2/callback"
-	DefaultLogoutPath            = "/oauth2/logout"
-	DefaultBackchannelLogoutPath = "/oauth2/backchannel_logout"
-	DefaultCookieName            = "oidc_session"
-	DefaultSessionLifetime       = 24 * time.Hour
-	DefaultRefreshBefore         = 60 * time.Second
-	DefaultClockSkew             = 60 * time.Second
+	DefaultRedirectURI            = "/oauth2/callback"
+	DefaultLogoutPath             = "/oauth2/logout"
+	DefaultBackchannelLogoutPath  = "/oauth2/backchannel_logout"
+	DefaultFrontchannelLogoutPath = "/oauth2/frontchannel_logout"
+	DefaultCookieName             = "oidc_session"
+	DefaultSessionLifetime        = 24 * time.Hour
+	DefaultRefreshBefore          = 60 * time.Second
+	DefaultClockSkew              = 60 * time.Second
 )
 
 // decodedSessionCacheSize bounds each route's cache of opened session
@@ -85,10 +86,14 @@ type Handler struct {
 	// PostLogoutRedirectURI is where the IdP sends the user after logout;
 	// a path is taken on the request's host. Default: none (the IdP's own page).
 	PostLogoutRedirectURI string `json:"post_logout_redirect_uri,omitempty"`
-	// BackchannelLogoutPath is reserved for OpenID Connect back-channel
-	// logout. Default: /oauth2/backchannel_logout. Not served by this build
-	// yet: requests to it get 501.
+	// BackchannelLogoutPath receives OpenID Connect Back-Channel Logout
+	// tokens from the IdP (register <origin><path> as the client's
+	// backchannel_logout_uri). Default: /oauth2/backchannel_logout.
 	BackchannelLogoutPath string `json:"backchannel_logout_path,omitempty"`
+	// FrontchannelLogoutPath is loaded by the IdP in an iframe with iss and
+	// sid (OpenID Connect Front-Channel Logout; register it as the client's
+	// frontchannel_logout_uri). Default: /oauth2/frontchannel_logout.
+	FrontchannelLogoutPath string `json:"frontchannel_logout_path,omitempty"`
 	// AllowUsers admits users by email (verified, case-insensitive) or sub.
 	AllowUsers []string `json:"allow_users,omitempty"`
 	// AllowDomains admits users whose verified email is in one of these domains.
@@ -124,6 +129,7 @@ type Handler struct {
 	app           *App
 	coordinator   *refresh.Coordinator[*refreshResult]
 	store         cache.Store
+	revs          *revocations
 	stats         *cache.Stats
 	prov          *provider.Provider
 	codec         *session.Codec
@@ -191,6 +197,9 @@ func (h *Handler) configure(ctx caddy.Context, logger *zap.Logger) error {
 	if h.BackchannelLogoutPath == "" {
 		h.BackchannelLogoutPath = DefaultBackchannelLogoutPath
 	}
+	if h.FrontchannelLogoutPath == "" {
+		h.FrontchannelLogoutPath = DefaultFrontchannelLogoutPath
+	}
 	if h.SessionLifetime == 0 {
 		h.SessionLifetime = caddy.Duration(DefaultSessionLifetime)
 	}
@@ -234,7 +243,7 @@ func (h *Handler) attach(app *App) error {
 	// Keep the shared objects themselves: an old handler may still serve a
 	// request after its app was cleaned up, and these outlive it.
 	h.coordinator = app.coordinator
-	h.store, h.stats = app.caches.store, app.caches.stats
+	h.store, h.stats, h.revs = app.caches.store, app.caches.stats, app.caches.revs
 	prov, err := app.provider(h.Issuer)
 	if err != nil {
 		return fmt.Errorf("oidc: issuer %s: %w", h.Issuer, err)
@@ -288,16 +297,21 @@ func (h *Handler) check(secrets []string) error {
 		return fmt.Errorf("oidc: redirect_uri %q must not have a query or fragment", h.RedirectURI)
 	}
 	h.callbackPath = ru.Path
-	for field, p := range map[string]string{"logout_path": h.LogoutPath, "backchannel_logout_path": h.BackchannelLogoutPath} {
+	paths := map[string]string{"logout_path": h.LogoutPath, "backchannel_logout_path": h.BackchannelLogoutPath, "frontchannel_logout_path": h.FrontchannelLogoutPath}
+	seen := map[string]string{}
+	for field, p := range paths {
+		if other, dup := seen[p]; dup {
+			return fmt.Errorf("oidc: %s and %s are both %q", field, other, p)
+		}
+		seen[p] = field
+	}
+	for field, p := range paths {
 		if !strings.HasPrefix(p, "/") {
 			return fmt.Errorf("oidc: %s %q must be a path starting with /", field, p)
 		}
 		if p == h.callbackPath {
 			return fmt.Errorf("oidc: %s %q is the same path as redirect_uri", field, p)
 		}
-	}
-	if h.LogoutPath == h.BackchannelLogoutPath {
-		return fmt.Errorf("oidc: logout_path and backchannel_logout_path are both %q", h.LogoutPath)
 	}
 	if p := h.PostLogoutRedirectURI; p != "" {
 		u, err := url.Parse(p)
@@ -342,8 +356,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	case h.LogoutPath:
 		return h.serveLogout(w, r)
 	case h.BackchannelLogoutPath:
-		w.Header().Set("Cache-Control", "no-store")
-		return caddyhttp.Error(http.StatusNotImplemented, errors.New("back-channel logout is not supported by this build yet"))
+		return h.serveBackchannelLogout(w, r)
+	case h.FrontchannelLogoutPath:
+		return h.serveFrontchannelLogout(w, r)
 	}
 	if h.exclude != nil && h.exclude.Match(r) {
 		h.stripCookies(r)
@@ -360,6 +375,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	if sess == nil {
 		return h.challenge(w, r, "")
+	}
+	if h.revs.ended(h.Issuer, sess) {
+		// Logged out (back-channel, front-channel or RP-initiated) on some replica.
+		h.endSession(w, r, sess)
+		return h.challenge(w, r, "invalid_token")
 	}
 	if h.refreshTooOld(sess, now) && sess.AccessExpiry != 0 && now.Unix() >= sess.AccessExpiry {
 		h.endSession(w, r, sess)

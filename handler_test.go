@@ -359,7 +359,7 @@ func TestChallengeKinds(t *testing.T) {
 		{"POST", "/form", nil, 401},
 		{"GET", "/healthz", nil, 200},
 		{"GET", "/public/a.css", nil, 200},
-		{"GET", "/oauth2/backchannel_logout", nil, 501},
+		{"GET", "/oauth2/backchannel_logout", nil, 405},
 	} {
 		r := request(tc.method, tc.path)
 		for k, v := range tc.hdr {

@@ -43,6 +43,11 @@ func (h *Handler) serveLogout(w http.ResponseWriter, r *http.Request) error {
 	target := h.postLogoutURL(r)
 	if sess != nil {
 		h.logger.Info("logout", zap.String("sub", sess.Subject()))
+		// A cookie is stateless: a copy kept elsewhere must die too, on
+		// every replica.
+		if err := h.revs.revoke(r.Context(), revokeSession, h.Issuer, sess.LocalID, time.Duration(h.SessionLifetime)); err != nil {
+			h.logger.Warn("logout recorded in this process only", zap.Error(err))
+		}
 		if sess.RefreshToken != "" {
 			// RFC 7009, best effort: the session is already gone locally.
 			ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)

@@ -64,6 +64,8 @@ type Hybrid struct {
 	connectOnce sync.Once
 	startOnce   sync.Once
 	watch       watchers
+	follow      followers
+	sem         chan struct{}
 }
 
 // NewHybrid returns a Hybrid that does no I/O until Start (so `caddy
@@ -88,7 +90,8 @@ func NewHybrid(l1 *Memory, o ValkeyOptions, stats *Stats, logger *zap.Logger) *H
 	rand.Read(id)
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Hybrid{l1: l1, opts: o, stats: stats, logger: logger, channel: o.KeyPrefix + "invalidate",
-		origin: hex.EncodeToString(id), ctx: ctx, cancel: cancel, connectedCh: make(chan struct{})}
+		origin: hex.EncodeToString(id), ctx: ctx, cancel: cancel, connectedCh: make(chan struct{}),
+		sem: make(chan struct{}, 64)}
 }
 
 // Start connects to Valkey in the background and returns at once: Caddy
@@ -240,6 +243,7 @@ func (h *Hybrid) onSubscribed(c valkey.Client) {
 		}
 	}
 	h.subscribed.Store(true)
+	h.resynced()
 	h.connectOnce.Do(func() { close(h.connectedCh) })
 	if len(dirty) > 0 {
 		h.logger.Info("valkey is back; wrote back values kept in L1 during the outage", zap.Int("entries", len(dirty)))
@@ -254,6 +258,7 @@ func (h *Hybrid) onMessage(m valkey.PubSubMessage) {
 	_ = h.l1.Delete(context.Background(), key)
 	h.stats.Invalidations.Add(1)
 	h.watch.fire(key)
+	h.announced(key)
 }
 
 // noteError counts a Valkey error and logs at most one line per 10 s.

@@ -139,6 +139,8 @@ func newEnv(t testing.TB, o envOptions) *env {
 		RedirectURIs:           redirects,
 		PostLogoutRedirectURIs: postLogout,
 		AccessTokenLifetime:    o.accessTTL,
+		// The IdP knows one back-channel URI, as behind a load balancer.
+		BackchannelLogoutURIs: []string{urls[0] + "/oauth2/backchannel_logout"},
 	})
 	if err != nil {
 		t.Fatal(err)

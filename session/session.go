@@ -4,6 +4,8 @@
 package session
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"time"
@@ -16,6 +18,9 @@ type Session struct {
 	// (session_store cache); empty for cookie sessions. Never serialized:
 	// it travels only in the cookie.
 	ID string `json:"-"`
+	// LocalID names this session (random, 128 bits) so that logout can
+	// revoke it on every replica even as a stateless cookie.
+	LocalID string `json:"n,omitempty"`
 	// Claims are the ID token's claims, without the protocol ones (see ProtocolClaims).
 	Claims map[string]any `json:"c"`
 	// IDToken is the raw ID token, kept as id_token_hint for logout.
@@ -47,7 +52,10 @@ func New(claims map[string]any, idToken, accessToken, refreshToken string, acces
 	for _, k := range ProtocolClaims {
 		delete(c, k)
 	}
+	id := make([]byte, 16)
+	rand.Read(id)
 	s := &Session{
+		LocalID:      hex.EncodeToString(id),
 		Claims:       c,
 		IDToken:      idToken,
 		AccessToken:  accessToken,

@@ -7,11 +7,15 @@ package devidp
 
 import (
 	"context"
+	"encoding/json"
 	"net"
 	"net/http"
+	"net/url"
 	"sync/atomic"
 	"time"
 
+	"github.com/go-jose/go-jose/v4"
+	"github.com/google/uuid"
 	"github.com/zitadel/oidc/v3/example/server/exampleop"
 	"github.com/zitadel/oidc/v3/example/server/storage"
 	"github.com/zitadel/oidc/v3/pkg/oidc"
@@ -43,6 +47,9 @@ type Options struct {
 	AccessTokenLifetime time.Duration
 	// Users; default DefaultUsers.
 	Users []User
+	// BackchannelLogoutURIs receive a signed logout token (sub of the user)
+	// when a user's session ends at the IdP (its end_session endpoint).
+	BackchannelLogoutURIs []string
 }
 
 // IdP is a running development OpenID Provider.
@@ -85,6 +92,8 @@ func Start(o Options) (*IdP, error) {
 		users:     us,
 		accessTTL: o.AccessTokenLifetime,
 		client:    &devClient{Client: client, postLogout: o.PostLogoutRedirectURIs},
+		issuer:    issuer,
+		bcl:       o.BackchannelLogoutURIs,
 	}
 	router := exampleop.SetupServer(issuer, s, nil, false)
 	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -121,6 +130,12 @@ func (i *IdP) RefusedRefreshGrants() int64 { return i.store.refusedRefresh.Load(
 // DiscoveryFetches counts requests for the discovery document.
 func (i *IdP) DiscoveryFetches() int64 { return i.store.discoveryHits.Load() }
 
+// LogoutToken signs a back-channel logout token with the IdP's own key.
+func (i *IdP) LogoutToken(c LogoutClaims) (string, error) { return i.store.LogoutToken(c) }
+
+// BackchannelLogoutsSent counts logout tokens the IdP delivered.
+func (i *IdP) BackchannelLogoutsSent() int64 { return i.store.backchannelSent.Load() }
+
 // SetRefreshDelay makes every refresh grant wait d before it is answered.
 func (i *IdP) SetRefreshDelay(d time.Duration) { i.store.refreshDelay.Store(int64(d)) }
 
@@ -138,6 +153,84 @@ type store struct {
 	discoveryHits                             atomic.Int64
 	refreshDelay                              atomic.Int64
 	tokenDown                                 atomic.Bool
+	issuer                                    string
+	bcl                                       []string
+	backchannelSent                           atomic.Int64
+}
+
+// TerminateSession ends the user's refresh tokens and, like an IdP with
+// back-channel logout, tells every registered relying party.
+func (s *store) TerminateSession(ctx context.Context, userID, clientID string) error {
+	if err := s.Storage.TerminateSession(ctx, userID, clientID); err != nil {
+		return err
+	}
+	for _, u := range s.bcl {
+		tok, err := s.LogoutToken(LogoutClaims{Subject: userID})
+		if err != nil {
+			return err
+		}
+		resp, err := http.PostForm(u, url.Values{"logout_token": {tok}})
+		if err == nil {
+			resp.Body.Close()
+			s.backchannelSent.Add(1)
+		}
+	}
+	return nil
+}
+
+// LogoutClaims say what a logout token is about; zero fields are left out
+// or defaulted (iat now, a fresh jti, the back-channel event).
+type LogoutClaims struct {
+	Subject, SID, JTI, Audience, Issuer, Nonce string
+	IssuedAt                                   time.Time
+	NoEvents                                   bool
+}
+
+// LogoutToken signs a back-channel logout token with the IdP's own key.
+func (s *store) LogoutToken(c LogoutClaims) (string, error) {
+	key, err := s.Storage.SigningKey(context.Background())
+	if err != nil {
+		return "", err
+	}
+	claims := map[string]any{"iss": s.issuer, "aud": s.client.GetID(), "iat": time.Now().Unix(), "jti": uuid.NewString()}
+	if c.Issuer != "" {
+		claims["iss"] = c.Issuer
+	}
+	if c.Audience != "" {
+		claims["aud"] = c.Audience
+	}
+	if !c.IssuedAt.IsZero() {
+		claims["iat"] = c.IssuedAt.Unix()
+	}
+	if c.JTI != "" {
+		claims["jti"] = c.JTI
+	}
+	if c.Subject != "" {
+		claims["sub"] = c.Subject
+	}
+	if c.SID != "" {
+		claims["sid"] = c.SID
+	}
+	if c.Nonce != "" {
+		claims["nonce"] = c.Nonce
+	}
+	if !c.NoEvents {
+		claims["events"] = map[string]any{"http://schemas.openid.net/event/backchannel-logout": map[string]any{}}
+	}
+	payload, err := json.Marshal(claims)
+	if err != nil {
+		return "", err
+	}
+	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: key.SignatureAlgorithm(), Key: jose.JSONWebKey{Key: key.Key(), KeyID: key.ID()}},
+		(&jose.SignerOptions{}).WithType("logout+jwt"))
+	if err != nil {
+		return "", err
+	}
+	obj, err := signer.Sign(payload)
+	if err != nil {
+		return "", err
+	}
+	return obj.CompactSerialize()
 }
 
 func (s *store) CreateAccessAndRefreshTokens(ctx context.Context, req op.TokenRequest, current string) (string, string, time.Time, error) {

@@ -177,3 +177,40 @@ func TestTokenEndpoint(t *testing.T) {
 		t.Errorf("post: err=%v basic=%v post=%v, want client_secret_post", err, gotBasic, gotPost)
 	}
 }
+
+func TestVerifyLogoutToken(t *testing.T) {
+	idp, p := setup(t)
+	ctx := context.Background()
+	valid := func() map[string]any {
+		return map[string]any{
+			"iss": idp.Issuer, "aud": clientID, "iat": time.Now().Unix(), "jti": "j-1", "sub": "user-1", "sid": "s-1",
+			"events": map[string]any{provider.BackchannelLogoutEvent: map[string]any{}},
+		}
+	}
+	with := func(mod func(c map[string]any)) map[string]any { c := valid(); mod(c); return c }
+	lt, err := p.VerifyLogoutToken(ctx, idp.Sign(valid()), clientID, time.Minute, 5*time.Minute)
+	if err != nil || lt.SID != "s-1" || lt.Subject != "user-1" || lt.JTI != "j-1" {
+		t.Fatalf("valid logout token: %+v %v", lt, err)
+	}
+	if _, err := p.VerifyLogoutToken(ctx, idp.Sign(with(func(c map[string]any) { delete(c, "sid") })), clientID, time.Minute, 5*time.Minute); err != nil {
+		t.Errorf("a token with sub only was refused: %v", err)
+	}
+	for name, tok := range map[string]string{
+		"wrong signature": testidp.SignWith(jwa.RS256, testidp.ForeignKey("k1"), "k1", valid()),
+		"wrong aud":       idp.Sign(with(func(c map[string]any) { c["aud"] = "other" })),
+		"wrong iss":       idp.Sign(with(func(c map[string]any) { c["iss"] = "https://evil.example" })),
+		"iat too old":     idp.Sign(with(func(c map[string]any) { c["iat"] = time.Now().Add(-time.Hour).Unix() })),
+		"nonce present":   idp.Sign(with(func(c map[string]any) { c["nonce"] = "n" })),
+		"events missing":  idp.Sign(with(func(c map[string]any) { delete(c, "events") })),
+		"wrong event":     idp.Sign(with(func(c map[string]any) { c["events"] = map[string]any{"other": map[string]any{}} })),
+		"no sid nor sub":  idp.Sign(with(func(c map[string]any) { delete(c, "sid"); delete(c, "sub") })),
+		"no jti":          idp.Sign(with(func(c map[string]any) { delete(c, "jti") })),
+		"alg none":        testidp.Unsigned(valid()),
+	} {
+		t.Run(name, func(t *testing.T) {
+			if _, err := p.VerifyLogoutToken(ctx, tok, clientID, time.Minute, 5*time.Minute); !errors.Is(err, provider.ErrInvalidToken) {
+				t.Errorf("got %v, want ErrInvalidToken", err)
+			}
+		})
+	}
+}
