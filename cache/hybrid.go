@@ -301,6 +301,12 @@ func (h *Hybrid) Get(ctx context.Context, key string) ([]byte, bool, error) {
 	k := h.opts.KeyPrefix + key
 	res := c.DoMulti(ctx, c.B().Get().Key(k).Build(), c.B().Pttl().Key(k).Build())
 	v, err := res[0].AsBytes()
+	if err != nil && !valkey.IsValkeyNil(err) && ctx.Err() == nil {
+		// Retries are off (see clientOption): a connection broken by an
+		// outage fails once and is redialled; give it that one chance.
+		res = c.DoMulti(ctx, c.B().Get().Key(k).Build(), c.B().Pttl().Key(k).Build())
+		v, err = res[0].AsBytes()
+	}
 	if valkey.IsValkeyNil(err) {
 		h.stats.count(ns, "l2", false)
 		return nil, false, nil
