@@ -516,3 +516,29 @@ func TestRefreshTokenMaxAge(t *testing.T) {
 		t.Errorf("a refresh token past its max age: got %d after %d grants; want 401 and no grant", statusOf(err, w), grants)
 	}
 }
+
+// TestExcludeCannotBeTraversed: path tricks that name a protected path
+// through an excluded prefix are not excluded (Caddy's path matcher cleans
+// the path first).
+func TestExcludeCannotBeTraversed(t *testing.T) {
+	idp := testidp.New()
+	defer idp.Close()
+	h := newTestHandler(t, idp, func(h *Handler) { h.Exclude = []string{"/public/*", "/healthz"} })
+	for _, p := range []string{"/public/../admin", "/public/%2e%2e/admin", "/public/%2E%2E/admin", "//public/../admin",
+		"/public%2f..%2fadmin", "/healthz/../admin", "/public/..%2fadmin", "/healthz/"} {
+		ctx := request("GET", "/").Context()
+		r := httptest.NewRequest("GET", "http://example.com"+p, nil).WithContext(ctx)
+		next := &recordNext{}
+		w := httptest.NewRecorder()
+		if err := h.ServeHTTP(w, r, next); err != nil {
+			t.Fatal(err)
+		}
+		if next.called || w.Code != http.StatusFound {
+			t.Errorf("%s: passed unauthenticated (%d)", p, w.Code)
+		}
+	}
+	next := &recordNext{}
+	if err := h.ServeHTTP(httptest.NewRecorder(), request("GET", "/public/logo.png"), next); err != nil || !next.called {
+		t.Error("an excluded path was not passed on")
+	}
+}
