@@ -54,7 +54,11 @@ func (h *Handler) serveBackchannelLogout(w http.ResponseWriter, r *http.Request)
 	// A replayed token is refused: its jti is remembered (across replicas)
 	// for as long as the token could be accepted.
 	sum := sha256.Sum256([]byte(h.Issuer + "|" + lt.JTI))
-	fresh, err := h.store.(cache.Adder).Add(r.Context(), cache.Key("jti", hex.EncodeToString(sum[:])), []byte{1}, 2*(logoutTokenMaxAge+time.Duration(h.ClockSkew)))
+	adder, ok := h.store.(cache.Adder)
+	if !ok {
+		return jsonError(w, http.StatusServiceUnavailable, "temporarily_unavailable", "no replay store")
+	}
+	fresh, err := adder.Add(r.Context(), cache.Key("jti", hex.EncodeToString(sum[:])), []byte{1}, 2*(logoutTokenMaxAge+time.Duration(h.ClockSkew)))
 	if err != nil {
 		w.Header().Set("Retry-After", "5")
 		return jsonError(w, http.StatusServiceUnavailable, "temporarily_unavailable", "the replay check is unavailable")
