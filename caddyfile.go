@@ -51,6 +51,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		allow_roles              <role...>
 //		exclude                  <path...>
 //		header                   <name> <value>
+//		bearer
+//		bearer_audience          <audience...>
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the directive's name
@@ -70,7 +72,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("%s takes exactly one value", field)
 			}
 			*h.stringField(field) = v
-		case "scopes", "session_secret", "allow_users", "allow_domains", "allow_groups", "allow_roles", "exclude":
+		case "bearer":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			h.Bearer = true
+		case "scopes", "session_secret", "allow_users", "allow_domains", "allow_groups", "allow_roles", "exclude", "bearer_audience":
 			args := d.RemainingArgs()
 			if len(args) == 0 {
 				return d.ArgErr()
@@ -119,7 +126,7 @@ func (h *Handler) listField(name string) *[]string {
 	return map[string]*[]string{
 		"scopes": &h.Scopes, "session_secret": &h.SessionSecret, "allow_users": &h.AllowUsers,
 		"allow_domains": &h.AllowDomains, "allow_groups": &h.AllowGroups, "allow_roles": &h.AllowRoles,
-		"exclude": &h.Exclude,
+		"exclude": &h.Exclude, "bearer_audience": &h.BearerAudience,
 	}[name]
 }
 

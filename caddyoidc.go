@@ -109,6 +109,15 @@ type Handler struct {
 	// copies the client sent are removed first, on every request.
 	Header map[string]string `json:"header,omitempty"`
 
+	// Bearer accepts `Authorization: Bearer` access tokens from API clients:
+	// JWTs are verified against the IdP's keys, opaque tokens are
+	// introspected (RFC 7662). A bearer request never creates a session.
+	// Default: off.
+	Bearer bool `json:"bearer,omitempty"`
+	// BearerAudience lists the audiences a JWT access token may carry.
+	// Default: the client_id.
+	BearerAudience []string `json:"bearer_audience,omitempty"`
+
 	// SessionLifetime is a session's absolute lifetime. Default: 24h.
 	SessionLifetime caddy.Duration `json:"session_lifetime,omitempty"`
 	// SessionIdleTimeout ends a session unused for this long. Default: 0 (no idle limit).
@@ -135,6 +144,7 @@ type Handler struct {
 	codec         *session.Codec
 	refreshCodec  *refresh.Codec[*refreshResult]
 	decoded       *session.DecodedCache
+	bearers       *bearerCache
 	client        provider.Client
 	callbackPath  string
 	absRedirect   bool
@@ -222,6 +232,10 @@ func (h *Handler) configure(ctx caddy.Context, logger *zap.Logger) error {
 	h.codec = codec
 	h.refreshCodec = newRefreshCodec(codec)
 	h.decoded = session.NewDecodedCache(decodedSessionCacheSize)
+	h.bearers = newBearerCache(bearerCacheSize)
+	if len(h.BearerAudience) == 0 {
+		h.BearerAudience = []string{h.ClientID}
+	}
 	h.client = provider.Client{ID: h.ClientID, Secret: h.ClientSecret}
 	h.secureDefault = strings.HasPrefix(h.RedirectURI, "https://")
 	for name, value := range h.Header {
@@ -364,6 +378,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		h.stripCookies(r)
 		return next.ServeHTTP(w, r)
 	}
+	if h.Bearer {
+		if token, ok := bearerToken(r); ok {
+			return h.serveBearer(w, r, next, token)
+		}
+	}
 
 	now := time.Now()
 	sess, reissue, err := h.loadSession(r, now)
@@ -403,7 +422,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			h.logger.Warn("token refresh failed; serving the session until its access token expires", zap.Error(err))
 		}
 	}
-	if !h.allowed(sess) {
+	if !h.allowed(sess.Claims) {
 		return caddyhttp.Error(http.StatusForbidden, fmt.Errorf("user %q is not allowed by the allow rules", sess.Subject()))
 	}
 	if idle := time.Duration(h.SessionIdleTimeout); idle > 0 && now.Sub(time.Unix(sess.LastSeen, 0)) > max(idle/10, time.Second) {
@@ -415,7 +434,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			return caddyhttp.Error(http.StatusInternalServerError, err)
 		}
 	}
-	h.setIdentity(r, sess)
+	h.setIdentity(r, sess.Claims)
 	h.stripCookies(r)
 	return next.ServeHTTP(w, r)
 }

@@ -7,8 +7,6 @@ import (
 	"strings"
 
 	"github.com/caddyserver/caddy/v2"
-
-	"github.com/caddy-oidc/caddy-oidc/session"
 )
 
 const userPrefix = "http.auth.user."
@@ -21,7 +19,7 @@ func (l ClaimList) String() string { return strings.Join(l, ",") }
 
 // setIdentity makes the session's identity available as {http.auth.user.*}.
 // The values are computed when a placeholder is used, not per request.
-func (h *Handler) setIdentity(r *http.Request, s *session.Session) {
+func (h *Handler) setIdentity(r *http.Request, claims map[string]any) {
 	repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	if !ok {
 		return
@@ -30,7 +28,7 @@ func (h *Handler) setIdentity(r *http.Request, s *session.Session) {
 		if !strings.HasPrefix(key, userPrefix) {
 			return nil, false
 		}
-		return userPlaceholder(s.Claims, key[len(userPrefix):])
+		return userPlaceholder(claims, key[len(userPrefix):])
 	})
 	for _, hr := range h.headers {
 		if v := repl.ReplaceAll(hr.value, ""); v != "" {
@@ -131,13 +129,13 @@ func claimList(v any) ClaimList {
 // user is allowed; otherwise a user matching any one rule is. Email rules
 // only count a verified email (email_verified absent is taken as verified,
 // as many IdPs omit it for managed accounts).
-func (h *Handler) allowed(s *session.Session) bool {
+func (h *Handler) allowed(claims map[string]any) bool {
 	if len(h.AllowUsers)+len(h.AllowDomains)+len(h.AllowGroups)+len(h.AllowRoles) == 0 {
 		return true
 	}
-	sub := claimString(s.Claims["sub"])
-	email := claimString(s.Claims["email"])
-	verified := s.Claims["email_verified"] != false && email != ""
+	sub := claimString(claims["sub"])
+	email := claimString(claims["email"])
+	verified := claims["email_verified"] != false && email != ""
 	for _, u := range h.AllowUsers {
 		if u == sub || verified && strings.EqualFold(u, email) {
 			return true
@@ -153,8 +151,8 @@ func (h *Handler) allowed(s *session.Session) bool {
 			}
 		}
 	}
-	return intersects(claimList(s.Claims["groups"]), h.AllowGroups) ||
-		intersects(claimList(s.Claims["roles"]), h.AllowRoles)
+	return intersects(claimList(claims["groups"]), h.AllowGroups) ||
+		intersects(claimList(claims["roles"]), h.AllowRoles)
 }
 
 func intersects(have ClaimList, want []string) bool {

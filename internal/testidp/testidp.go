@@ -30,7 +30,9 @@ type IdP struct {
 	discovery map[string]any
 	token     http.HandlerFunc
 
-	DiscoveryHits, JWKSHits, TokenHits atomic.Int64
+	introspect http.HandlerFunc
+
+	DiscoveryHits, JWKSHits, TokenHits, IntrospectHits atomic.Int64
 }
 
 // New starts a fake IdP with one RSA key ("k1").
@@ -54,6 +56,17 @@ func New() *IdP {
 		i.mu.Unlock()
 		writeJSON(w, set)
 	})
+	mux.HandleFunc("/introspect", func(w http.ResponseWriter, r *http.Request) {
+		i.IntrospectHits.Add(1)
+		i.mu.Lock()
+		h := i.introspect
+		i.mu.Unlock()
+		if h == nil {
+			http.Error(w, "down", http.StatusServiceUnavailable)
+			return
+		}
+		h(w, r)
+	})
 	mux.HandleFunc("/token", func(w http.ResponseWriter, r *http.Request) {
 		i.TokenHits.Add(1)
 		i.mu.Lock()
@@ -73,6 +86,7 @@ func New() *IdP {
 		"token_endpoint":                        i.Issuer + "/token",
 		"jwks_uri":                              i.Issuer + "/jwks",
 		"end_session_endpoint":                  i.Issuer + "/logout",
+		"introspection_endpoint":                i.Issuer + "/introspect",
 		"id_token_signing_alg_values_supported": []string{"RS256"},
 		"token_endpoint_auth_methods_supported": []string{"client_secret_basic", "client_secret_post"},
 	}
@@ -113,6 +127,13 @@ func (i *IdP) AddKey(kid string) {
 func (i *IdP) OnToken(h http.HandlerFunc) {
 	i.mu.Lock()
 	i.token = h
+	i.mu.Unlock()
+}
+
+// OnIntrospect sets the introspection endpoint's handler (nil: 503).
+func (i *IdP) OnIntrospect(h http.HandlerFunc) {
+	i.mu.Lock()
+	i.introspect = h
 	i.mu.Unlock()
 }
 
