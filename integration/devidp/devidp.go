@@ -295,6 +295,37 @@ func (s *store) GetClientByClientID(ctx context.Context, id string) (op.Client, 
 	return s.Storage.GetClientByClientID(ctx, id)
 }
 
+// Service account for the client credentials grant: its access tokens are
+// JWTs with the IdP's signature, for the relying party's audience.
+const (
+	ServiceClientID     = "robot"
+	ServiceClientSecret = "robot-secret"
+)
+
+type serviceClient struct{ *storage.Client }
+
+func (serviceClient) AccessTokenType() op.AccessTokenType { return op.AccessTokenTypeJWT }
+func (serviceClient) GrantTypes() []oidc.GrantType {
+	return []oidc.GrantType{oidc.GrantTypeClientCredentials}
+}
+
+// ClientCredentials authenticates the service account.
+func (s *store) ClientCredentials(ctx context.Context, id, secret string) (op.Client, error) {
+	if id == ServiceClientID && secret == ServiceClientSecret {
+		return serviceClient{storage.WebClient(ServiceClientID, ServiceClientSecret)}, nil
+	}
+	return s.Storage.ClientCredentials(ctx, id, secret)
+}
+
+// ClientCredentialsTokenRequest issues the service account's tokens for the
+// relying party's audience.
+func (s *store) ClientCredentialsTokenRequest(ctx context.Context, id string, scopes []string) (op.TokenRequest, error) {
+	if id == ServiceClientID {
+		return &oidc.JWTTokenRequest{Subject: id, Audience: []string{s.client.GetID(), id}, Scopes: scopes}, nil
+	}
+	return s.Storage.ClientCredentialsTokenRequest(ctx, id, scopes)
+}
+
 // devClient puts the user's claims in the ID token, as most IdPs do, and
 // registers post-logout redirect URIs.
 type devClient struct {
