@@ -49,6 +49,10 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		allow_domains            <domain...>
 //		allow_groups             <group...>
 //		allow_roles              <role...>
+//		allow_expression         <CEL over claims>
+//		groups_claim             <claim path>
+//		roles_claim              <claim path>
+//		require_email_verified   true|false
 //		exclude                  <path...>
 //		header                   <name> <value>
 //		bearer
@@ -63,7 +67,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		field := d.Val()
 		switch field {
 		case "issuer", "client_id", "client_secret", "redirect_uri", "session_store",
-			"logout_path", "post_logout_redirect_uri", "backchannel_logout_path", "frontchannel_logout_path", "cookie_name":
+			"logout_path", "post_logout_redirect_uri", "backchannel_logout_path", "frontchannel_logout_path", "cookie_name",
+			"allow_expression", "groups_claim", "roles_claim":
 			if !d.NextArg() {
 				return d.ArgErr()
 			}
@@ -72,6 +77,15 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("%s takes exactly one value", field)
 			}
 			*h.stringField(field) = v
+		case "require_email_verified":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			v, err := strconv.ParseBool(d.Val())
+			if err != nil {
+				return d.Errf("require_email_verified: %q is not true or false", d.Val())
+			}
+			h.RequireEmailVerified = &v
 		case "bearer":
 			if d.NextArg() {
 				return d.ArgErr()
@@ -118,6 +132,7 @@ func (h *Handler) stringField(name string) *string {
 		"redirect_uri": &h.RedirectURI, "session_store": &h.SessionStore, "logout_path": &h.LogoutPath,
 		"post_logout_redirect_uri": &h.PostLogoutRedirectURI, "backchannel_logout_path": &h.BackchannelLogoutPath,
 		"frontchannel_logout_path": &h.FrontchannelLogoutPath,
+		"allow_expression": &h.AllowExpression, "groups_claim": &h.GroupsClaim, "roles_claim": &h.RolesClaim,
 		"cookie_name":              &h.CookieName,
 	}[name]
 }

@@ -102,6 +102,21 @@ type Handler struct {
 	AllowGroups []string `json:"allow_groups,omitempty"`
 	// AllowRoles admits users with one of these values in the roles claim.
 	AllowRoles []string `json:"allow_roles,omitempty"`
+	// AllowExpression admits users for whom this CEL expression over their
+	// claims (the variable `claims`) is true, for rules the lists cannot
+	// say: `claims.department == "ops" && "oncall" in claims.groups`.
+	AllowExpression string `json:"allow_expression,omitempty"`
+	// GroupsClaim names the claim allow_groups and {http.auth.user.groups}
+	// read; a dotted path reaches into objects. Default: groups.
+	GroupsClaim string `json:"groups_claim,omitempty"`
+	// RolesClaim names the claim allow_roles and {http.auth.user.roles}
+	// read (Keycloak: realm_access.roles or resource_access.<client>.roles).
+	// Default: roles.
+	RolesClaim string `json:"roles_claim,omitempty"`
+	// RequireEmailVerified makes email-based rules (allow_users by email,
+	// allow_domains) ignore an email whose email_verified claim is false.
+	// Default: true.
+	RequireEmailVerified *bool `json:"require_email_verified,omitempty"`
 	// Exclude lists paths served without authentication, in the syntax of
 	// Caddy's path matcher (exact, /prefix/*, *suffix, globs).
 	Exclude []string `json:"exclude,omitempty"`
@@ -145,6 +160,7 @@ type Handler struct {
 	refreshCodec  *refresh.Codec[*refreshResult]
 	decoded       *session.DecodedCache
 	bearers       *bearerCache
+	allowExpr     *claimExpression
 	client        provider.Client
 	callbackPath  string
 	absRedirect   bool
@@ -233,6 +249,13 @@ func (h *Handler) configure(ctx caddy.Context, logger *zap.Logger) error {
 	h.refreshCodec = newRefreshCodec(codec)
 	h.decoded = session.NewDecodedCache(decodedSessionCacheSize)
 	h.bearers = newBearerCache(bearerCacheSize)
+	if h.AllowExpression != "" {
+		expr, err := compileClaimExpression(h.AllowExpression)
+		if err != nil {
+			return fmt.Errorf("oidc: allow_expression: %w", err)
+		}
+		h.allowExpr = expr
+	}
 	if len(h.BearerAudience) == 0 {
 		h.BearerAudience = []string{h.ClientID}
 	}

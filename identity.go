@@ -28,7 +28,7 @@ func (h *Handler) setIdentity(r *http.Request, claims map[string]any) {
 		if !strings.HasPrefix(key, userPrefix) {
 			return nil, false
 		}
-		return userPlaceholder(claims, key[len(userPrefix):])
+		return h.userPlaceholder(claims, key[len(userPrefix):])
 	})
 	for _, hr := range h.headers {
 		if v := repl.ReplaceAll(hr.value, ""); v != "" {
@@ -37,14 +37,16 @@ func (h *Handler) setIdentity(r *http.Request, claims map[string]any) {
 	}
 }
 
-func userPlaceholder(claims map[string]any, key string) (any, bool) {
+func (h *Handler) userPlaceholder(claims map[string]any, key string) (any, bool) {
 	switch key {
 	case "id":
 		return claimString(claims["sub"]), true
 	case "email", "name":
 		return claimString(claims[key]), true
-	case "groups", "roles":
-		return claimList(claims[key]), true
+	case "groups":
+		return h.groups(claims), true
+	case "roles":
+		return h.roles(claims), true
 	}
 	if path, ok := strings.CutPrefix(key, "claims."); ok {
 		v, found := lookupClaim(claims, path)
@@ -130,12 +132,12 @@ func claimList(v any) ClaimList {
 // only count a verified email (email_verified absent is taken as verified,
 // as many IdPs omit it for managed accounts).
 func (h *Handler) allowed(claims map[string]any) bool {
-	if len(h.AllowUsers)+len(h.AllowDomains)+len(h.AllowGroups)+len(h.AllowRoles) == 0 {
+	if len(h.AllowUsers)+len(h.AllowDomains)+len(h.AllowGroups)+len(h.AllowRoles) == 0 && h.allowExpr == nil {
 		return true
 	}
 	sub := claimString(claims["sub"])
 	email := claimString(claims["email"])
-	verified := claims["email_verified"] != false && email != ""
+	verified := email != "" && (claims["email_verified"] != false || !h.requireVerified())
 	for _, u := range h.AllowUsers {
 		if u == sub || verified && strings.EqualFold(u, email) {
 			return true
@@ -151,8 +153,10 @@ func (h *Handler) allowed(claims map[string]any) bool {
 			}
 		}
 	}
-	return intersects(claimList(claims["groups"]), h.AllowGroups) ||
-		intersects(claimList(claims["roles"]), h.AllowRoles)
+	if intersects(h.groups(claims), h.AllowGroups) || intersects(h.roles(claims), h.AllowRoles) {
+		return true
+	}
+	return h.allowExpr != nil && h.allowExpr.allows(claims)
 }
 
 func intersects(have ClaimList, want []string) bool {
@@ -205,3 +209,31 @@ func (h *Handler) isOwnCookie(pair string) bool {
 	name = strings.TrimPrefix(strings.TrimSpace(name), "__Host-")
 	return name == h.CookieName || strings.HasPrefix(name, h.CookieName+"_")
 }
+
+// groups and roles read the configured claims (groups_claim, roles_claim),
+// which may be nested paths such as realm_access.roles.
+func (h *Handler) groups(claims map[string]any) ClaimList {
+	v, _ := lookupClaim(claims, h.groupsClaim())
+	return claimList(v)
+}
+
+func (h *Handler) roles(claims map[string]any) ClaimList {
+	v, _ := lookupClaim(claims, h.rolesClaim())
+	return claimList(v)
+}
+
+func (h *Handler) groupsClaim() string {
+	if h.GroupsClaim != "" {
+		return h.GroupsClaim
+	}
+	return "groups"
+}
+
+func (h *Handler) rolesClaim() string {
+	if h.RolesClaim != "" {
+		return h.RolesClaim
+	}
+	return "roles"
+}
+
+func (h *Handler) requireVerified() bool { return h.RequireEmailVerified == nil || *h.RequireEmailVerified }

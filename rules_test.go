@@ -1,0 +1,74 @@
+package caddyoidc
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+
+	"github.com/caddy-oidc/caddy-oidc/internal/testidp"
+)
+
+func TestClaimRules(t *testing.T) {
+	idp := testidp.New()
+	defer idp.Close()
+	keycloak := map[string]any{
+		"sub": "k1", "email": "Kim@Corp.Example", "email_verified": true, "department": "ops",
+		"realm_access":             map[string]any{"roles": []any{"offline_access", "admin"}},
+		"resource_access":          map[string]any{"my-app": map[string]any{"roles": []any{"editor"}}},
+		"groups":                   []any{"/staff", "/oncall"},
+		"https://example.com/tier": "gold",
+	}
+	unverified := map[string]any{"sub": "u1", "email": "u@corp.example", "email_verified": false}
+	f := false
+	cases := []struct {
+		name   string
+		rules  func(h *Handler)
+		claims map[string]any
+		want   int
+	}{
+		{"realm roles by nested path", func(h *Handler) { h.RolesClaim = "realm_access.roles"; h.AllowRoles = []string{"admin"} }, keycloak, 200},
+		{"client roles by nested path", func(h *Handler) { h.RolesClaim = "resource_access.my-app.roles"; h.AllowRoles = []string{"editor"} }, keycloak, 200},
+		{"client roles, missing", func(h *Handler) { h.RolesClaim = "resource_access.my-app.roles"; h.AllowRoles = []string{"admin"} }, keycloak, 403},
+		{"groups claim renamed", func(h *Handler) { h.GroupsClaim = "realm_access.roles"; h.AllowGroups = []string{"admin"} }, keycloak, 200},
+		{"domain, case-insensitive", func(h *Handler) { h.AllowDomains = []string{"corp.EXAMPLE"} }, keycloak, 200},
+		{"unverified email refused", func(h *Handler) { h.AllowDomains = []string{"corp.example"} }, unverified, 403},
+		{"unverified email accepted when not required", func(h *Handler) { h.AllowDomains = []string{"corp.example"}; h.RequireEmailVerified = &f }, unverified, 200},
+		{"CEL: department and group", func(h *Handler) { h.AllowExpression = `claims.department == "ops" && "/oncall" in claims.groups` }, keycloak, 200},
+		{"CEL: namespaced claim", func(h *Handler) { h.AllowExpression = `claims["https://example.com/tier"] == "gold"` }, keycloak, 200},
+		{"CEL: false", func(h *Handler) { h.AllowExpression = `claims.department == "finance"` }, keycloak, 403},
+		{"CEL: missing claim is a no", func(h *Handler) { h.AllowExpression = `claims.team == "x"` }, keycloak, 403},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newTestHandler(t, idp, tc.rules)
+			w := httptest.NewRecorder()
+			err := h.ServeHTTP(w, loggedIn(t, h, tc.claims, nil), &recordNext{})
+			if got := statusOf(err, w); got != tc.want {
+				t.Errorf("got %d, want %d", got, tc.want)
+			}
+		})
+	}
+	t.Run("roles placeholder follows roles_claim", func(t *testing.T) {
+		h := newTestHandler(t, idp, func(h *Handler) {
+			h.RolesClaim = "realm_access.roles"
+			h.Header["X-Roles"] = "{http.auth.user.roles}"
+		})
+		next := &recordNext{}
+		if err := h.ServeHTTP(httptest.NewRecorder(), loggedIn(t, h, keycloak, nil), next); err != nil {
+			t.Fatal(err)
+		}
+		if got := next.req.Header.Get("X-Roles"); got != "offline_access,admin" {
+			t.Errorf("X-Roles %q", got)
+		}
+	})
+	t.Run("a bad expression fails at load", func(t *testing.T) {
+		h := &Handler{Issuer: idp.Issuer, ClientID: "app", SessionSecret: []string{testSecret}, AllowExpression: `claims.x ==`}
+		if err := h.configure(caddy.Context{}, zap.NewNop()); err == nil {
+			t.Error("a malformed allow_expression was accepted")
+		}
+	})
+	_ = http.StatusOK
+}
