@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"time"
@@ -219,7 +220,7 @@ func (p *Provider) fetchDiscovery(ctx context.Context) (*Discovery, error) {
 	}
 	// OpenID Connect Discovery 1.0 §4.3: the issuer must match exactly, or a
 	// compromised document could redirect token validation elsewhere.
-	if d.Issuer != p.issuer {
+	if d.Issuer != p.issuer && !multiTenant(p.issuer, d.Issuer) {
 		return nil, fmt.Errorf("discovery document %s announces issuer %q, want %q: %w", u, d.Issuer, p.issuer, ErrUnavailable)
 	}
 	if d.AuthorizationEndpoint == "" || d.TokenEndpoint == "" || d.JWKSURI == "" {
@@ -263,4 +264,33 @@ func (b *limitedBody) Close() error { return b.rc.Close() }
 // MaxResponseBytes.
 func NewLimitedTransport(base http.RoundTripper) http.RoundTripper {
 	return limitedTransport{base: base}
+}
+
+// multiTenant recognises Microsoft Entra ID's multi-tenant endpoints
+// (common, organizations, consumers): their discovery announces the issuer
+// template https://login.microsoftonline.com/{tenantid}/v2.0, and each ID
+// token's iss is that template with the token's own tid.
+func multiTenant(configured, announced string) bool {
+	u, err := url.Parse(configured)
+	if err != nil || u.Host != "login.microsoftonline.com" {
+		return false
+	}
+	seg, _, _ := strings.Cut(strings.TrimPrefix(u.Path, "/"), "/")
+	switch seg {
+	case "common", "organizations", "consumers":
+		return strings.Contains(announced, "{tenantid}")
+	}
+	return false
+}
+
+// expectedIssuer is the iss a token with these claims must carry.
+func (p *Provider) expectedIssuer(d *Discovery, claims map[string]any) string {
+	if d.Issuer == p.issuer {
+		return p.issuer
+	}
+	tid, _ := claims["tid"].(string)
+	if tid == "" || strings.ContainsAny(tid, "/{}") {
+		return p.issuer
+	}
+	return strings.Replace(d.Issuer, "{tenantid}", tid, 1)
 }

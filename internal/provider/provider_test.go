@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"net/url"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -212,5 +214,49 @@ func TestVerifyLogoutToken(t *testing.T) {
 				t.Errorf("got %v, want ErrInvalidToken", err)
 			}
 		})
+	}
+}
+
+// rewrite sends every request to the fake IdP, whatever its URL says: the
+// IdP double then stands at a real provider's address.
+type rewrite struct {
+	target *url.URL
+	strip  string
+}
+
+func (rw rewrite) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.URL.Scheme, r.URL.Host = rw.target.Scheme, rw.target.Host
+	r.URL.Path = strings.TrimPrefix(r.URL.Path, rw.strip)
+	return http.DefaultTransport.RoundTrip(r)
+}
+
+func TestEntraMultiTenantIssuer(t *testing.T) {
+	idp := testidp.New()
+	defer idp.Close()
+	target, _ := url.Parse(idp.Issuer)
+	idp.SetDiscovery("issuer", "https://login.microsoftonline.com/{tenantid}/v2.0")
+	p := provider.New("https://login.microsoftonline.com/common/v2.0", provider.Options{
+		HTTPClient: &http.Client{Transport: rewrite{target: target, strip: "/common/v2.0"}},
+	})
+	defer p.Close()
+	ctx := context.Background()
+	opts := provider.VerifyOptions{ClientID: clientID, Nonce: "n", ClockSkew: time.Minute}
+	claims := idp.Claims(clientID, "n")
+	claims["iss"], claims["tid"] = "https://login.microsoftonline.com/tenant-a/v2.0", "tenant-a"
+	if _, err := p.VerifyIDToken(ctx, idp.Sign(claims), opts); err != nil {
+		t.Fatalf("a token of tenant-a through the common endpoint: %v", err)
+	}
+	claims["tid"] = "tenant-b" // iss of one tenant, tid of another
+	if _, err := p.VerifyIDToken(ctx, idp.Sign(claims), opts); !errors.Is(err, provider.ErrInvalidToken) {
+		t.Errorf("iss/tid mismatch accepted: %v", err)
+	}
+	// A single-tenant issuer never accepts the template.
+	single := provider.New("https://login.microsoftonline.com/tenant-a/v2.0", provider.Options{
+		HTTPClient: &http.Client{Transport: rewrite{target: target, strip: "/tenant-a/v2.0"}},
+	})
+	defer single.Close()
+	if _, err := single.Discovery(ctx); err == nil {
+		t.Error("a single-tenant issuer accepted a discovery document announcing {tenantid}")
 	}
 }

@@ -67,7 +67,6 @@ func (p *Provider) VerifyIDToken(ctx context.Context, raw string, o VerifyOption
 	tok, err := jwt.Parse([]byte(raw),
 		jwt.WithKey(jwa.SignatureAlgorithm(alg), key),
 		jwt.WithValidate(true),
-		jwt.WithIssuer(p.issuer),
 		jwt.WithAudience(o.ClientID),
 		jwt.WithAcceptableSkew(o.ClockSkew),
 		jwt.WithRequiredClaim("iat"),
@@ -87,6 +86,11 @@ func (p *Provider) VerifyIDToken(ctx context.Context, raw string, o VerifyOption
 	claims, err := tok.AsMap(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("reading ID token claims: %v: %w", err, ErrInvalidToken)
+	}
+	// iss is checked here rather than by jwt.WithIssuer: with Entra ID's
+	// multi-tenant endpoints the expected value depends on the token's tid.
+	if want := p.expectedIssuer(d, claims); tok.Issuer() != want {
+		return nil, fmt.Errorf("ID token issuer %q is not %q: %w", tok.Issuer(), want, ErrInvalidToken)
 	}
 	// Core §3.1.3.7 (4, 5): several audiences need azp, and azp must be us.
 	azp, _ := claims["azp"].(string)
