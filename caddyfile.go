@@ -55,6 +55,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		require_email_verified   true|false
 //		exclude                  <path...>
 //		header                   <name> <value>
+//		auth_param               <name> <value>
 //		bearer
 //		bearer_audience          <audience...>
 //	}
@@ -110,6 +111,15 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("%s takes exactly one value", field)
 			}
 			*h.durationField(field) = caddy.Duration(dur)
+		case "auth_param":
+			args := d.RemainingArgs()
+			if len(args) != 2 {
+				return d.Errf("auth_param takes a name and a value, e.g. auth_param prompt login")
+			}
+			if h.AuthParams == nil {
+				h.AuthParams = make(map[string]string)
+			}
+			h.AuthParams[args[0]] = args[1]
 		case "header":
 			args := d.RemainingArgs()
 			if len(args) != 2 {

@@ -120,6 +120,10 @@ type Handler struct {
 	// Exclude lists paths served without authentication, in the syntax of
 	// Caddy's path matcher (exact, /prefix/*, *suffix, globs).
 	Exclude []string `json:"exclude,omitempty"`
+	// AuthParams adds parameters to the authorization request: prompt,
+	// acr_values, audience (Auth0), resource, hd (Google)... A login_hint
+	// query parameter of the request that starts the login is passed on.
+	AuthParams map[string]string `json:"auth_params,omitempty"`
 	// Header sets request headers for the next handler, with placeholders;
 	// copies the client sent are removed first, on every request.
 	Header map[string]string `json:"header,omitempty"`
@@ -361,6 +365,11 @@ func (h *Handler) check(secrets []string) error {
 	}
 	if strings.ContainsAny(h.CookieName, "=;, \t\"") || strings.HasPrefix(h.CookieName, "__") {
 		return fmt.Errorf("oidc: cookie_name %q is not a valid cookie name (no prefix, no separators)", h.CookieName)
+	}
+	for name := range h.AuthParams {
+		if slices.Contains(reservedAuthParams, name) {
+			return fmt.Errorf("oidc: auth_param %s is set by the module itself and cannot be changed", name)
+		}
 	}
 	for name := range h.Header {
 		if name == "" || strings.ContainsAny(name, " :\t\r\n") {

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -120,16 +121,14 @@ func (h *Handler) startLogin(w http.ResponseWriter, r *http.Request) error {
 	session.SetCookie(w, name, h.codec.Seal(name, pt), session.CookieOptions{Secure: h.secure(r), MaxAge: int(loginAttemptTTL / time.Second)})
 
 	challenge := sha256.Sum256([]byte(a.Verifier))
-	q := url.Values{
-		"response_type":         {"code"},
-		"client_id":             {h.ClientID},
-		"redirect_uri":          {h.redirectURL(r)},
-		"scope":                 {strings.Join(h.Scopes, " ")},
-		"state":                 {a.State},
-		"nonce":                 {a.Nonce},
-		"code_challenge":        {base64.RawURLEncoding.EncodeToString(challenge[:])},
-		"code_challenge_method": {"S256"},
-	}
+	q := h.authorizationParams(r.URL.Query().Get("login_hint"))
+	q.Set("response_type", "code")
+	q.Set("client_id", h.ClientID)
+	q.Set("redirect_uri", h.redirectURL(r))
+	q.Set("state", a.State)
+	q.Set("nonce", a.Nonce)
+	q.Set("code_challenge", base64.RawURLEncoding.EncodeToString(challenge[:]))
+	q.Set("code_challenge_method", "S256")
 	target := d.AuthorizationEndpoint
 	if strings.Contains(target, "?") {
 		target += "&" + q.Encode()
@@ -289,4 +288,35 @@ func redactCode(r *http.Request, q url.Values) {
 	red.Set("code", "REDACTED")
 	r.URL.RawQuery = red.Encode()
 	r.RequestURI = r.URL.RequestURI()
+}
+
+// reservedAuthParams are the protocol's own: auth_params cannot set them.
+var reservedAuthParams = []string{"response_type", "client_id", "redirect_uri", "scope", "state", "nonce",
+	"code_challenge", "code_challenge_method", "response_mode", "request", "request_uri"}
+
+// googleIssuer is Google's: it wants access_type=offline (and consent)
+// instead of the offline_access scope for a refresh token.
+const googleIssuer = "https://accounts.google.com"
+
+// authorizationParams are the scope and the extra parameters of the
+// authorization request: auth_params, a login_hint passed through from the
+// request, and the provider quirks that need them.
+func (h *Handler) authorizationParams(loginHint string) url.Values {
+	q := url.Values{}
+	for k, v := range h.AuthParams {
+		q.Set(k, v)
+	}
+	if loginHint != "" && len(loginHint) <= 256 {
+		q.Set("login_hint", loginHint)
+	}
+	scopes := h.Scopes
+	if strings.TrimSuffix(h.Issuer, "/") == googleIssuer && slices.Contains(scopes, "offline_access") {
+		scopes = slices.DeleteFunc(slices.Clone(scopes), func(s string) bool { return s == "offline_access" })
+		q.Set("access_type", "offline")
+		if !q.Has("prompt") {
+			q.Set("prompt", "consent")
+		}
+	}
+	q.Set("scope", strings.Join(scopes, " "))
+	return q
 }

@@ -72,3 +72,30 @@ func TestClaimRules(t *testing.T) {
 	})
 	_ = http.StatusOK
 }
+
+func TestAuthorizationParams(t *testing.T) {
+	idp := testidp.New()
+	defer idp.Close()
+	h := newTestHandler(t, idp, func(h *Handler) {
+		h.AuthParams = map[string]string{"audience": "https://api.example.com", "acr_values": "mfa"}
+		h.Scopes = []string{"openid", "email", "offline_access"}
+	})
+	_, q := startLogin(t, h, "/page?login_hint=kim@corp.example")
+	for k, want := range map[string]string{"audience": "https://api.example.com", "acr_values": "mfa",
+		"login_hint": "kim@corp.example", "scope": "openid email offline_access"} {
+		if q.Get(k) != want {
+			t.Errorf("%s = %q, want %q", k, q.Get(k), want)
+		}
+	}
+	// Google: offline access is a parameter, not a scope.
+	g := &Handler{Issuer: "https://accounts.google.com", Scopes: []string{"openid", "email", "offline_access"}}
+	gq := g.authorizationParams("")
+	if gq.Get("scope") != "openid email" || gq.Get("access_type") != "offline" || gq.Get("prompt") != "consent" {
+		t.Errorf("google: %v", gq)
+	}
+	// Protocol parameters cannot be overridden.
+	bad := &Handler{Issuer: idp.Issuer, ClientID: "app", SessionSecret: []string{testSecret}, AuthParams: map[string]string{"redirect_uri": "https://evil.example"}}
+	if err := bad.configure(caddy.Context{}, zap.NewNop()); err == nil {
+		t.Error("auth_param redirect_uri was accepted")
+	}
+}
