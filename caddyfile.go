@@ -56,6 +56,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		exclude                  <path...>
 //		header                   <name> <value>
 //		auth_param               <name> <value>
+//		userinfo
 //		bearer
 //		bearer_audience          <audience...>
 //	}
@@ -87,11 +88,15 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("require_email_verified: %q is not true or false", d.Val())
 			}
 			h.RequireEmailVerified = &v
-		case "bearer":
+		case "bearer", "userinfo":
 			if d.NextArg() {
 				return d.ArgErr()
 			}
-			h.Bearer = true
+			if field == "bearer" {
+				h.Bearer = true
+			} else {
+				h.UserInfo = true
+			}
 		case "scopes", "session_secret", "allow_users", "allow_domains", "allow_groups", "allow_roles", "exclude", "bearer_audience":
 			args := d.RemainingArgs()
 			if len(args) == 0 {

@@ -128,6 +128,10 @@ type Handler struct {
 	// copies the client sent are removed first, on every request.
 	Header map[string]string `json:"header,omitempty"`
 
+	// UserInfo fetches the UserInfo endpoint at login and adds the claims
+	// the ID token lacks (some IdPs put only sub in the ID token). Its sub
+	// must match. Default: off.
+	UserInfo bool `json:"userinfo,omitempty"`
 	// Bearer accepts `Authorization: Bearer` access tokens from API clients:
 	// JWTs are verified against the IdP's keys, opaque tokens are
 	// introspected (RFC 7662). A bearer request never creates a session.

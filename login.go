@@ -263,6 +263,21 @@ func (h *Handler) serveCallback(w http.ResponseWriter, r *http.Request) error {
 		}
 		return caddyhttp.Error(http.StatusUnauthorized, fmt.Errorf("callback: %w", err))
 	}
+	if h.UserInfo {
+		sub, _ := claims["sub"].(string)
+		extra, err := h.prov.UserInfo(r.Context(), tr.AccessToken, sub)
+		switch {
+		case errors.Is(err, provider.ErrInvalidToken):
+			return caddyhttp.Error(http.StatusUnauthorized, fmt.Errorf("callback: %w", err))
+		case err != nil:
+			h.logger.Warn("userinfo unavailable; the session has the ID token's claims only", zap.Error(err))
+		}
+		for k, v := range extra {
+			if _, has := claims[k]; !has {
+				claims[k] = v
+			}
+		}
+	}
 	sess := session.New(claims, tr.IDToken, tr.AccessToken, tr.RefreshToken, tr.Expiry(now), now)
 	if err := h.writeSession(w, r, sess, now); err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)

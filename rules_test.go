@@ -3,6 +3,8 @@ package caddyoidc
 import (
 	"net/http"
 	"net/http/httptest"
+	"net/url"
+	"strings"
 	"testing"
 
 	"github.com/caddyserver/caddy/v2"
@@ -97,5 +99,47 @@ func TestAuthorizationParams(t *testing.T) {
 	bad := &Handler{Issuer: idp.Issuer, ClientID: "app", SessionSecret: []string{testSecret}, AuthParams: map[string]string{"redirect_uri": "https://evil.example"}}
 	if err := bad.configure(caddy.Context{}, zap.NewNop()); err == nil {
 		t.Error("auth_param redirect_uri was accepted")
+	}
+}
+
+func TestUserInfoClaims(t *testing.T) {
+	idp := testidp.New()
+	defer idp.Close()
+	h := newTestHandler(t, idp, func(h *Handler) { h.UserInfo = true; h.Header["X-Dept"] = "{http.auth.user.claims.department}" })
+	login := func(userinfoSub string) (int, *http.Cookie) {
+		idp.OnUserInfo(func(w http.ResponseWriter, r *http.Request) {
+			if !strings.HasPrefix(r.Header.Get("Authorization"), "Bearer at-") {
+				w.WriteHeader(http.StatusUnauthorized)
+				return
+			}
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = w.Write([]byte(`{"sub":"` + userinfoSub + `","department":"ops","email":"other@example.com"}`))
+		})
+		attempt, q := startLogin(t, h, "/")
+		claims := idp.Claims("app", q.Get("nonce"))
+		idp.OnToken(testidp.TokenResponse(idp.Sign(claims), nil))
+		w, err := callback(h, attempt, url.Values{"code": {"c"}, "state": {q.Get("state")}})
+		for _, c := range w.Result().Cookies() {
+			if c.Name == DefaultCookieName {
+				return statusOf(err, w), c
+			}
+		}
+		return statusOf(err, w), nil
+	}
+	status, cookie := login("user-1")
+	if status != http.StatusFound || cookie == nil {
+		t.Fatalf("login with userinfo: %d", status)
+	}
+	r := request("GET", "/")
+	r.AddCookie(cookie)
+	next := &recordNext{}
+	if err := h.ServeHTTP(httptest.NewRecorder(), r, next); err != nil {
+		t.Fatal(err)
+	}
+	if next.req.Header.Get("X-Dept") != "ops" || next.req.Header.Get("X-Auth-Email") != "user1@example.com" {
+		t.Errorf("merged claims: dept %q email %q (the ID token's email wins)", next.req.Header.Get("X-Dept"), next.req.Header.Get("X-Auth-Email"))
+	}
+	if status, cookie := login("someone-else"); status != http.StatusUnauthorized || cookie != nil {
+		t.Errorf("userinfo about another sub: got %d, want 401 and no session", status)
 	}
 }

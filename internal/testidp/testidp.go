@@ -31,6 +31,7 @@ type IdP struct {
 	token     http.HandlerFunc
 
 	introspect http.HandlerFunc
+	userinfo   http.HandlerFunc
 
 	DiscoveryHits, JWKSHits, TokenHits, IntrospectHits atomic.Int64
 }
@@ -67,6 +68,16 @@ func New() *IdP {
 		}
 		h(w, r)
 	})
+	mux.HandleFunc("/userinfo", func(w http.ResponseWriter, r *http.Request) {
+		i.mu.Lock()
+		h := i.userinfo
+		i.mu.Unlock()
+		if h == nil {
+			http.Error(w, "down", http.StatusServiceUnavailable)
+			return
+		}
+		h(w, r)
+	})
 	mux.HandleFunc("/token", func(w http.ResponseWriter, r *http.Request) {
 		i.TokenHits.Add(1)
 		i.mu.Lock()
@@ -87,6 +98,7 @@ func New() *IdP {
 		"jwks_uri":                              i.Issuer + "/jwks",
 		"end_session_endpoint":                  i.Issuer + "/logout",
 		"introspection_endpoint":                i.Issuer + "/introspect",
+		"userinfo_endpoint":                     i.Issuer + "/userinfo",
 		"id_token_signing_alg_values_supported": []string{"RS256"},
 		"token_endpoint_auth_methods_supported": []string{"client_secret_basic", "client_secret_post"},
 	}
@@ -127,6 +139,13 @@ func (i *IdP) AddKey(kid string) {
 func (i *IdP) OnToken(h http.HandlerFunc) {
 	i.mu.Lock()
 	i.token = h
+	i.mu.Unlock()
+}
+
+// OnUserInfo sets the userinfo endpoint's handler (nil: 503).
+func (i *IdP) OnUserInfo(h http.HandlerFunc) {
+	i.mu.Lock()
+	i.userinfo = h
 	i.mu.Unlock()
 }
 
