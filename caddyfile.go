@@ -31,6 +31,10 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		issuer                   <url>
 //		client_id                <id>
 //		client_secret            <secret>
+//		client_auth_method       client_secret_basic|client_secret_post|private_key_jwt|none
+//		client_private_key       <PEM file>
+//		client_key_id            <kid>
+//		client_key_alg           <alg>
 //		redirect_uri             <path|url>
 //		scopes                   <scope...>
 //		session_secret           <secret> [<older secret>...]
@@ -70,7 +74,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		switch field {
 		case "issuer", "client_id", "client_secret", "redirect_uri", "session_store",
 			"logout_path", "post_logout_redirect_uri", "backchannel_logout_path", "frontchannel_logout_path", "cookie_name",
-			"allow_expression", "groups_claim", "roles_claim":
+			"allow_expression", "groups_claim", "roles_claim",
+			"client_auth_method", "client_private_key", "client_key_id", "client_key_alg":
 			if !d.NextArg() {
 				return d.ArgErr()
 			}
@@ -148,6 +153,8 @@ func (h *Handler) stringField(name string) *string {
 		"post_logout_redirect_uri": &h.PostLogoutRedirectURI, "backchannel_logout_path": &h.BackchannelLogoutPath,
 		"frontchannel_logout_path": &h.FrontchannelLogoutPath,
 		"allow_expression": &h.AllowExpression, "groups_claim": &h.GroupsClaim, "roles_claim": &h.RolesClaim,
+		"client_auth_method": &h.ClientAuthMethod, "client_private_key": &h.ClientPrivateKey,
+		"client_key_id": &h.ClientKeyID, "client_key_alg": &h.ClientKeyAlg,
 		"cookie_name":              &h.CookieName,
 	}[name]
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"os"
 	"slices"
 	"strings"
 	"time"
@@ -65,6 +66,20 @@ type Handler struct {
 	// Empty makes a public client that relies on PKCE alone. Placeholders
 	// such as {env.OIDC_CLIENT_SECRET} are resolved at load.
 	ClientSecret string `json:"client_secret,omitempty"`
+	// ClientAuthMethod is how the module authenticates at the token,
+	// revocation and introspection endpoints: client_secret_basic,
+	// client_secret_post, private_key_jwt (RFC 7523) or none (a public
+	// client with PKCE). Default: private_key_jwt with client_private_key,
+	// none without a secret, else basic unless the IdP offers only post.
+	ClientAuthMethod string `json:"client_auth_method,omitempty"`
+	// ClientPrivateKey is a PEM file with the private key for
+	// private_key_jwt (RSA, EC or Ed25519).
+	ClientPrivateKey string `json:"client_private_key,omitempty"`
+	// ClientKeyID is the kid of the private_key_jwt key, as registered at the IdP.
+	ClientKeyID string `json:"client_key_id,omitempty"`
+	// ClientKeyAlg signs private_key_jwt assertions. Default: RS256 for RSA
+	// keys, ES256 for EC, EdDSA for Ed25519.
+	ClientKeyAlg string `json:"client_key_alg,omitempty"`
 	// RedirectURI is where the IdP sends the user back. A path is taken on
 	// the request's own host. Default: /oauth2/callback.
 	RedirectURI string `json:"redirect_uri,omitempty"`
@@ -267,7 +282,28 @@ func (h *Handler) configure(ctx caddy.Context, logger *zap.Logger) error {
 	if len(h.BearerAudience) == 0 {
 		h.BearerAudience = []string{h.ClientID}
 	}
-	h.client = provider.Client{ID: h.ClientID, Secret: h.ClientSecret}
+	h.client = provider.Client{ID: h.ClientID, Secret: h.ClientSecret, Method: h.ClientAuthMethod}
+	switch h.ClientAuthMethod {
+	case "", provider.AuthSecretBasic, provider.AuthSecretPost, provider.AuthPrivateKeyJWT, provider.AuthNone:
+	default:
+		return fmt.Errorf("oidc: client_auth_method %q is unknown; use client_secret_basic, client_secret_post, private_key_jwt or none", h.ClientAuthMethod)
+	}
+	if (h.ClientAuthMethod == provider.AuthSecretBasic || h.ClientAuthMethod == provider.AuthSecretPost) && h.ClientSecret == "" {
+		return fmt.Errorf("oidc: client_auth_method %s needs client_secret", h.ClientAuthMethod)
+	}
+	if h.ClientPrivateKey != "" {
+		pem, err := os.ReadFile(repl.ReplaceAll(h.ClientPrivateKey, ""))
+		if err != nil {
+			return fmt.Errorf("oidc: client_private_key: %w", err)
+		}
+		key, err := provider.ParseClientKey(pem, h.ClientKeyID, h.ClientKeyAlg)
+		if err != nil {
+			return fmt.Errorf("oidc: client_private_key: %w", err)
+		}
+		h.client.Key = key
+	} else if h.ClientAuthMethod == provider.AuthPrivateKeyJWT {
+		return errors.New("oidc: client_auth_method private_key_jwt needs client_private_key (a PEM file)")
+	}
 	h.secureDefault = strings.HasPrefix(h.RedirectURI, "https://")
 	for name, value := range h.Header {
 		h.headers = append(h.headers, headerRule{name: http.CanonicalHeaderKey(name), value: value})

@@ -85,26 +85,9 @@ func (p *Provider) Introspect(ctx context.Context, c Client, token string) (*Acc
 	if d.IntrospectionEndpoint == "" {
 		return nil, fmt.Errorf("the IdP has no introspection endpoint for opaque tokens: %w", ErrInvalidToken)
 	}
-	form := url.Values{"token": {token}, "token_type_hint": {"access_token"}}
-	basic := c.Secret != "" && useBasic(d.TokenEndpointAuthMethodsSupported)
-	if !basic {
-		form.Set("client_id", c.ID)
-		if c.Secret != "" {
-			form.Set("client_secret", c.Secret)
-		}
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, d.IntrospectionEndpoint, strings.NewReader(form.Encode()))
+	resp, err := p.postForm(ctx, d, d.IntrospectionEndpoint, c, url.Values{"token": {token}, "token_type_hint": {"access_token"}})
 	if err != nil {
 		return nil, err
-	}
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	req.Header.Set("Accept", "application/json")
-	if basic {
-		req.SetBasicAuth(url.QueryEscape(c.ID), url.QueryEscape(c.Secret))
-	}
-	resp, err := p.hc.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("calling the introspection endpoint: %v: %w", err, ErrUnavailable)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {

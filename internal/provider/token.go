@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"slices"
 	"strings"
 	"time"
 )
@@ -15,12 +14,6 @@ import (
 // ErrInvalidGrant is the IdP's definitive refusal of a code or refresh
 // token (RFC 6749 §5.2 invalid_grant): the only refresh error that ends a session.
 var ErrInvalidGrant = errors.New("invalid_grant")
-
-// Client is how this relying party authenticates to the token endpoint.
-type Client struct {
-	ID     string
-	Secret string // empty: a public client, relying on PKCE
-}
 
 // TokenResponse is a successful token endpoint answer.
 type TokenResponse struct {
@@ -91,27 +84,9 @@ func (p *Provider) token(ctx context.Context, c Client, form url.Values) (*Token
 	if err != nil {
 		return nil, err
 	}
-	basic := c.Secret != "" && useBasic(d.TokenEndpointAuthMethodsSupported)
-	switch {
-	case c.Secret == "":
-		form.Set("client_id", c.ID)
-	case !basic:
-		form.Set("client_id", c.ID)
-		form.Set("client_secret", c.Secret)
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, d.TokenEndpoint, strings.NewReader(form.Encode()))
+	resp, err := p.postForm(ctx, d, d.TokenEndpoint, c, form)
 	if err != nil {
-		return nil, fmt.Errorf("token request: %w", err)
-	}
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	req.Header.Set("Accept", "application/json")
-	if basic {
-		// RFC 6749 §2.3.1: form-encode both parts before Basic encoding.
-		req.SetBasicAuth(url.QueryEscape(c.ID), url.QueryEscape(c.Secret))
-	}
-	resp, err := p.hc.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("calling token endpoint: %v: %w", err, ErrUnavailable)
+		return nil, err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
@@ -132,15 +107,6 @@ func (p *Provider) token(ctx context.Context, c Client, form url.Values) (*Token
 	return &tr, nil
 }
 
-// useBasic follows the IdP's announced methods: client_secret_basic is the
-// default of RFC 8414, client_secret_post is used only when basic is not offered.
-func useBasic(methods []string) bool {
-	if len(methods) == 0 || slices.Contains(methods, "client_secret_basic") {
-		return true
-	}
-	return !slices.Contains(methods, "client_secret_post")
-}
-
 // Revoke asks the IdP to revoke a token (RFC 7009). The result is advisory:
 // the session ends locally whatever the IdP answers.
 func (p *Provider) Revoke(ctx context.Context, c Client, token, hint string) error {
@@ -151,25 +117,9 @@ func (p *Provider) Revoke(ctx context.Context, c Client, token, hint string) err
 	if d.RevocationEndpoint == "" {
 		return nil
 	}
-	form := url.Values{"token": {token}, "token_type_hint": {hint}}
-	basic := c.Secret != "" && useBasic(d.TokenEndpointAuthMethodsSupported)
-	if !basic {
-		form.Set("client_id", c.ID)
-		if c.Secret != "" {
-			form.Set("client_secret", c.Secret)
-		}
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, d.RevocationEndpoint, strings.NewReader(form.Encode()))
+	resp, err := p.postForm(ctx, d, d.RevocationEndpoint, c, url.Values{"token": {token}, "token_type_hint": {hint}})
 	if err != nil {
 		return err
-	}
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	if basic {
-		req.SetBasicAuth(url.QueryEscape(c.ID), url.QueryEscape(c.Secret))
-	}
-	resp, err := p.hc.Do(req)
-	if err != nil {
-		return fmt.Errorf("calling revocation endpoint: %v: %w", err, ErrUnavailable)
 	}
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {

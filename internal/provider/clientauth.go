@@ -1,0 +1,144 @@
+package provider
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/lestrrat-go/jwx/v2/jwa"
+	"github.com/lestrrat-go/jwx/v2/jwk"
+	"github.com/lestrrat-go/jwx/v2/jwt"
+)
+
+// Client authentication methods at the token endpoint (RFC 8414 names).
+const (
+	AuthSecretBasic   = "client_secret_basic"
+	AuthSecretPost    = "client_secret_post"
+	AuthPrivateKeyJWT = "private_key_jwt"
+	AuthNone          = "none"
+)
+
+// Client is how this relying party authenticates to the IdP.
+type Client struct {
+	ID     string
+	Secret string
+	// Method is one of the Auth* constants; empty picks one: private_key_jwt
+	// with a Key, none without a secret, else client_secret_basic unless the
+	// IdP offers only client_secret_post.
+	Method string
+	// Key signs private_key_jwt assertions (RFC 7523).
+	Key *ClientKey
+}
+
+// ClientKey is a private key for private_key_jwt.
+type ClientKey struct {
+	key jwk.Key
+	alg jwa.SignatureAlgorithm
+}
+
+// ParseClientKey reads a PEM private key (RSA, EC or Ed25519) for
+// private_key_jwt; kid and alg go in the assertion's header (alg default:
+// RS256 for RSA, ES256 for P-256, EdDSA for Ed25519).
+func ParseClientKey(pem []byte, kid, alg string) (*ClientKey, error) {
+	k, err := jwk.ParseKey(pem, jwk.WithPEM(true))
+	if err != nil {
+		return nil, fmt.Errorf("parsing the client key: %w", err)
+	}
+	if _, isPrivate := k.(interface{ PublicKey() (jwk.Key, error) }); !isPrivate || k.KeyType() == "oct" {
+		return nil, fmt.Errorf("the client key is not an asymmetric private key")
+	}
+	if kid != "" {
+		_ = k.Set(jwk.KeyIDKey, kid)
+	}
+	if alg == "" {
+		switch k.KeyType() {
+		case "RSA":
+			alg = "RS256"
+		case "EC":
+			alg = "ES256"
+		default:
+			alg = "EdDSA"
+		}
+	}
+	if !slices.Contains(asymmetric, alg) {
+		return nil, fmt.Errorf("client key algorithm %q is not an asymmetric signature algorithm", alg)
+	}
+	return &ClientKey{key: k, alg: jwa.SignatureAlgorithm(alg)}, nil
+}
+
+func (c Client) method(d *Discovery) string {
+	switch {
+	case c.Method != "":
+		return c.Method
+	case c.Key != nil:
+		return AuthPrivateKeyJWT
+	case c.Secret == "":
+		return AuthNone
+	case len(d.TokenEndpointAuthMethodsSupported) == 0 || slices.Contains(d.TokenEndpointAuthMethodsSupported, AuthSecretBasic):
+		return AuthSecretBasic
+	case slices.Contains(d.TokenEndpointAuthMethodsSupported, AuthSecretPost):
+		return AuthSecretPost
+	}
+	return AuthSecretBasic
+}
+
+// postForm POSTs form to endpoint, authenticated as c.
+func (p *Provider) postForm(ctx context.Context, d *Discovery, endpoint string, c Client, form url.Values) (*http.Response, error) {
+	method := c.method(d)
+	switch method {
+	case AuthSecretPost:
+		form.Set("client_id", c.ID)
+		form.Set("client_secret", c.Secret)
+	case AuthNone:
+		form.Set("client_id", c.ID)
+	case AuthPrivateKeyJWT:
+		if c.Key == nil {
+			return nil, fmt.Errorf("private_key_jwt needs a client key")
+		}
+		assertion, err := c.assertion(d.TokenEndpoint)
+		if err != nil {
+			return nil, err
+		}
+		form.Set("client_id", c.ID)
+		form.Set("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+		form.Set("client_assertion", assertion)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, endpoint, strings.NewReader(form.Encode()))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Accept", "application/json")
+	if method == AuthSecretBasic {
+		// RFC 6749 §2.3.1: form-encode both parts before Basic encoding.
+		req.SetBasicAuth(url.QueryEscape(c.ID), url.QueryEscape(c.Secret))
+	}
+	resp, err := p.hc.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("calling %s: %v: %w", endpoint, err, ErrUnavailable)
+	}
+	return resp, nil
+}
+
+// assertion is a fresh RFC 7523 client assertion for the token endpoint.
+func (c Client) assertion(audience string) (string, error) {
+	jti := make([]byte, 16)
+	rand.Read(jti)
+	now := time.Now()
+	tok, err := jwt.NewBuilder().Issuer(c.ID).Subject(c.ID).Audience([]string{audience}).
+		JwtID(hex.EncodeToString(jti)).IssuedAt(now).Expiration(now.Add(60 * time.Second)).Build()
+	if err != nil {
+		return "", err
+	}
+	signed, err := jwt.Sign(tok, jwt.WithKey(c.Key.alg, c.Key.key))
+	if err != nil {
+		return "", fmt.Errorf("signing the client assertion: %w", err)
+	}
+	return string(signed), nil
+}
