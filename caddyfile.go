@@ -152,10 +152,10 @@ func (h *Handler) stringField(name string) *string {
 		"redirect_uri": &h.RedirectURI, "session_store": &h.SessionStore, "logout_path": &h.LogoutPath,
 		"post_logout_redirect_uri": &h.PostLogoutRedirectURI, "backchannel_logout_path": &h.BackchannelLogoutPath,
 		"frontchannel_logout_path": &h.FrontchannelLogoutPath,
-		"allow_expression": &h.AllowExpression, "groups_claim": &h.GroupsClaim, "roles_claim": &h.RolesClaim,
+		"allow_expression":         &h.AllowExpression, "groups_claim": &h.GroupsClaim, "roles_claim": &h.RolesClaim,
 		"client_auth_method": &h.ClientAuthMethod, "client_private_key": &h.ClientPrivateKey,
 		"client_key_id": &h.ClientKeyID, "client_key_alg": &h.ClientKeyAlg,
-		"cookie_name":              &h.CookieName,
+		"cookie_name": &h.CookieName,
 	}[name]
 }
 

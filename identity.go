@@ -2,6 +2,7 @@ package caddyoidc
 
 import (
 	"encoding/json"
+	"slices"
 	"net/http"
 	"strconv"
 	"strings"
@@ -123,6 +124,15 @@ func claimList(v any) ClaimList {
 			return nil
 		}
 		return ClaimList{t}
+	case map[string]any:
+		// Role maps such as Zitadel's urn:zitadel:iam:org:project:roles
+		// ({"admin": {...}}): the names are the keys.
+		l := make(ClaimList, 0, len(t))
+		for k := range t {
+			l = append(l, k)
+		}
+		slices.Sort(l)
+		return l
 	}
 	return nil
 }
@@ -236,4 +246,6 @@ func (h *Handler) rolesClaim() string {
 	return "roles"
 }
 
-func (h *Handler) requireVerified() bool { return h.RequireEmailVerified == nil || *h.RequireEmailVerified }
+func (h *Handler) requireVerified() bool {
+	return h.RequireEmailVerified == nil || *h.RequireEmailVerified
+}

@@ -143,3 +143,46 @@ func TestUserInfoClaims(t *testing.T) {
 		t.Errorf("userinfo about another sub: got %d, want 401 and no session", status)
 	}
 }
+
+// TestProviderClaimShapes: the claim shapes of the IdPs users run, and the
+// configuration the README gives for each.
+func TestProviderClaimShapes(t *testing.T) {
+	idp := testidp.New()
+	defer idp.Close()
+	cases := []struct {
+		provider string
+		claims   map[string]any
+		config   func(h *Handler)
+	}{
+		{"Keycloak realm roles", map[string]any{"sub": "s", "realm_access": map[string]any{"roles": []any{"admin"}}},
+			func(h *Handler) { h.RolesClaim = "realm_access.roles"; h.AllowRoles = []string{"admin"} }},
+		{"Keycloak client roles", map[string]any{"sub": "s", "resource_access": map[string]any{"app": map[string]any{"roles": []any{"admin"}}}},
+			func(h *Handler) { h.RolesClaim = "resource_access.app.roles"; h.AllowRoles = []string{"admin"} }},
+		{"Zitadel project roles", map[string]any{"sub": "s", "urn:zitadel:iam:org:project:roles": map[string]any{"admin": map[string]any{"123": "org.example"}}},
+			func(h *Handler) { h.RolesClaim = "urn:zitadel:iam:org:project:roles"; h.AllowRoles = []string{"admin"} }},
+		{"Auth0 namespaced roles", map[string]any{"sub": "s", "https://example.com/roles": []any{"admin"}},
+			func(h *Handler) { h.RolesClaim = "https://example.com/roles"; h.AllowRoles = []string{"admin"} }},
+		{"Entra ID app roles", map[string]any{"sub": "s", "roles": []any{"Admin.All"}, "tid": "t"},
+			func(h *Handler) { h.AllowRoles = []string{"Admin.All"} }},
+		{"Google hosted domain", map[string]any{"sub": "s", "email": "a@corp.example", "email_verified": true, "hd": "corp.example"},
+			func(h *Handler) { h.AllowExpression = `claims.hd == "corp.example"` }},
+		{"GitLab groups", map[string]any{"sub": "s", "groups_direct": []any{"infra/oncall"}},
+			func(h *Handler) { h.GroupsClaim = "groups_direct"; h.AllowGroups = []string{"infra/oncall"} }},
+		{"Okta, Authentik, Dex groups", map[string]any{"sub": "s", "groups": []any{"admins"}, "email_verified": true},
+			func(h *Handler) { h.AllowGroups = []string{"admins"} }},
+	}
+	for _, tc := range cases {
+		t.Run(tc.provider, func(t *testing.T) {
+			h := newTestHandler(t, idp, tc.config)
+			w := httptest.NewRecorder()
+			if err := h.ServeHTTP(w, loggedIn(t, h, tc.claims, nil), &recordNext{}); statusOf(err, w) != http.StatusOK {
+				t.Errorf("allowed user refused: %d", statusOf(err, w))
+			}
+			other := map[string]any{"sub": "nobody"}
+			w = httptest.NewRecorder()
+			if err := h.ServeHTTP(w, loggedIn(t, h, other, nil), &recordNext{}); statusOf(err, w) != http.StatusForbidden {
+				t.Errorf("a user without the claim: %d, want 403", statusOf(err, w))
+			}
+		})
+	}
+}
