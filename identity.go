@@ -2,8 +2,8 @@ package caddyoidc
 
 import (
 	"encoding/json"
-	"slices"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 
