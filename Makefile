@@ -5,7 +5,7 @@ BIN      := bin
 # xcaddy takes the local replacement instead of trying the network.
 XCADDY_GOPROXY := $(shell $(GO) env GOPROXY | cut -d, -f1)|off
 
-.PHONY: all build devidp demo test test-unit test-integration lint xcaddy bench clean
+.PHONY: all build devidp demo test test-unit test-integration lint xcaddy bench fuzz clean
 
 all: build
 
@@ -34,6 +34,14 @@ test: lint test-unit test-integration
 # Builds Caddy through xcaddy from the recipe in xcaddy.json.
 xcaddy:
 	cd integration && GOPROXY="$(XCADDY_GOPROXY)" $(GO) run ./cmd/xcaddybuild -recipe ../xcaddy.json -o ../$(BIN)/caddy-xcaddy
+
+# Each fuzz target for FUZZTIME; `make test` runs their seed corpora.
+FUZZTIME ?= 60s
+fuzz:
+	for f in FuzzSafeReturnTo FuzzCaddyfile FuzzCallbackParams FuzzBackchannelBody; do \
+		$(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) . || exit 1; done
+	for f in FuzzOpen FuzzReadChunked; do \
+		$(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) ./session/ || exit 1; done
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./...
