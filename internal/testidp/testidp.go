@@ -5,6 +5,8 @@
 package testidp
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
 	"encoding/base64"
@@ -135,6 +137,30 @@ func (i *IdP) AddKey(kid string) {
 	i.mu.Unlock()
 }
 
+// AddECKey adds a new P-256 signing key (ES256) with this kid; it becomes
+// the signing key.
+func (i *IdP) AddECKey(kid string) {
+	raw, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		panic(err)
+	}
+	k, _ := jwk.FromRaw(raw)
+	_ = k.Set(jwk.KeyIDKey, kid)
+	_ = k.Set(jwk.AlgorithmKey, jwa.ES256)
+	_ = k.Set(jwk.KeyUsageKey, "sig")
+	i.mu.Lock()
+	i.keys = append(i.keys, k)
+	i.mu.Unlock()
+}
+
+// SigningKey returns the current signing key (private) and its algorithm.
+func (i *IdP) SigningKey() (jwk.Key, jwa.SignatureAlgorithm) {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	k := i.keys[len(i.keys)-1]
+	return k, jwa.SignatureAlgorithm(k.Algorithm().String())
+}
+
 // OnToken sets the token endpoint's handler.
 func (i *IdP) OnToken(h http.HandlerFunc) {
 	i.mu.Lock()
@@ -167,12 +193,10 @@ func (i *IdP) Claims(clientID, nonce string) map[string]any {
 	}
 }
 
-// Sign signs claims RS256 with the newest key.
+// Sign signs claims with the newest key and its algorithm.
 func (i *IdP) Sign(claims map[string]any) string {
-	i.mu.Lock()
-	k := i.keys[len(i.keys)-1]
-	i.mu.Unlock()
-	return SignWith(jwa.RS256, k, k.KeyID(), claims)
+	k, alg := i.SigningKey()
+	return SignWith(alg, k, k.KeyID(), claims)
 }
 
 // SignWith signs claims with any algorithm and key, and the given kid.
@@ -181,6 +205,11 @@ func SignWith(alg jwa.SignatureAlgorithm, key any, kid string, claims map[string
 	hdr := jws.NewHeaders()
 	if kid != "" {
 		_ = hdr.Set(jws.KeyIDKey, kid)
+	} else if k, ok := key.(jwk.Key); ok {
+		// jwx copies a JWK's kid into the header: sign with the raw key.
+		var raw any
+		_ = k.Raw(&raw)
+		key = raw
 	}
 	out, err := jws.Sign(payload, jws.WithKey(alg, key, jws.WithProtectedHeaders(hdr)))
 	if err != nil {
