@@ -254,7 +254,7 @@ func valkeyClients(t *testing.T, addr string) int {
 	return strings.Count(string(out), "name=caddy-oidc")
 }
 
-func TestFiftyReloadsKeepConnectionsAndL1(t *testing.T) {
+func TestHundredReloadsKeepConnectionsAndL1(t *testing.T) {
 	srv := redistest.Start(t, persistent...)
 	// The load goes to a respond route: Caddy's reverse_proxy keeps the idle
 	// upstream connections of each replaced transport until they time out,
@@ -300,7 +300,7 @@ func TestFiftyReloadsKeepConnectionsAndL1(t *testing.T) {
 		}
 	}()
 	cfg := e.currentCaddyfile(t)
-	for i := range 50 {
+	for i := range 100 {
 		e.reload(t, strings.Replace(cfg, "header X-Auth-User", fmt.Sprintf("header X-Reload %d\n\t\theader X-Auth-User", i), 1))
 	}
 	close(stop)
@@ -310,7 +310,7 @@ func TestFiftyReloadsKeepConnectionsAndL1(t *testing.T) {
 	time.Sleep(200 * time.Millisecond)
 	g1, conns1 := goroutines(t, e.admin), valkeyClients(t, srv.Addr)
 	l1After := metric(t, e.admin, "caddy_oidc_cache_l1_entries")
-	t.Logf("50 reloads under load: %d requests, %d failed; goroutines %d -> %d; valkey connections %d -> %d; L1 entries %.0f -> %.0f",
+	t.Logf("100 reloads under load: %d requests, %d failed; goroutines %d -> %d; valkey connections %d -> %d; L1 entries %.0f -> %.0f",
 		total, failures, g0, g1, conns0, conns1, l1, l1After)
 	if failures != 0 {
 		t.Errorf("%d of %d requests failed during the reloads", failures, total)
@@ -322,7 +322,7 @@ func TestFiftyReloadsKeepConnectionsAndL1(t *testing.T) {
 		t.Errorf("L1 entries went from %.0f to %.0f: the warm cache was dropped", l1, l1After)
 	}
 	if g1 > g0+5 {
-		t.Errorf("goroutines grew from %d to %d over 50 reloads:\n%s", g0, g1, adminGet(t, e.admin, "/debug/pprof/goroutine?debug=1"))
+		t.Errorf("goroutines grew from %d to %d over 100 reloads:\n%s", g0, g1, adminGet(t, e.admin, "/debug/pprof/goroutine?debug=1"))
 	}
 }
 
