@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"strings"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/prometheus/client_golang/prometheus"
@@ -247,10 +249,14 @@ func (a *App) Cleanup() error {
 	return nil
 }
 
-// provider returns the shared Provider of issuer; release it with releaseProvider.
-func (a *App) provider(issuer string) (*provider.Provider, error) {
-	v, _, err := providers.LoadOrNew(issuer, func() (caddy.Destructor, error) {
-		return provider.New(issuer, provider.Options{}), nil
+// provider returns the shared Provider of issuer (with this IdP call
+// timeout); release it with releaseProvider.
+func (a *App) provider(issuer string, timeout time.Duration) (*provider.Provider, error) {
+	v, _, err := providers.LoadOrNew(providerKey(issuer, timeout), func() (caddy.Destructor, error) {
+		return provider.New(issuer, provider.Options{HTTPClient: &http.Client{
+			Timeout:   timeout,
+			Transport: provider.NewLimitedTransport(http.DefaultTransport),
+		}}), nil
 	})
 	if err != nil {
 		return nil, err
@@ -258,7 +264,11 @@ func (a *App) provider(issuer string) (*provider.Provider, error) {
 	return v.(*provider.Provider), nil
 }
 
-func (a *App) releaseProvider(issuer string) { _, _ = providers.Delete(issuer) }
+func (a *App) releaseProvider(issuer string, timeout time.Duration) {
+	_, _ = providers.Delete(providerKey(issuer, timeout))
+}
+
+func providerKey(issuer string, timeout time.Duration) string { return issuer + "|" + timeout.String() }
 
 // isDefinitive tells refresh failures that end a session from transient ones.
 func isDefinitive(err error) bool {

@@ -7,6 +7,9 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
 
 	"github.com/caddy-oidc/caddy-oidc/internal/testidp"
 )
@@ -92,3 +95,5 @@ func TestGarbageFromTheIdP(t *testing.T) {
 		}
 	})
 }
+
+func caddyDuration(d time.Duration) caddy.Duration { return caddy.Duration(d) }

@@ -49,6 +49,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		refresh_before           <duration>
 //		refresh_token_max_age    <duration>
 //		clock_skew               <duration>
+//		idp_timeout              <duration>
 //		allow_users              <email|sub...>
 //		allow_domains            <domain...>
 //		allow_groups             <group...>
@@ -109,7 +110,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			list := h.listField(field)
 			*list = append(*list, args...)
-		case "session_lifetime", "session_idle_timeout", "refresh_before", "refresh_token_max_age", "clock_skew":
+		case "session_lifetime", "session_idle_timeout", "refresh_before", "refresh_token_max_age", "clock_skew", "idp_timeout":
 			if !d.NextArg() {
 				return d.ArgErr()
 			}
@@ -171,6 +172,7 @@ func (h *Handler) durationField(name string) *caddy.Duration {
 	return map[string]*caddy.Duration{
 		"session_lifetime": &h.SessionLifetime, "session_idle_timeout": &h.SessionIdleTimeout,
 		"refresh_before": &h.RefreshBefore, "refresh_token_max_age": &h.RefreshTokenMaxAge, "clock_skew": &h.ClockSkew,
+		"idp_timeout": &h.IdPTimeout,
 	}[name]
 }
 

@@ -38,6 +38,7 @@ const (
 	DefaultSessionLifetime        = 24 * time.Hour
 	DefaultRefreshBefore          = 60 * time.Second
 	DefaultClockSkew              = 60 * time.Second
+	DefaultIdPTimeout             = 10 * time.Second
 )
 
 // decodedSessionCacheSize bounds each route's cache of opened session
@@ -166,6 +167,10 @@ type Handler struct {
 	// received: the session then ends when its access token expires, and
 	// the user logs in again. Default: 0 (as long as the IdP accepts it).
 	RefreshTokenMaxAge caddy.Duration `json:"refresh_token_max_age,omitempty"`
+	// IdPTimeout bounds each call to the IdP (discovery, keys, token,
+	// userinfo, introspection), so a slow IdP cannot hold requests for
+	// long. Default: 10s.
+	IdPTimeout caddy.Duration `json:"idp_timeout,omitempty"`
 	// ClockSkew is tolerated when checking token times. Default: 60s.
 	ClockSkew caddy.Duration `json:"clock_skew,omitempty"`
 	// CookieName is the session cookie's name; on HTTPS it gets the __Host-
@@ -258,6 +263,9 @@ func (h *Handler) configure(ctx caddy.Context, logger *zap.Logger) error {
 	if h.ClockSkew == 0 {
 		h.ClockSkew = caddy.Duration(DefaultClockSkew)
 	}
+	if h.IdPTimeout == 0 {
+		h.IdPTimeout = caddy.Duration(DefaultIdPTimeout)
+	}
 	if h.CookieName == "" {
 		h.CookieName = DefaultCookieName
 	}
@@ -325,7 +333,7 @@ func (h *Handler) attach(app *App) error {
 	// request after its app was cleaned up, and these outlive it.
 	h.coordinator = app.coordinator
 	h.store, h.stats, h.revs = app.caches.store, app.caches.stats, app.caches.revs
-	prov, err := app.provider(h.Issuer)
+	prov, err := app.provider(h.Issuer, time.Duration(h.IdPTimeout))
 	if err != nil {
 		return fmt.Errorf("oidc: issuer %s: %w", h.Issuer, err)
 	}
@@ -400,7 +408,7 @@ func (h *Handler) check(secrets []string) error {
 			return fmt.Errorf("oidc: post_logout_redirect_uri %q must be a path or an absolute http(s) URL", p)
 		}
 	}
-	if h.SessionLifetime < 0 || h.SessionIdleTimeout < 0 || h.RefreshBefore < 0 || h.ClockSkew < 0 || h.RefreshTokenMaxAge < 0 {
+	if h.SessionLifetime < 0 || h.SessionIdleTimeout < 0 || h.RefreshBefore < 0 || h.ClockSkew < 0 || h.RefreshTokenMaxAge < 0 || h.IdPTimeout < 0 {
 		return errors.New("oidc: session_lifetime, session_idle_timeout, refresh_before, refresh_token_max_age and clock_skew must not be negative")
 	}
 	if strings.ContainsAny(h.CookieName, "=;, \t\"") || strings.HasPrefix(h.CookieName, "__") {
@@ -423,7 +431,7 @@ func (h *Handler) check(secrets []string) error {
 // Provision that stopped half way.
 func (h *Handler) Cleanup() error {
 	if h.prov != nil && h.app != nil {
-		h.app.releaseProvider(h.Issuer)
+		h.app.releaseProvider(h.Issuer, time.Duration(h.IdPTimeout))
 		h.prov = nil
 	}
 	return nil
