@@ -5,7 +5,7 @@ BIN      := bin
 # xcaddy takes the local replacement instead of trying the network.
 XCADDY_GOPROXY := $(shell $(GO) env GOPROXY | cut -d, -f1)|off
 
-.PHONY: all build devidp demo test test-unit test-integration lint xcaddy bench fuzz clean
+.PHONY: all build devidp demo test test-unit test-integration lint xcaddy bench fuzz soak clean
 
 all: build
 
@@ -42,6 +42,12 @@ fuzz:
 		$(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) . || exit 1; done
 	for f in FuzzOpen FuzzReadChunked; do \
 		$(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) ./session/ || exit 1; done
+
+# A long run at moderate load (cookie sessions; SOAK_ARGS="-valkey 127.0.0.1:6379"
+# for cache sessions): goroutines, RSS and open files must stay level.
+SOAK_DURATION ?= 10m
+soak: build
+	cd integration && $(GO) run ./cmd/soak -caddy ../bin/caddy -duration $(SOAK_DURATION) $(SOAK_ARGS)
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./...

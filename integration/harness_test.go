@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/cookiejar"
 	"net/url"
 	"os"
 	"os/exec"
@@ -18,6 +17,7 @@ import (
 	"time"
 
 	"github.com/caddy-oidc/caddy-oidc/integration/devidp"
+	"github.com/caddy-oidc/caddy-oidc/integration/flow"
 )
 
 // caddyBin is the Caddy binary built from ../cmd/caddy in TestMain: the
@@ -230,58 +230,25 @@ func (e *env) start(cfg string) {
 	t.Fatalf("caddy did not start:\n%s", e.logs.String())
 }
 
-// browser is an HTTP client that behaves like a browser for the flow:
-// a cookie jar and navigation headers.
-func (e *env) browser() *http.Client {
-	jar, _ := cookiejar.New(nil)
-	return &http.Client{
-		Jar:     jar,
-		Timeout: 15 * time.Second,
-		Transport: headerTransport{base: http.DefaultTransport, set: map[string]string{
-			"Accept":         "text/html,application/xhtml+xml",
-			"Sec-Fetch-Mode": "navigate",
-		}},
-	}
-}
-
-type headerTransport struct {
-	base http.RoundTripper
-	set  map[string]string
-}
-
-func (h headerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
-	r = r.Clone(r.Context())
-	for k, v := range h.set {
-		if r.Header.Get(k) == "" {
-			r.Header.Set(k, v)
-		}
-	}
-	return h.base.RoundTrip(r)
-}
+// browser is an HTTP client that behaves like a browser for the flow.
+func (e *env) browser() *http.Client { return flow.Browser() }
 
 // login goes to path on Caddy, fills the IdP's login form and returns the
 // final response (after the redirect back to path).
 func (e *env) login(c *http.Client, path, user, pass string) *http.Response {
-	t := e.t
-	t.Helper()
-	resp, err := c.Get(e.caddyURL + path)
+	e.t.Helper()
+	resp, err := flow.Login(c, e.caddyURL+path, e.idp.Issuer, user, pass)
 	if err != nil {
-		t.Fatal(err)
+		e.t.Fatal(err)
 	}
-	resp.Body.Close()
-	if resp.Request.URL.Path != "/login/username" {
-		t.Fatalf("expected the IdP's login form, landed on %s (%d)", resp.Request.URL, resp.StatusCode)
-	}
-	return e.submitLogin(c, resp.Request.URL, user, pass)
+	return resp
 }
 
 func (e *env) submitLogin(c *http.Client, form *url.URL, user, pass string) *http.Response {
-	t := e.t
-	t.Helper()
-	id := form.Query().Get("authRequestID")
-	resp, err := c.PostForm(e.idp.Issuer+"/login/username", url.Values{"id": {id}, "username": {user}, "password": {pass}})
+	e.t.Helper()
+	resp, err := flow.Submit(c, e.idp.Issuer, form, user, pass)
 	if err != nil {
-		t.Fatal(err)
+		e.t.Fatal(err)
 	}
 	return resp
 }
