@@ -39,8 +39,13 @@ func FuzzCaddyfile(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, body string) {
+		// Tokenize returns lexer errors (NewTestDispenser would exit).
+		tokens, err := caddyfile.Tokenize([]byte("oidc {\n"+body+"\n}"), "Caddyfile")
+		if err != nil {
+			return
+		}
 		var h Handler
-		_ = h.UnmarshalCaddyfile(caddyfile.NewTestDispenser("oidc {\n" + body + "\n}"))
+		_ = h.UnmarshalCaddyfile(caddyfile.NewDispenser(tokens))
 	})
 }
 
