@@ -49,8 +49,15 @@ SOAK_DURATION ?= 10m
 soak: build
 	cd integration && $(GO) run ./cmd/soak -caddy ../bin/caddy -duration $(SOAK_DURATION) $(SOAK_ARGS)
 
-bench:
-	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./...
+# The load comparison (writes BENCHMARKS.md and docs/bench.png), then the
+# hot-path micro-benchmarks. BENCH_ARGS="-valkey 127.0.0.1:6379" adds Valkey.
+BENCH_ARGS ?=
+bench: build $(BIN)/oauth2-proxy
+	cd integration && $(GO) run ./cmd/bench -caddy ../bin/caddy -oauth2-proxy ../$(BIN)/oauth2-proxy $(BENCH_ARGS)
+	$(GO) test -run '^$$' -bench . -benchmem -count 3 . ./cache/
+
+$(BIN)/oauth2-proxy:
+	GOBIN=$(abspath $(BIN)) $(GO) install github.com/oauth2-proxy/oauth2-proxy/v7@v7.15.6
 
 clean:
 	rm -rf $(BIN)

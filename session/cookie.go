@@ -33,11 +33,10 @@ func ChunkName(name string, i int) string {
 // ReadChunked reassembles a value written by WriteChunked. The first cookie
 // carries the chunk count ("3.<chunk>") when there is more than one.
 func ReadChunked(r *http.Request, name string) (string, bool) {
-	first, err := r.Cookie(name)
-	if err != nil || first.Value == "" {
+	v, ok := CookieValue(r, name)
+	if !ok || v == "" {
 		return "", false
 	}
-	v := first.Value
 	dot := strings.IndexByte(v, '.')
 	if dot < 0 {
 		return v, true
@@ -46,16 +45,47 @@ func ReadChunked(r *http.Request, name string) (string, bool) {
 	if err != nil || n < 2 || n > MaxChunks {
 		return "", false
 	}
-	var b strings.Builder
-	b.WriteString(v[dot+1:])
+	var parts [MaxChunks]string
+	parts[0] = v[dot+1:]
+	size := len(parts[0])
 	for i := 1; i < n; i++ {
-		c, err := r.Cookie(ChunkName(name, i))
-		if err != nil {
+		c, ok := CookieValue(r, ChunkName(name, i))
+		if !ok {
 			return "", false
 		}
-		b.WriteString(c.Value)
+		parts[i], size = c, size+len(c)
+	}
+	var b strings.Builder
+	b.Grow(size)
+	for _, p := range parts[:n] {
+		b.WriteString(p)
 	}
 	return b.String(), true
+}
+
+// CookieValue finds a cookie by name in the request's Cookie headers
+// without parsing the others: the hot path reads a few KB of cookies on
+// every request. The value is not validated here; the AEAD does that.
+func CookieValue(r *http.Request, name string) (string, bool) {
+	for _, line := range r.Header["Cookie"] {
+		for len(line) > 0 {
+			part := line
+			if i := strings.IndexByte(line, ';'); i >= 0 {
+				part, line = line[:i], line[i+1:]
+			} else {
+				line = ""
+			}
+			part = strings.TrimSpace(part)
+			if len(part) > len(name) && part[len(name)] == '=' && part[:len(name)] == name {
+				v := part[len(name)+1:]
+				if len(v) > 1 && v[0] == '"' && v[len(v)-1] == '"' {
+					v = v[1 : len(v)-1]
+				}
+				return v, true
+			}
+		}
+	}
+	return "", false
 }
 
 // WriteChunked sets value under name, split over as many cookies as it
