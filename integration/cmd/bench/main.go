@@ -178,8 +178,13 @@ func main() {
 		body := bytes.Replace(adapted, []byte("bench-session-secret-0123456789abcdef"), []byte(fmt.Sprintf("bench-session-secret-0123456789abcd%02d", i)), 1)
 		t0 := time.Now()
 		resp, err := http.Post("http://127.0.0.1:"+strconv.Itoa(ports["admin"])+"/load", "application/json", bytes.NewReader(body))
-		if err == nil {
-			resp.Body.Close()
+		if err != nil {
+			log.Fatalf("reload: %v", err)
+		}
+		msg, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			log.Fatalf("reload: %d %s", resp.StatusCode, msg)
 		}
 		reloads = append(reloads, time.Since(t0))
 	}
