@@ -198,7 +198,10 @@ type Handler struct {
 	logger        *zap.Logger
 }
 
-type headerRule struct{ name, value string }
+// headerRule is one `header` line. userKey is set when the value is
+// exactly one {http.auth.user.*} placeholder, which is then rendered
+// directly instead of through the replacer (the common case, and cheaper).
+type headerRule struct{ name, value, userKey string }
 
 // CaddyModule returns the Caddy module information.
 func (Handler) CaddyModule() caddy.ModuleInfo {
@@ -314,7 +317,11 @@ func (h *Handler) configure(ctx caddy.Context, logger *zap.Logger) error {
 	}
 	h.secureDefault = strings.HasPrefix(h.RedirectURI, "https://")
 	for name, value := range h.Header {
-		h.headers = append(h.headers, headerRule{name: http.CanonicalHeaderKey(name), value: value})
+		hr := headerRule{name: http.CanonicalHeaderKey(name), value: value}
+		if k, ok := strings.CutPrefix(value, "{"+userPrefix); ok && strings.HasSuffix(k, "}") && !strings.ContainsAny(k[:len(k)-1], "{}") {
+			hr.userKey = k[:len(k)-1]
+		}
+		h.headers = append(h.headers, hr)
 	}
 	slices.SortFunc(h.headers, func(a, b headerRule) int { return strings.Compare(a.name, b.name) })
 	if len(h.Exclude) > 0 {

@@ -32,8 +32,16 @@ func (h *Handler) setIdentity(r *http.Request, claims map[string]any) {
 		return h.userPlaceholder(claims, key[len(userPrefix):])
 	})
 	for _, hr := range h.headers {
-		if v := repl.ReplaceAll(hr.value, ""); v != "" {
-			r.Header.Set(hr.name, v)
+		var v string
+		if hr.userKey != "" {
+			if val, ok := h.userPlaceholder(claims, hr.userKey); ok {
+				v = caddy.ToString(val)
+			}
+		} else {
+			v = repl.ReplaceAll(hr.value, "")
+		}
+		if v != "" {
+			r.Header[hr.name] = []string{v}
 		}
 	}
 }
@@ -163,7 +171,8 @@ func (h *Handler) allowed(claims map[string]any) bool {
 			}
 		}
 	}
-	if intersects(h.groups(claims), h.AllowGroups) || intersects(h.roles(claims), h.AllowRoles) {
+	if len(h.AllowGroups) > 0 && h.claimHasAny(claims, h.groupsClaim(), h.AllowGroups) ||
+		len(h.AllowRoles) > 0 && h.claimHasAny(claims, h.rolesClaim(), h.AllowRoles) {
 		return true
 	}
 	return h.allowExpr != nil && h.allowExpr.allows(claims)
@@ -248,4 +257,22 @@ func (h *Handler) rolesClaim() string {
 
 func (h *Handler) requireVerified() bool {
 	return h.RequireEmailVerified == nil || *h.RequireEmailVerified
+}
+
+// claimHasAny reports whether the list claim at path holds one of want,
+// without building the list (this runs on every request).
+func (h *Handler) claimHasAny(claims map[string]any, path string, want []string) bool {
+	v, _ := lookupClaim(claims, path)
+	switch t := v.(type) {
+	case []any:
+		for _, e := range t {
+			if s, ok := e.(string); ok && slices.Contains(want, s) {
+				return true
+			}
+		}
+		return false
+	case string:
+		return slices.Contains(want, t)
+	}
+	return intersects(claimList(v), want)
 }
