@@ -37,14 +37,15 @@ func drawChart(ss []*scenario, path string) error {
 
 func shortName(n string) string {
 	m := map[string]string{
-		"Caddy reverse_proxy (ceiling)":         "proxy ceiling",
-		"oidc cookie session + reverse_proxy":   "oidc cookie+proxy",
-		"Caddy respond (ceiling)":               "respond ceiling",
-		"oidc cookie session + respond":         "oidc cookie",
-		"oidc cache session (L1 hit) + respond": "oidc cache (L1)",
-		"oidc bearer JWT + respond":             "oidc bearer",
-		"Caddy forward_auth + oauth2-proxy":     "fwd_auth+o2p",
-		"oauth2-proxy standalone":               "o2p standalone",
+		"Caddy reverse_proxy (ceiling)":                      "proxy ceiling",
+		"oidc cookie session + reverse_proxy":                "oidc cookie+proxy",
+		"Caddy respond (ceiling)":                            "respond ceiling",
+		"oidc cookie session + respond":                      "oidc cookie",
+		"oidc cache session (L1 hit) + respond":              "oidc cache (L1)",
+		"oidc bearer JWT + respond":                          "oidc bearer",
+		"oidc cache session (L1 miss, Valkey hit) + respond": "oidc cache (Valkey)",
+		"Caddy forward_auth + oauth2-proxy":                  "fwd_auth+o2p",
+		"oauth2-proxy standalone":                            "o2p standalone",
 	}
 	if s, ok := m[n]; ok {
 		return s

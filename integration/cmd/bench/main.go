@@ -31,9 +31,11 @@ import (
 )
 
 type scenario struct {
-	name    string
-	url     string
-	header  http.Header
+	name   string
+	url    string
+	header http.Header
+	// headers, when set, are used in turn (many sessions, e.g. to miss L1).
+	headers []http.Header
 	ceiling string   // the scenario whose req/s this one is compared with
 	procs   []string // processes whose CPU the scenario costs
 	// results, summed over rounds
@@ -46,7 +48,7 @@ type scenario struct {
 func main() {
 	caddyBin := flag.String("caddy", "../bin/caddy", "Caddy built with the module")
 	o2pBin := flag.String("oauth2-proxy", "", "oauth2-proxy binary (v7.15.6) for the comparison; empty: skip it")
-	valkey := flag.String("valkey", "", "Valkey/Redis host:port for the cache-store scenario's app cache; empty: memory")
+	valkey := flag.String("valkey", "", "Valkey/Redis host:port for the cache scenarios; empty: start a redis-server of our own")
 	dur := flag.Duration("duration", 4*time.Second, "time per scenario per round")
 	rounds := flag.Int("rounds", 3, "alternation rounds")
 	conc := flag.Int("concurrency", 16, "concurrent connections")
@@ -55,12 +57,12 @@ func main() {
 	flag.Parse()
 
 	ports := map[string]int{}
-	for _, n := range []string{"admin", "ceil-proxy", "oidc-proxy", "ceil-respond", "oidc-respond", "cache-respond", "bearer-respond", "fwd", "o2p"} {
+	for _, n := range []string{"admin", "ceil-proxy", "oidc-proxy", "ceil-respond", "oidc-respond", "cache-respond", "bearer-respond", "fwd", "o2p", "herd", "miss-admin", "miss-respond", "redis"} {
 		ports[n] = freePort()
 	}
 	at := func(n string) string { return fmt.Sprintf("http://127.0.0.1:%d", ports[n]) }
 	var redirects []string
-	for _, n := range []string{"oidc-proxy", "oidc-respond", "cache-respond", "bearer-respond", "o2p"} {
+	for _, n := range []string{"oidc-proxy", "oidc-respond", "cache-respond", "bearer-respond", "o2p", "herd", "miss-respond"} {
 		redirects = append(redirects, at(n)+"/oauth2/callback")
 	}
 	idp, err := devidp.Start(devidp.Options{RedirectURIs: redirects, AccessTokenLifetime: time.Hour})
@@ -80,10 +82,13 @@ func main() {
 		}
 	}()
 
-	cacheBlock := ""
-	if *valkey != "" {
-		cacheBlock = "\t\tcache valkey {\n\t\t\taddress " + *valkey + "\n\t\t}\n"
+	if *valkey == "" {
+		// Valkey of our own (Debian's redis-server speaks the protocol).
+		*valkey = fmt.Sprintf("127.0.0.1:%d", ports["redis"])
+		procs["redis"] = start(dir, "redis", "redis-server", "--port", strconv.Itoa(ports["redis"]), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir)
+		waitTCP(*valkey)
 	}
+	cacheBlock := "\t\tcache valkey {\n\t\t\taddress " + *valkey + "\n\t\t}\n"
 	oidc := func(extra string) string {
 		return fmt.Sprintf(`oidc {
 		issuer %s
@@ -101,12 +106,23 @@ func main() {
 	cfg += fmt.Sprintf("%s {\n\t%s\n\trespond \"ok\"\n}\n", at("oidc-respond"), oidc(""))
 	cfg += fmt.Sprintf("%s {\n\t%s\n\trespond \"ok\"\n}\n", at("cache-respond"), oidc("session_store cache"))
 	cfg += fmt.Sprintf("%s {\n\t%s\n\trespond \"ok\"\n}\n", at("bearer-respond"), oidc("bearer\n\t\tbearer_audience "+devidp.ServiceClientID))
+	// Every request of this site finds its access token due for refresh:
+	// a burst of one session measures the refresh herd.
+	cfg += fmt.Sprintf("%s {\n\t%s\n\trespond \"ok\"\n}\n", at("herd"), oidc("scopes openid profile email offline_access\n\t\trefresh_before 2h"))
 	if *o2pBin != "" {
 		cfg += fmt.Sprintf("%s {\n\tforward_auth 127.0.0.1:%d {\n\t\turi /oauth2/auth\n\t\tcopy_headers X-Auth-Request-Email\n\t}\n\treverse_proxy %s\n}\n", at("fwd"), ports["o2p"], upstream)
 	}
 	path := filepath.Join(dir, "Caddyfile")
 	_ = os.WriteFile(path, []byte(cfg), 0o600)
 	procs["caddy"] = start(dir, "caddy", *caddyBin, "run", "--config", path, "--adapter", "caddyfile")
+	// A second Caddy whose L1 (16 entries) is smaller than the sessions it
+	// serves: cache-store sessions come from Valkey.
+	missCfg := fmt.Sprintf("{\n\tadmin 127.0.0.1:%d\n\tauto_https off\n\toidc {\n\t\tcache valkey {\n\t\t\taddress %s\n\t\t\tl1_max_entries 16\n\t\t}\n\t}\n}\n%s {\n\t%s\n\trespond \"ok\"\n}\n",
+		ports["miss-admin"], *valkey, at("miss-respond"), oidc("session_store cache"))
+	missPath := filepath.Join(dir, "Caddyfile.miss")
+	_ = os.WriteFile(missPath, []byte(missCfg), 0o600)
+	procs["caddy-l1-miss"] = start(dir, "caddy-l1-miss", *caddyBin, "run", "--config", missPath, "--adapter", "caddyfile")
+	waitUp(at("miss-respond"))
 	log.Printf("caddy admin (pprof): http://127.0.0.1:%d/debug/pprof/", ports["admin"])
 	waitUp(at("ceil-respond"))
 	if *o2pBin != "" {
@@ -142,6 +158,10 @@ func main() {
 	}
 	loginCPU := (cpuOf(procs["caddy"]) - loginCPU0) / logins
 	cacheSession := cookieOf("cache-respond", "/")
+	var missSessions []http.Header
+	for range 64 {
+		missSessions = append(missSessions, http.Header{"Cookie": {cookieOf("miss-respond", "/")}, "Accept": {"application/json"}})
+	}
 	bearer := serviceToken(idp.Issuer)
 	hdr := func(k, v string) http.Header { return http.Header{k: {v}, "Accept": {"application/json"}} }
 
@@ -155,6 +175,7 @@ func main() {
 		{name: "oidc cookie session + respond", url: at("oidc-respond"), header: hdr("Cookie", cookieSession), ceiling: "Caddy respond (ceiling)", procs: []string{"caddy"}},
 		{name: "oidc cache session (L1 hit) + respond", url: at("cache-respond"), header: hdr("Cookie", cacheSession), ceiling: "Caddy respond (ceiling)", procs: []string{"caddy"}},
 		{name: "oidc bearer JWT + respond", url: at("bearer-respond"), header: hdr("Authorization", "Bearer "+bearer), ceiling: "Caddy respond (ceiling)", procs: []string{"caddy"}},
+		{name: "oidc cache session (L1 miss, Valkey hit) + respond", url: at("miss-respond"), headers: missSessions, ceiling: "Caddy respond (ceiling)", procs: []string{"caddy-l1-miss"}},
 	}
 	// The cookie jar of a oauth2-proxy login is valid for both of its modes.
 	if *o2pBin != "" {
@@ -173,6 +194,28 @@ func main() {
 			run(s, *dur, *conc, procs)
 		}
 		log.Printf("round %d/%d done", r+1, *rounds)
+	}
+
+	// The refresh herd: n concurrent requests of one session whose access
+	// token is due; the IdP counts the grants.
+	var herd []string
+	for _, n := range []int{10, 50, 200} {
+		cookie := cookieOf("herd", "/")
+		before := idp.RefreshGrants()
+		s := &scenario{name: "herd", url: at("herd"), header: hdr("Cookie", cookie), procs: []string{"caddy"}}
+		var wg sync.WaitGroup
+		var okCount atomic.Int64
+		for range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if probe(s) == http.StatusOK {
+					okCount.Add(1)
+				}
+			}()
+		}
+		wg.Wait()
+		herd = append(herd, fmt.Sprintf("| %d | %d | %d | %d |", n, idp.RefreshGrants()-before, idp.RefusedRefreshGrants(), okCount.Load()))
 	}
 
 	// Reload cost: POST /load of the same config with a change.
@@ -195,6 +238,7 @@ func main() {
 	sort.Slice(reloads, func(i, j int) bool { return reloads[i] < reloads[j] })
 
 	report := writeReport(scenarios, *rounds, *dur, *conc, loginCPU, reloads[len(reloads)/2], *o2pBin != "", *valkey)
+	report += "\nRefresh herd (one session whose access token is due, n concurrent requests, one replica; grants counted by the IdP; the three-replica figures are in the README):\n\n| concurrent requests | refresh grants | refused | answered 200 |\n| ---: | ---: | ---: | ---: |\n" + strings.Join(herd, "\n") + "\n"
 	if err := os.WriteFile(*out, []byte(report), 0o644); err != nil {
 		log.Fatal(err)
 	}
@@ -209,7 +253,7 @@ func run(s *scenario, d time.Duration, conc int, procs map[string]*exec.Cmd) {
 	for _, p := range s.procs {
 		cpu0 += cpuOf(procs[p])
 	}
-	var n, fails atomic.Int64
+	var n, fails, rot atomic.Int64
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	start := time.Now()
@@ -222,9 +266,13 @@ func run(s *scenario, d time.Duration, conc int, procs map[string]*exec.Cmd) {
 		go func() {
 			defer wg.Done()
 			var lat []time.Duration
-			for time.Now().Before(deadline) {
+			for i := 0; time.Now().Before(deadline); i++ {
 				req, _ := http.NewRequest(http.MethodGet, s.url+"/bench", nil)
-				for k, v := range s.header {
+				hdr := s.header
+				if len(s.headers) > 0 {
+					hdr = s.headers[int(rot.Add(1))%len(s.headers)]
+				}
+				for k, v := range hdr {
 					req.Header[k] = v
 				}
 				t0 := time.Now()
@@ -260,7 +308,11 @@ func run(s *scenario, d time.Duration, conc int, procs map[string]*exec.Cmd) {
 
 func probe(s *scenario) int {
 	req, _ := http.NewRequest(http.MethodGet, s.url+"/probe", nil)
-	for k, v := range s.header {
+	hdr := s.header
+	if len(s.headers) > 0 {
+		hdr = s.headers[0]
+	}
+	for k, v := range hdr {
 		req.Header[k] = v
 	}
 	resp, err := (&http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}).Do(req)
@@ -315,6 +367,7 @@ func writeReport(ss []*scenario, rounds int, d time.Duration, conc int, loginCPU
 	}
 	fmt.Fprintf(&b, "\nLogin path: %s of Caddy CPU per login (authorization redirect, callback with code exchange and ID token verification; the IdP's own work excluded). Reload (`POST /load` with a changed config): median %s.\n", round(loginCPU), round(reload))
 	b.WriteString("\n![requests per second per scenario](docs/bench.png)\n")
+	b.WriteString("\nThe L1-miss scenario runs on a second Caddy whose L1 holds 16 sessions while its clients use 64, so requests are answered from Valkey (a redis-server on 127.0.0.1, whose CPU is not counted).\n")
 	return b.String()
 }
 
@@ -392,6 +445,17 @@ func startUpstream() string {
 		_ = http.Serve(l, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("ok")) }))
 	}()
 	return l.Addr().String()
+}
+
+func waitTCP(addr string) {
+	for range 200 {
+		if c, err := net.Dial("tcp", addr); err == nil {
+			c.Close()
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	log.Fatalf("%s did not come up", addr)
 }
 
 func waitUp(u string) {
