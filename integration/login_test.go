@@ -128,30 +128,7 @@ func TestBadCallbacks(t *testing.T) {
 	// A real callback URL, captured before Caddy sees it.
 	c := e.browser()
 	capture := noRedirect(c)
-	resp, err := c.Get(e.caddyURL + "/start")
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	form := resp.Request.URL
-	resp, err = capture.PostForm(e.idp.Issuer+"/login/username", url.Values{"id": {form.Query().Get("authRequestID")}, "username": {"alice"}, "password": {"alice-password"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	next := resp.Header.Get("Location")
-	if !strings.HasPrefix(next, "http") {
-		next = e.idp.Issuer + next
-	}
-	resp, err = capture.Get(next)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	callback, err := url.Parse(resp.Header.Get("Location"))
-	if err != nil || callback.Path != "/oauth2/callback" {
-		t.Fatalf("expected a redirect to the callback, got %q", resp.Header.Get("Location"))
-	}
+	callback := e.capturedCallback(t, c, "alice")
 	with := func(mod func(q url.Values)) string {
 		u := *callback
 		q := u.Query()
@@ -190,7 +167,7 @@ func TestBadCallbacks(t *testing.T) {
 	}
 
 	// The genuine callback works once; the replay does not.
-	resp, err = capture.Get(callback.String())
+	resp, err := capture.Get(callback.String())
 	if err != nil {
 		t.Fatal(err)
 	}

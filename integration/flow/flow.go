@@ -4,6 +4,7 @@ package flow
 
 import (
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
@@ -67,4 +68,26 @@ func Login(c *http.Client, target, issuer, user, pass string) (*http.Response, e
 		return nil, err
 	}
 	return Submit(c, issuer, form, user, pass)
+}
+
+// FreePort returns a TCP port free on 127.0.0.1 at the time of the call.
+func FreePort() int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// WaitUp polls u until it answers, for at most 15 s.
+func WaitUp(u string) error {
+	for range 300 {
+		if resp, err := http.Get(u); err == nil {
+			resp.Body.Close()
+			return nil
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fmt.Errorf("%s did not come up", u)
 }

@@ -10,8 +10,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/lestrrat-go/jwx/v2/jwa"
-	"github.com/lestrrat-go/jwx/v2/jws"
 	"github.com/lestrrat-go/jwx/v2/jwt"
 )
 
@@ -29,33 +27,12 @@ func IsJWT(token string) bool { return strings.Count(token, ".") == 2 }
 // JWT profile): signature by the IdP with an announced asymmetric
 // algorithm, iss, one of audiences in aud, exp (required) and nbf.
 func (p *Provider) VerifyAccessToken(ctx context.Context, raw string, audiences []string, skew time.Duration) (*AccessClaims, error) {
-	d, err := p.Discovery(ctx)
-	if err != nil {
-		return nil, err
-	}
-	msg, err := jws.Parse([]byte(raw))
-	if err != nil {
-		return nil, fmt.Errorf("parsing access token: %v: %w", err, ErrInvalidToken)
-	}
-	sigs := msg.Signatures()
-	if len(sigs) != 1 {
-		return nil, fmt.Errorf("access token has %d signatures: %w", len(sigs), ErrInvalidToken)
-	}
-	hdr := sigs[0].ProtectedHeaders()
-	alg := hdr.Algorithm().String()
-	allowed := d.IDTokenSigningAlgValuesSupported
-	if len(allowed) == 0 {
-		allowed = []string{"RS256"}
-	}
-	if !slices.Contains(allowed, alg) || !slices.Contains(asymmetric, alg) {
-		return nil, fmt.Errorf("access token algorithm %q is not accepted: %w", alg, ErrInvalidToken)
-	}
-	key, err := p.signingKey(ctx, d.JWKSURI, hdr.KeyID(), alg)
+	_, withKey, err := p.signedBy(ctx, raw, "access token", "at+jwt", "JWT", "application/at+jwt")
 	if err != nil {
 		return nil, err
 	}
 	tok, err := jwt.Parse([]byte(raw),
-		jwt.WithKey(jwa.SignatureAlgorithm(alg), key),
+		withKey,
 		jwt.WithValidate(true),
 		jwt.WithIssuer(p.issuer),
 		jwt.WithAcceptableSkew(skew),

@@ -3,11 +3,8 @@ package provider
 import (
 	"context"
 	"fmt"
-	"slices"
 	"time"
 
-	"github.com/lestrrat-go/jwx/v2/jwa"
-	"github.com/lestrrat-go/jwx/v2/jws"
 	"github.com/lestrrat-go/jwx/v2/jwt"
 )
 
@@ -29,36 +26,12 @@ type LogoutToken struct {
 // iat (within maxAge), the back-channel member of events, sid and/or sub,
 // and no nonce. typ, if present, must be logout+jwt or JWT.
 func (p *Provider) VerifyLogoutToken(ctx context.Context, raw, clientID string, skew, maxAge time.Duration) (*LogoutToken, error) {
-	d, err := p.Discovery(ctx)
-	if err != nil {
-		return nil, err
-	}
-	msg, err := jws.Parse([]byte(raw))
-	if err != nil {
-		return nil, fmt.Errorf("parsing logout token: %v: %w", err, ErrInvalidToken)
-	}
-	sigs := msg.Signatures()
-	if len(sigs) != 1 {
-		return nil, fmt.Errorf("logout token has %d signatures, want 1: %w", len(sigs), ErrInvalidToken)
-	}
-	hdr := sigs[0].ProtectedHeaders()
-	if typ := hdr.Type(); typ != "" && typ != "logout+jwt" && typ != "JWT" {
-		return nil, fmt.Errorf("logout token has typ %q: %w", typ, ErrInvalidToken)
-	}
-	alg := hdr.Algorithm().String()
-	allowed := d.IDTokenSigningAlgValuesSupported
-	if len(allowed) == 0 {
-		allowed = []string{"RS256"}
-	}
-	if !slices.Contains(allowed, alg) || !slices.Contains(asymmetric, alg) {
-		return nil, fmt.Errorf("logout token algorithm %q is not accepted: %w", alg, ErrInvalidToken)
-	}
-	key, err := p.signingKey(ctx, d.JWKSURI, hdr.KeyID(), alg)
+	_, withKey, err := p.signedBy(ctx, raw, "logout token", "logout+jwt", "JWT")
 	if err != nil {
 		return nil, err
 	}
 	tok, err := jwt.Parse([]byte(raw),
-		jwt.WithKey(jwa.SignatureAlgorithm(alg), key),
+		withKey,
 		jwt.WithValidate(true),
 		jwt.WithIssuer(p.issuer),
 		jwt.WithAudience(clientID),

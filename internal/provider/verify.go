@@ -39,33 +39,12 @@ var asymmetric = []string{"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", 
 // signature by a key of the IdP with an algorithm the IdP announces (never
 // "none"), iss, aud, azp, exp, iat and nonce. It returns the token's claims.
 func (p *Provider) VerifyIDToken(ctx context.Context, raw string, o VerifyOptions) (map[string]any, error) {
-	d, err := p.Discovery(ctx)
-	if err != nil {
-		return nil, err
-	}
-	msg, err := jws.Parse([]byte(raw))
-	if err != nil {
-		return nil, fmt.Errorf("parsing ID token: %v: %w", err, ErrInvalidToken)
-	}
-	sigs := msg.Signatures()
-	if len(sigs) != 1 {
-		return nil, fmt.Errorf("ID token has %d signatures, want 1: %w", len(sigs), ErrInvalidToken)
-	}
-	hdr := sigs[0].ProtectedHeaders()
-	alg := hdr.Algorithm().String()
-	allowed := d.IDTokenSigningAlgValuesSupported
-	if len(allowed) == 0 {
-		allowed = []string{"RS256"} // the default of Discovery §3
-	}
-	if !slices.Contains(allowed, alg) || !slices.Contains(asymmetric, alg) {
-		return nil, fmt.Errorf("ID token algorithm %q is not accepted (IdP announces %v): %w", alg, allowed, ErrInvalidToken)
-	}
-	key, err := p.signingKey(ctx, d.JWKSURI, hdr.KeyID(), alg)
+	d, withKey, err := p.signedBy(ctx, raw, "ID token")
 	if err != nil {
 		return nil, err
 	}
 	tok, err := jwt.Parse([]byte(raw),
-		jwt.WithKey(jwa.SignatureAlgorithm(alg), key),
+		withKey,
 		jwt.WithValidate(true),
 		jwt.WithAudience(o.ClientID),
 		jwt.WithAcceptableSkew(o.ClockSkew),
@@ -108,6 +87,42 @@ func (p *Provider) VerifyIDToken(ctx context.Context, raw string, o VerifyOption
 		return nil, fmt.Errorf("ID token subject changed: %w", ErrInvalidToken)
 	}
 	return claims, nil
+}
+
+// signedBy checks a compact JWS's header (one signature, an asymmetric
+// algorithm the IdP announces, typ if typs is given) and finds the IdP key
+// that must have signed it; what names the token in errors. It returns the
+// jwt.Parse option that verifies the signature with that key and algorithm.
+func (p *Provider) signedBy(ctx context.Context, raw, what string, typs ...string) (*Discovery, jwt.ParseOption, error) {
+	d, err := p.Discovery(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	msg, err := jws.Parse([]byte(raw))
+	if err != nil {
+		return nil, nil, fmt.Errorf("parsing %s: %v: %w", what, err, ErrInvalidToken)
+	}
+	sigs := msg.Signatures()
+	if len(sigs) != 1 {
+		return nil, nil, fmt.Errorf("%s has %d signatures, want 1: %w", what, len(sigs), ErrInvalidToken)
+	}
+	hdr := sigs[0].ProtectedHeaders()
+	if typ := hdr.Type(); len(typs) > 0 && typ != "" && !slices.Contains(typs, typ) {
+		return nil, nil, fmt.Errorf("%s has typ %q: %w", what, typ, ErrInvalidToken)
+	}
+	alg := hdr.Algorithm().String()
+	allowed := d.IDTokenSigningAlgValuesSupported
+	if len(allowed) == 0 {
+		allowed = []string{"RS256"} // the default of Discovery §3
+	}
+	if !slices.Contains(allowed, alg) || !slices.Contains(asymmetric, alg) {
+		return nil, nil, fmt.Errorf("%s algorithm %q is not accepted (IdP announces %v): %w", what, alg, allowed, ErrInvalidToken)
+	}
+	key, err := p.signingKey(ctx, d.JWKSURI, hdr.KeyID(), alg)
+	if err != nil {
+		return nil, nil, err
+	}
+	return d, jwt.WithKey(jwa.SignatureAlgorithm(alg), key), nil
 }
 
 // signingKey finds the key for kid, refetching the JWKS (rate-limited) when

@@ -58,7 +58,7 @@ func main() {
 
 	ports := map[string]int{}
 	for _, n := range []string{"admin", "ceil-proxy", "oidc-proxy", "ceil-respond", "oidc-respond", "cache-respond", "bearer-respond", "fwd", "o2p", "herd", "miss-admin", "miss-respond", "redis"} {
-		ports[n] = freePort()
+		ports[n] = flow.FreePort()
 	}
 	at := func(n string) string { return fmt.Sprintf("http://127.0.0.1:%d", ports[n]) }
 	var redirects []string
@@ -122,9 +122,9 @@ func main() {
 	missPath := filepath.Join(dir, "Caddyfile.miss")
 	_ = os.WriteFile(missPath, []byte(missCfg), 0o600)
 	procs["caddy-l1-miss"] = start(dir, "caddy-l1-miss", *caddyBin, "run", "--config", missPath, "--adapter", "caddyfile")
-	waitUp(at("miss-respond"))
+	must(flow.WaitUp(at("miss-respond")))
 	log.Printf("caddy admin (pprof): http://127.0.0.1:%d/debug/pprof/", ports["admin"])
-	waitUp(at("ceil-respond"))
+	must(flow.WaitUp(at("ceil-respond")))
 	if *o2pBin != "" {
 		procs["oauth2-proxy"] = start(dir, "oauth2-proxy", *o2pBin,
 			"--provider=oidc", "--oidc-issuer-url="+idp.Issuer, "--client-id=demo", "--client-secret=demo-secret",
@@ -132,7 +132,7 @@ func main() {
 			"--upstream=http://"+upstream, "--http-address=127.0.0.1:"+strconv.Itoa(ports["o2p"]),
 			"--redirect-url="+at("o2p")+"/oauth2/callback", "--skip-provider-button", "--set-xauthrequest",
 			"--reverse-proxy", "--insecure-oidc-allow-unverified-email", "--scope=openid email profile")
-		waitUp(at("o2p") + "/ping")
+		must(flow.WaitUp(at("o2p") + "/ping"))
 	}
 
 	// Real sessions, through the real login.
@@ -427,15 +427,6 @@ func memTotal() string {
 	return "unknown memory"
 }
 
-func freePort() int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 func startUpstream() string {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -458,17 +449,6 @@ func waitTCP(addr string) {
 	log.Fatalf("%s did not come up", addr)
 }
 
-func waitUp(u string) {
-	for range 300 {
-		if resp, err := http.Get(u); err == nil {
-			resp.Body.Close()
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	log.Fatalf("%s did not come up", u)
-}
-
 func serviceToken(issuer string) string {
 	req, _ := http.NewRequest(http.MethodPost, issuer+"/oauth/token", strings.NewReader("grant_type=client_credentials&scope=openid"))
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
@@ -483,4 +463,10 @@ func serviceToken(issuer string) string {
 	}
 	_ = json.NewDecoder(resp.Body).Decode(&tr)
 	return tr.AccessToken
+}
+
+func must(err error) {
+	if err != nil {
+		log.Fatal(err)
+	}
 }

@@ -37,7 +37,7 @@ func main() {
 	every := flag.Duration("every", 10*time.Second, "sampling interval")
 	flag.Parse()
 
-	caddyPort, adminPort := freePort(), freePort()
+	caddyPort, adminPort := flow.FreePort(), flow.FreePort()
 	caddyURL := fmt.Sprintf("http://127.0.0.1:%d", caddyPort)
 	idp, err := devidp.Start(devidp.Options{RedirectURIs: []string{caddyURL + "/oauth2/callback"}, AccessTokenLifetime: 30 * time.Second})
 	if err != nil {
@@ -83,7 +83,7 @@ func main() {
 	}
 	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
 	admin := fmt.Sprintf("127.0.0.1:%d", adminPort)
-	waitUp(caddyURL)
+	must(flow.WaitUp(caddyURL))
 
 	// One API client per session, sharing that session's cookie jar, so
 	// refreshed cookies are kept as a browser keeps them.
@@ -178,15 +178,6 @@ func main() {
 	fmt.Println("PASS: level")
 }
 
-func freePort() int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 func startUpstream() string {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -198,17 +189,6 @@ func startUpstream() string {
 		}))
 	}()
 	return l.Addr().String()
-}
-
-func waitUp(u string) {
-	for range 200 {
-		if resp, err := http.Get(u + "/"); err == nil {
-			resp.Body.Close()
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	log.Fatal("caddy did not start")
 }
 
 func goroutines(admin string) int {
@@ -243,4 +223,10 @@ func rssKB(pid int) int {
 		}
 	}
 	return -1
+}
+
+func must(err error) {
+	if err != nil {
+		log.Fatal(err)
+	}
 }
