@@ -27,7 +27,7 @@ test-unit:
 	$(GO) test -race -count=1 ./...
 
 test-integration:
-	cd integration && $(GO) test -race -count=1 -timeout 15m ./...
+	cd integration && $(GO) test -race -count=1 -timeout 15m .
 
 test: lint test-unit test-integration
 
