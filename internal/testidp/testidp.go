@@ -59,38 +59,9 @@ func New() *IdP {
 		i.mu.Unlock()
 		writeJSON(w, set)
 	})
-	mux.HandleFunc("/introspect", func(w http.ResponseWriter, r *http.Request) {
-		i.IntrospectHits.Add(1)
-		i.mu.Lock()
-		h := i.introspect
-		i.mu.Unlock()
-		if h == nil {
-			http.Error(w, "down", http.StatusServiceUnavailable)
-			return
-		}
-		h(w, r)
-	})
-	mux.HandleFunc("/userinfo", func(w http.ResponseWriter, r *http.Request) {
-		i.mu.Lock()
-		h := i.userinfo
-		i.mu.Unlock()
-		if h == nil {
-			http.Error(w, "down", http.StatusServiceUnavailable)
-			return
-		}
-		h(w, r)
-	})
-	mux.HandleFunc("/token", func(w http.ResponseWriter, r *http.Request) {
-		i.TokenHits.Add(1)
-		i.mu.Lock()
-		h := i.token
-		i.mu.Unlock()
-		if h == nil {
-			http.Error(w, `{"error":"server_error"}`, http.StatusInternalServerError)
-			return
-		}
-		h(w, r)
-	})
+	mux.HandleFunc("/introspect", i.settable(&i.introspect, &i.IntrospectHits, http.StatusServiceUnavailable, "down"))
+	mux.HandleFunc("/userinfo", i.settable(&i.userinfo, nil, http.StatusServiceUnavailable, "down"))
+	mux.HandleFunc("/token", i.settable(&i.token, &i.TokenHits, http.StatusInternalServerError, `{"error":"server_error"}`))
 	i.Server = httptest.NewServer(mux)
 	i.Issuer = i.Server.URL
 	i.discovery = map[string]any{
@@ -106,6 +77,24 @@ func New() *IdP {
 	}
 	i.AddKey("k1")
 	return i
+}
+
+// settable serves the handler a test set in *slot (counting hits), or
+// answers status and body while none is set.
+func (i *IdP) settable(slot *http.HandlerFunc, hits *atomic.Int64, status int, body string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if hits != nil {
+			hits.Add(1)
+		}
+		i.mu.Lock()
+		h := *slot
+		i.mu.Unlock()
+		if h == nil {
+			http.Error(w, body, status)
+			return
+		}
+		h(w, r)
+	}
 }
 
 // Close stops the server.
