@@ -101,13 +101,34 @@ func (h *Handler) decode(purpose, sealed string, sealedBytes []byte) (*session.S
 	return s, rotated
 }
 
-func (h *Handler) loadCached(ctx context.Context, name, cookieValue string) (*session.Session, bool, error) {
+// cookieSessionID returns the id of the cache-store session the request's
+// cookie names, without asking the store (logout must work while it is down).
+func (h *Handler) cookieSessionID(r *http.Request) (string, bool) {
+	name := h.sessionCookieName(r)
+	v, ok := session.ReadChunked(r, name)
+	if !ok || !h.cacheStore() {
+		return "", false
+	}
+	id, _, ok := h.openCacheID(name, v)
+	return id, ok
+}
+
+// openCacheID opens a cache-store session cookie: the session's id.
+func (h *Handler) openCacheID(name, cookieValue string) (id string, rotated bool, ok bool) {
 	pt, rotated, err := h.codec.Open(name, cookieValue)
 	if err != nil {
-		return nil, false, nil
+		return "", false, false
 	}
-	id, ok := strings.CutPrefix(string(pt), cacheIDPrefix)
+	id, ok = strings.CutPrefix(string(pt), cacheIDPrefix)
 	if !ok || len(id) < 32 {
+		return "", false, false
+	}
+	return id, rotated, true
+}
+
+func (h *Handler) loadCached(ctx context.Context, name, cookieValue string) (*session.Session, bool, error) {
+	id, rotated, ok := h.openCacheID(name, cookieValue)
+	if !ok {
 		return nil, false, nil
 	}
 	key := storeKey(id)
