@@ -34,6 +34,8 @@ type IdP struct {
 
 	introspect http.HandlerFunc
 	userinfo   http.HandlerFunc
+	revoke     http.HandlerFunc
+	jwks       http.HandlerFunc
 
 	DiscoveryHits, JWKSHits, TokenHits, IntrospectHits atomic.Int64
 }
@@ -51,14 +53,14 @@ func New() *IdP {
 	mux.HandleFunc("/jwks", func(w http.ResponseWriter, r *http.Request) {
 		i.JWKSHits.Add(1)
 		i.mu.Lock()
-		set := jwk.NewSet()
-		for _, k := range i.keys {
-			pub, _ := k.PublicKey()
-			_ = set.AddKey(pub)
-		}
+		h := i.jwks
 		i.mu.Unlock()
-		writeJSON(w, set)
+		if h == nil {
+			h = i.ServeJWKS
+		}
+		h(w, r)
 	})
+	mux.HandleFunc("/revoke", i.settable(&i.revoke, nil, http.StatusOK, ""))
 	mux.HandleFunc("/introspect", i.settable(&i.introspect, &i.IntrospectHits, http.StatusServiceUnavailable, "down"))
 	mux.HandleFunc("/userinfo", i.settable(&i.userinfo, nil, http.StatusServiceUnavailable, "down"))
 	mux.HandleFunc("/token", i.settable(&i.token, &i.TokenHits, http.StatusInternalServerError, `{"error":"server_error"}`))
@@ -171,6 +173,35 @@ func (i *IdP) OnIntrospect(h http.HandlerFunc) {
 	i.mu.Unlock()
 }
 
+// OnRevoke sets the handler of /revoke (nil: 200). Discovery does not
+// announce it unless a test sets revocation_endpoint.
+func (i *IdP) OnRevoke(h http.HandlerFunc) {
+	i.mu.Lock()
+	i.revoke = h
+	i.mu.Unlock()
+}
+
+// OnJWKS sets the JWKS endpoint's handler (nil: ServeJWKS), so a test can
+// make the endpoint fail, hang or answer late; JWKSHits counts every request.
+func (i *IdP) OnJWKS(h http.HandlerFunc) {
+	i.mu.Lock()
+	i.jwks = h
+	i.mu.Unlock()
+}
+
+// ServeJWKS answers with the public halves of the IdP's keys, as the JWKS
+// endpoint does by default.
+func (i *IdP) ServeJWKS(w http.ResponseWriter, r *http.Request) {
+	i.mu.Lock()
+	set := jwk.NewSet()
+	for _, k := range i.keys {
+		pub, _ := k.PublicKey()
+		_ = set.AddKey(pub)
+	}
+	i.mu.Unlock()
+	writeJSON(w, set)
+}
+
 // Claims returns valid ID token claims for clientID and nonce.
 func (i *IdP) Claims(clientID, nonce string) map[string]any {
 	now := time.Now()
@@ -188,10 +219,24 @@ func (i *IdP) Sign(claims map[string]any) string {
 	return SignWith(alg, k, k.KeyID(), claims)
 }
 
+// SignTyped signs claims with the newest key, with typ in the header (as
+// IdPs type their tokens: "at+jwt", "logout+jwt", "id_token+jwt").
+func (i *IdP) SignTyped(typ string, claims map[string]any) string {
+	k, alg := i.SigningKey()
+	return signWith(alg, k, k.KeyID(), typ, claims)
+}
+
 // SignWith signs claims with any algorithm and key, and the given kid.
 func SignWith(alg jwa.SignatureAlgorithm, key any, kid string, claims map[string]any) string {
+	return signWith(alg, key, kid, "", claims)
+}
+
+func signWith(alg jwa.SignatureAlgorithm, key any, kid, typ string, claims map[string]any) string {
 	payload, _ := json.Marshal(claims)
 	hdr := jws.NewHeaders()
+	if typ != "" {
+		_ = hdr.Set(jws.TypeKey, typ)
+	}
 	if kid != "" {
 		_ = hdr.Set(jws.KeyIDKey, kid)
 	} else if k, ok := key.(jwk.Key); ok {
