@@ -26,7 +26,7 @@ type LogoutToken struct {
 // iat (within maxAge), the back-channel member of events, sid and/or sub,
 // and no nonce. typ, if present, must be logout+jwt or JWT.
 func (p *Provider) VerifyLogoutToken(ctx context.Context, raw, clientID string, skew, maxAge time.Duration) (*LogoutToken, error) {
-	_, withKey, err := p.signedBy(ctx, raw, "logout token", "logout+jwt", "JWT")
+	_, withKey, err := p.signedBy(ctx, raw, "logout token", false, "logout+jwt", "jwt")
 	if err != nil {
 		return nil, err
 	}

@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/lestrrat-go/jwx/v2/jwk"
@@ -51,33 +50,22 @@ type Options struct {
 	// is fetched again. Default: 1 h.
 	DiscoveryTTL time.Duration
 	// JWKSRefetchInterval is the minimum time between two JWKS fetches caused
-	// by an unknown key id. Default: 10 s.
+	// by an unknown key id in untrusted input, and between two for the same
+	// unknown key id in tokens from the token endpoint. Default: 10 s.
 	JWKSRefetchInterval time.Duration
 }
 
 // Provider is one issuer's metadata and keys, shared by every route that
-// names that issuer. It is safe for concurrent use.
+// names that issuer. It is safe for concurrent use. It runs no goroutine of
+// its own: documents are fetched on use, and a stale one is replaced by a
+// fetch that ends with fetchTimeout.
 type Provider struct {
 	issuer string
 	hc     *http.Client
-	ttl    time.Duration
 
-	ctx    context.Context
-	cancel context.CancelFunc
-
-	mu         sync.Mutex
-	disc       *Discovery
-	fetchedAt  time.Time
-	failures   int
-	retryAfter time.Time
-	inflight   chan struct{}
-
-	jwks           *jwk.Cache
-	jwksURL        string
-	refetchEvery   time.Duration
-	lastRefetch    time.Time
-	refetchMu      sync.Mutex
-	discoveryCount int // for tests: how many discovery fetches were made
+	disc   shared[*Discovery]
+	keys   shared[jwk.Set]
+	budget refetchBudget
 }
 
 // New returns a Provider for issuer. It does no network I/O: discovery is
@@ -95,108 +83,27 @@ func New(issuer string, opts Options) *Provider {
 	if opts.JWKSRefetchInterval <= 0 {
 		opts.JWKSRefetchInterval = 10 * time.Second
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	return &Provider{
-		issuer:       issuer,
-		hc:           opts.HTTPClient,
-		ttl:          opts.DiscoveryTTL,
-		ctx:          ctx,
-		cancel:       cancel,
-		jwks:         jwk.NewCache(ctx),
-		refetchEvery: opts.JWKSRefetchInterval,
-	}
+	p := &Provider{issuer: issuer, hc: opts.HTTPClient}
+	p.disc = shared[*Discovery]{what: "discovery document of " + issuer, ttl: opts.DiscoveryTTL, clock: time.Now,
+		fetch: func(ctx context.Context, _ string) (*Discovery, error) { return p.fetchDiscovery(ctx) }}
+	p.keys = shared[jwk.Set]{what: "JWKS of " + issuer, ttl: jwksTTL, clock: time.Now, fetch: p.fetchJWKS}
+	p.budget.every = opts.JWKSRefetchInterval
+	return p
 }
 
-// Issuer returns the issuer identifier this Provider was made for.
-func (p *Provider) Issuer() string { return p.issuer }
-
-// HTTPClient returns the client used for calls to the IdP.
-func (p *Provider) HTTPClient() *http.Client { return p.hc }
-
-// Close stops the background JWKS refreshes. Calls after Close fail.
-func (p *Provider) Close() { p.cancel() }
+// Close releases the Provider. It has no background work to stop, and
+// requests still in flight across a reload keep using it: a closed
+// Provider answers exactly as an open one.
+func (p *Provider) Close() {}
 
 // Destruct implements caddy.Destructor so a Provider can live in a UsagePool.
 func (p *Provider) Destruct() error { p.Close(); return nil }
 
-// DiscoveryFetches reports how many times the discovery document was fetched.
-func (p *Provider) DiscoveryFetches() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.discoveryCount
-}
-
 // Discovery returns the provider metadata, fetching it when it is missing or
-// stale. A stale document is kept when a refetch fails. Failed fetches back
-// off exponentially (1 s doubling to 1 min), so an IdP outage costs one
-// request per interval, not one per user request.
+// stale (see shared: one fetch in flight, failures backed off, a stale
+// document kept and served while it is refetched).
 func (p *Provider) Discovery(ctx context.Context) (*Discovery, error) {
-	for {
-		p.mu.Lock()
-		if p.ctx.Err() != nil {
-			p.mu.Unlock()
-			return nil, fmt.Errorf("provider %s is closed: %w", p.issuer, ErrUnavailable)
-		}
-		now := time.Now()
-		fresh := p.disc != nil && now.Sub(p.fetchedAt) < p.ttl
-		if fresh || (p.disc != nil && now.Before(p.retryAfter)) {
-			d := p.disc
-			p.mu.Unlock()
-			return d, nil
-		}
-		if p.disc == nil && now.Before(p.retryAfter) {
-			wait := time.Until(p.retryAfter).Round(time.Second)
-			p.mu.Unlock()
-			return nil, fmt.Errorf("discovery for %s failed recently, next try in %s: %w", p.issuer, wait, ErrUnavailable)
-		}
-		if ch := p.inflight; ch != nil {
-			p.mu.Unlock()
-			select {
-			case <-ch:
-				continue
-			case <-ctx.Done():
-				return nil, ctx.Err()
-			}
-		}
-		ch := make(chan struct{})
-		p.inflight = ch
-		p.mu.Unlock()
-
-		// The fetch is shared: it must not die with the first caller's request.
-		fctx, cancel := context.WithTimeout(p.ctx, 15*time.Second)
-		d, err := p.fetchDiscovery(fctx)
-		cancel()
-
-		p.mu.Lock()
-		p.inflight = nil
-		p.discoveryCount++
-		if err != nil {
-			p.failures++
-			backoff := time.Second << min(p.failures-1, 6)
-			p.retryAfter = time.Now().Add(min(backoff, time.Minute))
-			stale := p.disc
-			p.mu.Unlock()
-			close(ch)
-			if stale != nil {
-				return stale, nil
-			}
-			return nil, err
-		}
-		p.failures = 0
-		p.retryAfter = time.Time{}
-		p.disc, p.fetchedAt = d, time.Now()
-		if p.jwksURL != d.JWKSURI {
-			if !p.jwks.IsRegistered(d.JWKSURI) {
-				_ = p.jwks.Register(d.JWKSURI,
-					jwk.WithHTTPClient(p.hc),
-					jwk.WithMinRefreshInterval(15*time.Minute))
-			}
-			p.jwksURL = d.JWKSURI
-		}
-		p.mu.Unlock()
-		close(ch)
-		return d, nil
-	}
+	return p.disc.get(ctx, "")
 }
 
 func (p *Provider) fetchDiscovery(ctx context.Context) (*Discovery, error) {

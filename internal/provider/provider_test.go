@@ -86,8 +86,9 @@ func TestVerifyFollowsKeyRotationWithRateLimitedRefetch(t *testing.T) {
 	}
 	before := idp.JWKSHits.Load()
 	// A flood of unknown kids costs at most one JWKS fetch per interval.
+	foreign := testidp.ForeignKey("nope")
 	for range 50 {
-		tok := testidp.SignWith(jwa.RS256, testidp.ForeignKey("nope"), "nope", idp.Claims(clientID, "n"))
+		tok := testidp.SignWith(jwa.RS256, foreign, "nope", idp.Claims(clientID, "n"))
 		if _, err := p.VerifyIDToken(ctx, tok, opts); err == nil {
 			t.Fatal("unknown kid accepted")
 		}
@@ -120,6 +121,27 @@ func TestDiscovery(t *testing.T) {
 		idp.SetDiscovery("issuer", "https://evil.example")
 		if _, err := p.Discovery(context.Background()); !errors.Is(err, provider.ErrUnavailable) {
 			t.Errorf("got %v, want an error", err)
+		}
+	})
+	t.Run("stale document kept when a refetch fails", func(t *testing.T) {
+		idp, p, clk := setupClock(t)
+		ctx := context.Background()
+		if _, err := p.Discovery(ctx); err != nil {
+			t.Fatal(err)
+		}
+		idp.SetDiscovery("issuer", "https://evil.example") // every refetch now fails
+		clk.advance(2 * time.Hour)
+		for range 3 {
+			if d, err := p.Discovery(ctx); err != nil || d.Issuer != idp.Issuer {
+				t.Fatalf("stale document not served: %v %v", d, err)
+			}
+		}
+		eventually(t, "the background refetch", func() bool { return p.DiscoveryFetches() == 2 })
+		if d, err := p.Discovery(ctx); err != nil || d.Issuer != idp.Issuer {
+			t.Fatalf("a failed refetch replaced the good document: %v %v", d, err)
+		}
+		if n := idp.DiscoveryHits.Load(); n != 2 {
+			t.Errorf("%d discovery fetches, want 2", n)
 		}
 	})
 	t.Run("failures back off", func(t *testing.T) {

@@ -47,10 +47,14 @@ func (e *TokenError) Error() string {
 	return fmt.Sprintf("token endpoint: HTTP %d %s", e.Status, e.Code)
 }
 
-// Unwrap classifies the error: invalid_grant is definitive, a 5xx or an
-// unparseable answer means the IdP is unavailable.
+// Unwrap classifies the error: a 429 (whatever its body says; Retry-After
+// is not honoured, the caller's own backoff applies), a 5xx or an
+// unparseable answer means the IdP is unavailable; invalid_grant is
+// definitive.
 func (e *TokenError) Unwrap() error {
 	switch {
+	case e.Status == http.StatusTooManyRequests:
+		return ErrUnavailable
 	case e.Code == "invalid_grant":
 		return ErrInvalidGrant
 	case e.Status >= 500 || e.Code == "" || e.Code == "temporarily_unavailable":
@@ -108,7 +112,8 @@ func (p *Provider) token(ctx context.Context, c Client, form url.Values) (*Token
 }
 
 // Revoke asks the IdP to revoke a token (RFC 7009). The result is advisory:
-// the session ends locally whatever the IdP answers.
+// the session ends locally whatever the IdP answers. A 429 or 5xx is
+// ErrUnavailable (worth a retry later), any other refusal a plain error.
 func (p *Provider) Revoke(ctx context.Context, c Client, token, hint string) error {
 	d, err := p.Discovery(ctx)
 	if err != nil {
@@ -122,8 +127,11 @@ func (p *Provider) Revoke(ctx context.Context, c Client, token, hint string) err
 		return err
 	}
 	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("revocation endpoint: HTTP %d", resp.StatusCode)
+	switch {
+	case resp.StatusCode == http.StatusOK:
+		return nil
+	case resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode >= 500:
+		return fmt.Errorf("revocation endpoint: HTTP %d: %w", resp.StatusCode, ErrUnavailable)
 	}
-	return nil
+	return fmt.Errorf("revocation endpoint: HTTP %d", resp.StatusCode)
 }

@@ -6,10 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/lestrrat-go/jwx/v2/jwa"
-	"github.com/lestrrat-go/jwx/v2/jwk"
 	"github.com/lestrrat-go/jwx/v2/jws"
 	"github.com/lestrrat-go/jwx/v2/jwt"
 )
@@ -28,6 +28,12 @@ type VerifyOptions struct {
 	ClockSkew time.Duration
 	// MaxAge bounds how old iat may be. Default: 10 min + ClockSkew.
 	MaxAge time.Duration
+	// FromTokenEndpoint says the token came from the IdP's token endpoint
+	// response (code exchange, refresh), not from anything a client sent.
+	// Its unknown kid then gets a JWKS refetch of its own, whatever budget
+	// untrusted input has spent, and a key it cannot find is ErrUnavailable
+	// (our key set is behind), never ErrInvalidToken.
+	FromTokenEndpoint bool
 }
 
 // asymmetric lists the signature algorithms the module accepts. Symmetric
@@ -39,7 +45,7 @@ var asymmetric = []string{"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", 
 // signature by a key of the IdP with an algorithm the IdP announces (never
 // "none"), iss, aud, azp, exp, iat and nonce. It returns the token's claims.
 func (p *Provider) VerifyIDToken(ctx context.Context, raw string, o VerifyOptions) (map[string]any, error) {
-	d, withKey, err := p.signedBy(ctx, raw, "ID token")
+	d, withKey, err := p.signedBy(ctx, raw, "ID token", o.FromTokenEndpoint)
 	if err != nil {
 		return nil, err
 	}
@@ -91,9 +97,10 @@ func (p *Provider) VerifyIDToken(ctx context.Context, raw string, o VerifyOption
 
 // signedBy checks a compact JWS's header (one signature, an asymmetric
 // algorithm the IdP announces, typ if typs is given) and finds the IdP key
-// that must have signed it; what names the token in errors. It returns the
-// jwt.Parse option that verifies the signature with that key and algorithm.
-func (p *Provider) signedBy(ctx context.Context, raw, what string, typs ...string) (*Discovery, jwt.ParseOption, error) {
+// that must have signed it; what names the token in errors, and
+// fromTokenEndpoint says where it came from (see VerifyOptions). It returns
+// the jwt.Parse option that verifies the signature with that key and algorithm.
+func (p *Provider) signedBy(ctx context.Context, raw, what string, fromTokenEndpoint bool, typs ...string) (*Discovery, jwt.ParseOption, error) {
 	d, err := p.Discovery(ctx)
 	if err != nil {
 		return nil, nil, err
@@ -107,8 +114,11 @@ func (p *Provider) signedBy(ctx context.Context, raw, what string, typs ...strin
 		return nil, nil, fmt.Errorf("%s has %d signatures, want 1: %w", what, len(sigs), ErrInvalidToken)
 	}
 	hdr := sigs[0].ProtectedHeaders()
-	if typ := hdr.Type(); len(typs) > 0 && typ != "" && !slices.Contains(typs, typ) {
-		return nil, nil, fmt.Errorf("%s has typ %q: %w", what, typ, ErrInvalidToken)
+	if typ := mediaType(hdr.Type()); len(typs) > 0 && typ != "" && !slices.Contains(typs, typ) {
+		if strings.HasPrefix(typ, "id_token") || strings.HasPrefix(typ, "id+") {
+			return nil, nil, fmt.Errorf("%s is typed as an ID token (typ %q); an ID token is never accepted as one: %w", what, clip(hdr.Type()), ErrInvalidToken)
+		}
+		return nil, nil, fmt.Errorf("%s has typ %q (want one of %v): %w", what, clip(hdr.Type()), typs, ErrInvalidToken)
 	}
 	alg := hdr.Algorithm().String()
 	allowed := d.IDTokenSigningAlgValuesSupported
@@ -116,75 +126,18 @@ func (p *Provider) signedBy(ctx context.Context, raw, what string, typs ...strin
 		allowed = []string{"RS256"} // the default of Discovery §3
 	}
 	if !slices.Contains(allowed, alg) || !slices.Contains(asymmetric, alg) {
-		return nil, nil, fmt.Errorf("%s algorithm %q is not accepted (IdP announces %v): %w", what, alg, allowed, ErrInvalidToken)
+		return nil, nil, fmt.Errorf("%s algorithm %q is not accepted (IdP announces %v): %w", what, clip(alg), allowed, ErrInvalidToken)
 	}
-	key, err := p.signingKey(ctx, d.JWKSURI, hdr.KeyID(), alg)
+	key, err := p.signingKey(ctx, d.JWKSURI, hdr.KeyID(), alg, fromTokenEndpoint)
 	if err != nil {
 		return nil, nil, err
 	}
 	return d, jwt.WithKey(jwa.SignatureAlgorithm(alg), key), nil
 }
 
-// signingKey finds the key for kid, refetching the JWKS (rate-limited) when
-// the kid is unknown, which is how an IdP's key rotation shows up.
-func (p *Provider) signingKey(ctx context.Context, jwksURL, kid, alg string) (any, error) {
-	set, err := p.jwks.Get(ctx, jwksURL)
-	if err != nil {
-		return nil, fmt.Errorf("fetching JWKS %s: %v: %w", jwksURL, err, ErrUnavailable)
-	}
-	if k, ok := findKey(set, kid, alg); ok {
-		return k, nil
-	}
-	p.refetchMu.Lock()
-	if time.Since(p.lastRefetch) >= p.refetchEvery {
-		p.lastRefetch = time.Now()
-		if fresh, err := p.jwks.Refresh(ctx, jwksURL); err == nil {
-			set = fresh
-		}
-	}
-	p.refetchMu.Unlock()
-	if k, ok := findKey(set, kid, alg); ok {
-		return k, nil
-	}
-	return nil, fmt.Errorf("no key with id %q in the IdP's JWKS: %w", kid, ErrInvalidToken)
-}
-
-func findKey(set jwk.Set, kid, alg string) (jwk.Key, bool) {
-	if kid != "" {
-		k, ok := set.LookupKeyID(kid)
-		if !ok || !keyFits(k, alg) {
-			return nil, false
-		}
-		return k, true
-	}
-	// No kid: only an unambiguous single signing key will do.
-	var found jwk.Key
-	for i := 0; i < set.Len(); i++ {
-		k, _ := set.Key(i)
-		if keyFits(k, alg) {
-			if found != nil {
-				return nil, false
-			}
-			found = k
-		}
-	}
-	return found, found != nil
-}
-
-func keyFits(k jwk.Key, alg string) bool {
-	if u := k.KeyUsage(); u != "" && u != "sig" {
-		return false
-	}
-	if a := k.Algorithm().String(); a != "" && a != alg {
-		return false
-	}
-	switch k.KeyType() {
-	case "RSA":
-		return alg[0] == 'R' || alg[0] == 'P'
-	case "EC":
-		return alg[0] == 'E' && alg != "EdDSA"
-	case "OKP":
-		return alg == "EdDSA"
-	}
-	return false
+// mediaType normalises a JOSE typ for comparison: RFC 7515 §4.1.9 compares
+// media types case-insensitively and lets "application/" be left out.
+func mediaType(typ string) string {
+	typ = strings.ToLower(typ)
+	return strings.TrimPrefix(typ, "application/")
 }

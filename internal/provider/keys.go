@@ -1,0 +1,174 @@
+package provider
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/lestrrat-go/jwx/v2/jwk"
+)
+
+// jwksTTL is how old a key set may grow before it is refetched (lazily, on
+// the next use), so keys the IdP retires stop being accepted.
+const jwksTTL = 15 * time.Minute
+
+// maxTrustedKids bounds the per-kid refetch budget of tokens from the token
+// endpoint; an IdP rotates a handful of keys, not hundreds.
+const maxTrustedKids = 32
+
+// refetchBudget rate-limits JWKS refetches caused by an unknown kid. Input
+// anyone can send (bearer JWTs, logout tokens) shares one budget; tokens the
+// IdP's token endpoint just returned have their own, per kid, so an attacker
+// spending the shared budget cannot make a key rotation look like a bad token.
+type refetchBudget struct {
+	every time.Duration
+
+	mu        sync.Mutex
+	untrusted time.Time            // last refetch for untrusted input
+	trusted   map[string]time.Time // kid: last refetch for a token endpoint token
+}
+
+// allow reports whether a refetch for kid may start now, and spends the budget.
+func (b *refetchBudget) allow(kid string, fromTokenEndpoint bool, now time.Time) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !fromTokenEndpoint {
+		if now.Sub(b.untrusted) < b.every {
+			return false
+		}
+		b.untrusted = now
+		return true
+	}
+	if last, ok := b.trusted[kid]; ok && now.Sub(last) < b.every {
+		return false
+	}
+	if b.trusted == nil {
+		b.trusted = make(map[string]time.Time)
+	}
+	if len(b.trusted) >= maxTrustedKids {
+		for k, last := range b.trusted {
+			if now.Sub(last) >= b.every {
+				delete(b.trusted, k)
+			}
+		}
+		if len(b.trusted) >= maxTrustedKids {
+			return false
+		}
+	}
+	b.trusted[kid] = now
+	return true
+}
+
+// fetchJWKS reads the IdP's key set. An empty set counts as a failure, so
+// a good set already known is kept.
+func (p *Provider) fetchJWKS(ctx context.Context, u string) (jwk.Set, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, fmt.Errorf("JWKS request %s: %v: %w", u, err, ErrUnavailable)
+	}
+	req.Header.Set("Accept", "application/jwk-set+json, application/json")
+	resp, err := p.hc.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("fetching JWKS %s: %v: %w", u, err, ErrUnavailable)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("fetching JWKS %s: HTTP %d: %w", u, resp.StatusCode, ErrUnavailable)
+	}
+	// The caller's client may lack the limited transport: cap here as well.
+	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxResponseBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("reading JWKS %s: %v: %w", u, err, ErrUnavailable)
+	}
+	if len(body) > MaxResponseBytes {
+		return nil, fmt.Errorf("JWKS %s exceeds %d bytes: %w", u, MaxResponseBytes, ErrUnavailable)
+	}
+	set, err := jwk.Parse(body)
+	if err != nil {
+		return nil, fmt.Errorf("parsing JWKS %s: %v: %w", u, err, ErrUnavailable)
+	}
+	if set.Len() == 0 {
+		return nil, fmt.Errorf("JWKS %s has no keys: %w", u, ErrUnavailable)
+	}
+	return set, nil
+}
+
+// signingKey finds the key for kid, refetching the JWKS (rate-limited) when
+// the kid is unknown, which is how an IdP's key rotation shows up. For a
+// token from the token endpoint a missing key is transient (ErrUnavailable):
+// the IdP signed it, so our key set is behind, and the tokens it granted
+// must not be thrown away. For anything else it is ErrInvalidToken.
+func (p *Provider) signingKey(ctx context.Context, jwksURL, kid, alg string, fromTokenEndpoint bool) (jwk.Key, error) {
+	set, err := p.keys.get(ctx, jwksURL)
+	if err != nil {
+		return nil, err
+	}
+	if k, ok := findKey(set, kid, alg); ok {
+		return k, nil
+	}
+	set, err = p.keys.refetch(ctx, jwksURL, func(now time.Time) bool {
+		return p.budget.allow(kid, fromTokenEndpoint, now)
+	})
+	if err != nil {
+		return nil, err
+	}
+	if k, ok := findKey(set, kid, alg); ok {
+		return k, nil
+	}
+	if fromTokenEndpoint {
+		return nil, fmt.Errorf("no key with id %q for %s in the IdP's JWKS yet: %w", clip(kid), alg, ErrUnavailable)
+	}
+	return nil, fmt.Errorf("no key with id %q for %s in the IdP's JWKS: %w", clip(kid), alg, ErrInvalidToken)
+}
+
+// clip shortens a value taken from untrusted input before it goes into an
+// error message (and so into logs).
+func clip(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "..."
+	}
+	return s
+}
+
+func findKey(set jwk.Set, kid, alg string) (jwk.Key, bool) {
+	if kid != "" {
+		k, ok := set.LookupKeyID(kid)
+		if !ok || !keyFits(k, alg) {
+			return nil, false
+		}
+		return k, true
+	}
+	// No kid: only an unambiguous single signing key will do.
+	var found jwk.Key
+	for i := 0; i < set.Len(); i++ {
+		k, _ := set.Key(i)
+		if keyFits(k, alg) {
+			if found != nil {
+				return nil, false
+			}
+			found = k
+		}
+	}
+	return found, found != nil
+}
+
+func keyFits(k jwk.Key, alg string) bool {
+	if u := k.KeyUsage(); u != "" && u != "sig" {
+		return false
+	}
+	if a := k.Algorithm().String(); a != "" && a != alg {
+		return false
+	}
+	switch k.KeyType() {
+	case "RSA":
+		return alg[0] == 'R' || alg[0] == 'P'
+	case "EC":
+		return alg[0] == 'E' && alg != "EdDSA"
+	case "OKP":
+		return alg == "EdDSA"
+	}
+	return false
+}
