@@ -2,6 +2,7 @@ package cache
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"sync"
 	"time"
@@ -16,16 +17,17 @@ type Adder interface {
 	Add(ctx context.Context, key string, value []byte, ttl time.Duration) (bool, error)
 }
 
-// Add implements Adder for the in-process store.
+// Add implements Adder for the in-process store: the check and the set
+// are under one lock, so of concurrent callers exactly one wins.
 func (m *Memory) Add(_ context.Context, key string, value []byte, ttl time.Duration) (bool, error) {
 	s := m.shard(key)
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	if el, ok := s.items[key]; ok && !time.Now().After(el.Value.(*memEntry).expires) {
-		s.mu.Unlock()
 		return false, nil
 	}
-	s.mu.Unlock()
-	m.set(key, value, ttl, false)
+	s.gen.Add(1)
+	m.insertLocked(s, key, value, ttl, m.epoch.Load())
 	return true, nil
 }
 
@@ -113,32 +115,71 @@ func (h *Hybrid) goBounded(fn func()) {
 	}
 }
 
+// ErrPartial is returned by Scan when some node did not answer: the keys
+// it returns are those of the nodes that did.
+var ErrPartial = fmt.Errorf("%w: some nodes did not answer", ErrUnavailable)
+
 // Scan returns the keys (without the key prefix) that start with prefix, on
-// every node of the deployment. Meant for small sets (revocations).
+// every node of the deployment. Meant for small sets (revocations). When a
+// node (a cluster master) does not answer, it returns the keys of the
+// others with ErrPartial; ScanPartial says the same without an error.
 func (h *Hybrid) Scan(ctx context.Context, prefix string) ([]string, error) {
+	keys, complete, err := h.ScanPartial(ctx, prefix)
+	if err == nil && !complete {
+		err = ErrPartial
+	}
+	return keys, err
+}
+
+// ScanPartial is Scan that does not fail as a whole because one node is
+// down: it returns the keys of every node that answered, complete=false if
+// any data node did not, and ErrUnavailable only if none did.
+func (h *Hybrid) ScanPartial(ctx context.Context, prefix string) (keys []string, complete bool, err error) {
 	c := h.current()
 	if c == nil {
-		return nil, ErrUnavailable
+		return nil, false, ErrUnavailable
 	}
-	var keys []string
-	for _, node := range c.Nodes() {
-		var cursor uint64
-		for {
-			cctx, cancel := context.WithTimeout(ctx, h.opts.Timeout*4)
-			e, err := node.Do(cctx, node.B().Scan().Cursor(cursor).Match(h.opts.KeyPrefix+prefix+"*").Count(500).Build()).AsScanEntry()
-			cancel()
-			if err != nil {
-				h.noteError("SCAN", err)
-				return nil, ErrUnavailable
-			}
-			for _, k := range e.Elements {
-				keys = append(keys, strings.TrimPrefix(k, h.opts.KeyPrefix))
-			}
-			if e.Cursor == 0 {
-				break
-			}
-			cursor = e.Cursor
+	addrs, nodes, complete := h.masters(ctx, c)
+	seen := make(map[string]struct{})
+	answered := 0
+	for _, a := range addrs {
+		node := nodes[a]
+		if node == nil {
+			complete = false
+			continue
 		}
+		if err := h.scanNode(ctx, node, prefix, seen, &keys); err != nil {
+			h.noteError("SCAN", err)
+			complete = false
+			continue
+		}
+		answered++
 	}
-	return keys, nil
+	if answered == 0 {
+		return keys, false, ErrUnavailable
+	}
+	return keys, complete, nil
+}
+
+func (h *Hybrid) scanNode(ctx context.Context, node valkey.Client, prefix string, seen map[string]struct{}, keys *[]string) error {
+	var cursor uint64
+	for {
+		cctx, cancel := context.WithTimeout(ctx, h.opts.Timeout*4)
+		e, err := node.Do(cctx, node.B().Scan().Cursor(cursor).Match(h.opts.KeyPrefix+prefix+"*").Count(500).Build()).AsScanEntry()
+		cancel()
+		if err != nil {
+			return err
+		}
+		for _, k := range e.Elements {
+			k = strings.TrimPrefix(k, h.opts.KeyPrefix)
+			if _, dup := seen[k]; !dup {
+				seen[k] = struct{}{}
+				*keys = append(*keys, k)
+			}
+		}
+		if e.Cursor == 0 {
+			return nil
+		}
+		cursor = e.Cursor
+	}
 }

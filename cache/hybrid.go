@@ -33,16 +33,26 @@ type ValkeyOptions struct {
 	Timeout time.Duration
 	// L1TTL caps how long a value read from Valkey stays in L1. Default: 10 min.
 	L1TTL time.Duration
+	// WritebackMaxBytes and WritebackMaxEntries bound the values kept for
+	// write-back while Valkey cannot take them (outside L1, never evicted
+	// by its bound). Default: 16 MiB, 10000 entries.
+	WritebackMaxBytes   int64
+	WritebackMaxEntries int
 }
+
+// recheckAfter is how long an unverified L1 entry is served without asking
+// Valkey again after Valkey could not answer for it.
+const recheckAfter = time.Second
 
 // Hybrid is L1 (Memory) in front of L2 (Valkey). Writes go to both and are
 // announced on a pub/sub channel so other replicas drop their L1 copies.
-// Valkey is an accelerator, never a single point of failure: while it is
-// down, reads are served from L1, writes stay in L1 (marked for write-back)
-// and callers get ErrUnavailable only for what L1 cannot answer. When the
-// invalidation stream is lost, L1 keeps serving; when it is back, L1 is
-// flushed (it may have missed invalidations) after writing back what was
-// written during the outage.
+// Valkey is an accelerator, never a single point of failure: while it (or
+// the cluster master of a key) is down, reads are served from L1, writes
+// are kept for write-back (retried in the background, and by Close) and
+// callers get ErrUnavailable only for what L1 cannot answer. When the
+// invalidation stream is lost, L1 keeps serving; when it is back, every L1
+// entry becomes unverified (it may have missed invalidations): its next
+// read asks Valkey, and is served from L1 only if Valkey cannot answer.
 type Hybrid struct {
 	l1     *Memory
 	opts   ValkeyOptions
@@ -58,14 +68,22 @@ type Hybrid struct {
 	wg     sync.WaitGroup
 
 	lastErrLog  atomic.Int64
+	lastFullLog atomic.Int64
 	errsSince   atomic.Int64
 	subscribed  atomic.Bool
-	connectedCh chan struct{}
-	connectOnce sync.Once
-	startOnce   sync.Once
-	watch       watchers
-	follow      followers
-	sem         chan struct{}
+	subMu       sync.Mutex // subscribed and subGen change together
+	subGen      uint64     // changes when a subscription starts or ends
+	closeOnce   sync.Once
+
+	pending         *writeback
+	wbMu            sync.Mutex // serialises write-back rounds
+	writtenSinceLog int        // under wbMu
+	connectedCh     chan struct{}
+	connectOnce     sync.Once
+	startOnce       sync.Once
+	watch           watchers
+	follow          followers
+	sem             chan struct{}
 }
 
 // NewHybrid returns a Hybrid that does no I/O until Start (so `caddy
@@ -86,12 +104,18 @@ func NewHybrid(l1 *Memory, o ValkeyOptions, stats *Stats, logger *zap.Logger) *H
 	if logger == nil {
 		logger = zap.NewNop()
 	}
+	if o.WritebackMaxBytes <= 0 {
+		o.WritebackMaxBytes = 16 << 20
+	}
+	if o.WritebackMaxEntries <= 0 {
+		o.WritebackMaxEntries = 10000
+	}
 	id := make([]byte, 8)
 	rand.Read(id)
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Hybrid{l1: l1, opts: o, stats: stats, logger: logger, channel: o.KeyPrefix + "invalidate",
 		origin: hex.EncodeToString(id), ctx: ctx, cancel: cancel, connectedCh: make(chan struct{}),
-		sem: make(chan struct{}, 64)}
+		sem: make(chan struct{}, 64), pending: newWriteback(o.WritebackMaxBytes, o.WritebackMaxEntries, stats)}
 }
 
 // Start connects to Valkey in the background and returns at once: Caddy
@@ -150,10 +174,11 @@ func (h *Hybrid) run() {
 			backoff = min(backoff*2, 5*time.Second)
 			continue
 		}
-		h.client.Store(&c)
+		h.client.Store(&c) // closed by Close, after the last write-back
+		h.wg.Add(2)
+		go h.writeLoop()
+		go h.probeLoop(c)
 		h.subscribeLoop(c)
-		h.client.Store(nil)
-		c.Close()
 		return
 	}
 }
@@ -173,14 +198,19 @@ func (h *Hybrid) sleep(d time.Duration) bool {
 func (h *Hybrid) subscribeLoop(c valkey.Client) {
 	backoff := 100 * time.Millisecond
 	for h.ctx.Err() == nil {
+		h.subMu.Lock()
+		h.subGen++
+		gen := h.subGen
+		h.subMu.Unlock()
+		var established atomic.Bool
 		err := c.Dedicated(func(dc valkey.DedicatedClient) error {
 			wait := dc.SetPubSubHooks(valkey.PubSubHooks{
 				OnMessage: h.onMessage,
 				OnSubscription: func(s valkey.PubSubSubscription) {
-					if s.Kind == "subscribe" {
+					if s.Kind == "subscribe" && !established.Swap(true) {
 						// Write-back needs other connections: not in this callback.
 						h.wg.Add(1)
-						go h.onSubscribed(c)
+						go h.onSubscribed(c, gen)
 					}
 				},
 			})
@@ -197,9 +227,16 @@ func (h *Hybrid) subscribeLoop(c valkey.Client) {
 		if h.ctx.Err() != nil {
 			return
 		}
-		if h.subscribed.Swap(false) {
+		// A late onSubscribed of this subscription must not mark it up.
+		h.subMu.Lock()
+		h.subGen++
+		h.subscribed.Store(false)
+		h.stats.StreamUp.Store(0)
+		h.subMu.Unlock()
+		if established.Load() {
 			h.stats.StreamLosses.Add(1)
-			h.logger.Warn("valkey invalidation stream lost; serving from L1 until it is back")
+			h.logger.Warn("valkey invalidation stream lost; serving from L1 until it is back", zap.Error(err))
+			backoff = 100 * time.Millisecond // it worked until now: retry soon
 		}
 		h.noteError("valkey subscription", err)
 		if !h.sleep(backoff) {
@@ -210,9 +247,12 @@ func (h *Hybrid) subscribeLoop(c valkey.Client) {
 }
 
 // onSubscribed runs when the stream is (re)established: L1 may have missed
-// invalidations, so clean entries go and dirty ones are written back.
-func (h *Hybrid) onSubscribed(c valkey.Client) {
+// invalidations, so every entry becomes unverified (not dropped: a key whose
+// node cannot answer is still served from L1), and what Valkey could not
+// take is written back before the followers resynchronise.
+func (h *Hybrid) onSubscribed(c valkey.Client, gen uint64) {
 	defer h.wg.Done()
+	h.l1.MarkUnverified()
 	// A connection of the pool may still be the broken one from before the
 	// outage: with retries off its first command fails. Prime the pool.
 	for range 5 {
@@ -226,27 +266,25 @@ func (h *Hybrid) onSubscribed(c valkey.Client) {
 	if h.ctx.Err() != nil {
 		return
 	}
-	dirty := h.l1.Flush()
-	for _, e := range dirty {
-		var err error
-		for range 5 {
-			ctx, cancel := context.WithTimeout(h.ctx, h.opts.Timeout*4)
-			err = h.write(ctx, c, e.Key, e.Value, e.TTL)
-			cancel()
-			if err == nil || !h.sleep(50*time.Millisecond) {
-				break
-			}
-		}
-		if err != nil {
-			h.l1.set(e.Key, e.Value, e.TTL, true)
-			h.noteError("writing back", err)
-		}
+	ctx, cancel := context.WithTimeout(h.ctx, 5*time.Second)
+	wrote, _, _ := h.writePending(ctx, c, true)
+	cancel()
+	h.subMu.Lock()
+	current := h.subGen == gen
+	if current {
+		h.subscribed.Store(true)
+		h.stats.StreamUp.Store(1)
 	}
-	h.subscribed.Store(true)
+	h.subMu.Unlock()
+	if !current {
+		return // lost again meanwhile: the next subscription does this
+	}
 	h.resynced()
 	h.connectOnce.Do(func() { close(h.connectedCh) })
-	if len(dirty) > 0 {
-		h.logger.Info("valkey is back; wrote back values kept in L1 during the outage", zap.Int("entries", len(dirty)))
+	if wrote > 0 {
+		h.logger.Info("valkey invalidation stream is back; wrote back values kept while Valkey could not take them", zap.Int("entries", wrote), zap.Int("still_pending", h.pending.len()))
+	} else {
+		h.logger.Info("valkey invalidation stream is up; L1 entries are checked against Valkey on their next read")
 	}
 }
 
@@ -261,22 +299,6 @@ func (h *Hybrid) onMessage(m valkey.PubSubMessage) {
 	h.announced(key)
 }
 
-// noteError counts a Valkey error and logs at most one line per 10 s.
-func (h *Hybrid) noteError(what string, err error) {
-	if err == nil {
-		return
-	}
-	h.stats.ValkeyErrors.Add(1)
-	n := h.errsSince.Add(1)
-	now := time.Now().UnixNano()
-	last := h.lastErrLog.Load()
-	if now-last < int64(10*time.Second) || !h.lastErrLog.CompareAndSwap(last, now) {
-		return
-	}
-	h.errsSince.Store(0)
-	h.logger.Warn("valkey unavailable", zap.String("during", what), zap.Error(err), zap.Int64("errors_since_last_log", n))
-}
-
 func (h *Hybrid) current() valkey.Client {
 	if p := h.client.Load(); p != nil {
 		return *p
@@ -286,21 +308,77 @@ func (h *Hybrid) current() valkey.Client {
 
 // Get implements Store: L1, then Valkey (one round trip: GET and PTTL).
 func (h *Hybrid) Get(ctx context.Context, key string) ([]byte, bool, error) {
-	ns := namespaceOf(key)
-	if v, ok := h.l1.get(key, time.Now()); ok {
-		h.stats.count(ns, "l1", true)
+	now := time.Now()
+	v, st := h.l1.lookup(key, now)
+	if st == l1Hit {
+		h.stats.count(namespaceOf(key), "l1", true)
 		return v, true, nil
 	}
-	h.stats.count(ns, "l1", false)
+	return h.getSlow(ctx, key, v, st, now)
+}
+
+// getSlow answers an L1 miss or an unverified L1 entry.
+func (h *Hybrid) getSlow(ctx context.Context, key string, l1v []byte, st l1State, now time.Time) ([]byte, bool, error) {
+	ns := namespaceOf(key)
+	// Taken before anything else: a write or invalidation from here on
+	// keeps a value read from Valkey out of L1 (see Memory.fill).
+	epoch, gen := h.l1.epoch.Load(), h.l1.gen(key)
+	// A value Valkey has not taken yet is the newest this process knows.
+	if pv, del, ok := h.pending.get(key); ok {
+		h.stats.count(ns, "l1", !del)
+		if del {
+			return nil, false, nil
+		}
+		return pv, true, nil
+	}
+	stale := func() ([]byte, bool, error) {
+		h.stats.count(ns, "l1", true)
+		h.stats.StaleServed.Add(1)
+		return l1v, true, nil
+	}
+	if st == l1Deferred {
+		return stale()
+	}
 	c := h.current()
 	if c == nil {
+		if st == l1Unverified {
+			return stale()
+		}
+		h.stats.count(ns, "l1", false)
 		return nil, false, ErrUnavailable
 	}
+	v, ttl, found, err := h.read(ctx, c, key)
+	if err != nil {
+		h.noteError("GET", err)
+		if st == l1Unverified {
+			// As during an outage: what L1 holds is served.
+			h.l1.deferCheck(key, now.Add(recheckAfter))
+			return stale()
+		}
+		h.stats.count(ns, "l1", false)
+		return nil, false, ErrUnavailable
+	}
+	if st == l1Miss {
+		h.stats.count(ns, "l1", false)
+	}
+	h.stats.count(ns, "l2", found)
+	if !found {
+		if st == l1Unverified {
+			h.l1.dropIf(key, gen) // deleted while invalidations were missed
+		}
+		return nil, false, nil
+	}
+	h.l1.fill(key, v, ttl, epoch, gen)
+	return v, true, nil
+}
+
+// read is GET and PTTL of key in Valkey; ttl is capped by L1TTL.
+func (h *Hybrid) read(ctx context.Context, c valkey.Client, key string) (v []byte, ttl time.Duration, found bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, h.opts.Timeout)
 	defer cancel()
 	k := h.opts.KeyPrefix + key
 	res := c.DoMulti(ctx, c.B().Get().Key(k).Build(), c.B().Pttl().Key(k).Build())
-	v, err := res[0].AsBytes()
+	v, err = res[0].AsBytes()
 	if err != nil && !valkey.IsValkeyNil(err) && ctx.Err() == nil {
 		// Retries are off (see clientOption): a connection broken by an
 		// outage fails once and is redialled; give it that one chance.
@@ -308,69 +386,124 @@ func (h *Hybrid) Get(ctx context.Context, key string) ([]byte, bool, error) {
 		v, err = res[0].AsBytes()
 	}
 	if valkey.IsValkeyNil(err) {
-		h.stats.count(ns, "l2", false)
-		return nil, false, nil
+		return nil, 0, false, nil
 	}
 	if err != nil {
-		h.noteError("GET", err)
-		return nil, false, ErrUnavailable
+		return nil, 0, false, err
 	}
-	h.stats.count(ns, "l2", true)
-	ttl := h.opts.L1TTL
+	ttl = h.opts.L1TTL
 	if ms, err := res[1].AsInt64(); err == nil && ms > 0 {
 		ttl = min(ttl, time.Duration(ms)*time.Millisecond)
 	}
-	h.l1.set(key, v, ttl, false)
-	return v, true, nil
+	return v, ttl, true, nil
 }
 
-// Set implements Store. While Valkey is down the value is kept in L1 for
-// write-back, and ErrUnavailable says other replicas cannot see it yet.
+// Set implements Store. The write outlives ctx's cancellation (a client
+// that drops its request does not abort it). When Valkey cannot take it,
+// the value is kept here and written back in the background, and
+// ErrUnavailable says other replicas cannot see it yet.
 func (h *Hybrid) Set(ctx context.Context, key string, value []byte, ttl time.Duration) error {
-	c := h.current()
-	if c == nil {
-		h.l1.set(key, value, ttl, true)
-		return ErrUnavailable
-	}
-	ctx, cancel := context.WithTimeout(ctx, h.opts.Timeout)
-	defer cancel()
-	if err := h.write(ctx, c, key, value, ttl); err != nil {
-		h.l1.set(key, value, ttl, true)
+	if c := h.current(); c != nil {
+		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), h.opts.Timeout)
+		err := h.write(wctx, c, key, value, ttl)
+		cancel()
+		if err == nil {
+			h.pending.remove(key) // an older unwritten value must not follow
+			h.l1.set(key, value, min(ttl, h.opts.L1TTL))
+			return nil
+		}
 		h.noteError("SET", err)
-		return ErrUnavailable
 	}
-	h.l1.set(key, value, min(ttl, h.opts.L1TTL), false)
-	return nil
+	h.keep(key, value, false, ttl)
+	return ErrUnavailable
 }
 
 func (h *Hybrid) write(ctx context.Context, c valkey.Client, key string, value []byte, ttl time.Duration) error {
 	k := h.opts.KeyPrefix + key
+	// One pipeline, so in a cluster the PUBLISH goes to the key's master:
+	// an announcement never fails on another, dead, node.
 	res := c.DoMulti(ctx,
 		c.B().Set().Key(k).Value(valkey.BinaryString(value)).Px(max(ttl, time.Millisecond)).Build(),
 		c.B().Publish().Channel(h.channel).Message(h.origin+"|"+key).Build())
 	return errors.Join(res[0].Error(), res[1].Error())
 }
 
-// Delete implements Store.
+func (h *Hybrid) del(ctx context.Context, c valkey.Client, key string) error {
+	k := h.opts.KeyPrefix + key
+	res := c.DoMulti(ctx, c.B().Del().Key(k).Build(), c.B().Publish().Channel(h.channel).Message(h.origin+"|"+key).Build())
+	return errors.Join(res[0].Error(), res[1].Error())
+}
+
+// Delete implements Store. Like Set, it outlives ctx and, when Valkey
+// cannot take it, is kept and written back.
 func (h *Hybrid) Delete(ctx context.Context, key string) error {
 	_ = h.l1.Delete(ctx, key)
+	if c := h.current(); c != nil {
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), h.opts.Timeout)
+		err := h.del(dctx, c, key)
+		cancel()
+		if err == nil {
+			h.pending.remove(key)
+			return nil
+		}
+		h.noteError("DEL", err)
+	}
+	h.keep(key, nil, true, tombstoneTTL)
+	return ErrUnavailable
+}
+
+// SetShared writes value to Valkey and announces it, without keeping it in
+// L1 (for values that must not compete with sessions for L1, such as the
+// revocation set's). On failure it returns ErrUnavailable and keeps
+// nothing: the caller retries. ctx bounds the call (with Timeout).
+func (h *Hybrid) SetShared(ctx context.Context, key string, value []byte, ttl time.Duration) error {
 	c := h.current()
 	if c == nil {
 		return ErrUnavailable
 	}
 	ctx, cancel := context.WithTimeout(ctx, h.opts.Timeout)
 	defer cancel()
-	k := h.opts.KeyPrefix + key
-	res := c.DoMulti(ctx, c.B().Del().Key(k).Build(), c.B().Publish().Channel(h.channel).Message(h.origin+"|"+key).Build())
-	if err := errors.Join(res[0].Error(), res[1].Error()); err != nil {
-		h.noteError("DEL", err)
+	if err := h.write(ctx, c, key, value, ttl); err != nil {
+		h.noteError("SET", err)
 		return ErrUnavailable
 	}
+	// Our own announcement is not delivered to us: drop a copy a Get made.
+	_ = h.l1.Delete(ctx, key)
 	return nil
 }
 
-// Close stops the background work and closes the connections.
+// GetShared reads key from Valkey only, without filling L1.
+func (h *Hybrid) GetShared(ctx context.Context, key string) ([]byte, bool, error) {
+	c := h.current()
+	if c == nil {
+		return nil, false, ErrUnavailable
+	}
+	v, _, found, err := h.read(ctx, c, key)
+	if err != nil {
+		h.noteError("GET", err)
+		return nil, false, ErrUnavailable
+	}
+	h.stats.count(namespaceOf(key), "l2", found)
+	return v, found, nil
+}
+
+// Close stops the background work, writes back (for at most 2 s) what
+// Valkey has not taken yet, and closes the connections. Later calls do
+// nothing; the Hybrid then answers from L1 and ErrUnavailable.
 func (h *Hybrid) Close() {
-	h.cancel()
-	h.wg.Wait()
+	h.closeOnce.Do(func() {
+		h.cancel()
+		h.wg.Wait()
+		c := h.current()
+		if c == nil {
+			if n := h.pending.len(); n > 0 {
+				h.stats.addDropped(DropClosed, int64(n))
+				h.logger.Warn("closing before Valkey was ever reachable: values written meanwhile stay unknown to the other replicas", zap.Int("entries", n))
+			}
+			return
+		}
+		h.flushOnClose(c)
+		h.client.Store(nil)
+		c.Close()
+	})
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -62,22 +63,67 @@ func TestMemoryStaysWithinBounds(t *testing.T) {
 	}
 }
 
-func TestMemoryFlushKeepsDirty(t *testing.T) {
+// After MarkUnverified every entry is unverified until stored again; a
+// plain Memory store (backend memory) still serves it.
+func TestMemoryMarkUnverified(t *testing.T) {
 	m := NewMemory(1<<20, 1000, nil)
-	m.set("sess:clean", []byte("c"), time.Hour, false)
-	m.set("sess:dirty", []byte("d"), time.Hour, true)
-	dirty := m.Flush()
-	if len(dirty) != 1 || dirty[0].Key != "sess:dirty" {
-		t.Fatalf("dirty entries: %+v", dirty)
+	now := time.Now()
+	m.set("sess:a", []byte("a"), time.Hour)
+	m.set("sess:b", []byte("b"), time.Hour)
+	if _, st := m.lookup("sess:a", now); st != l1Hit {
+		t.Fatalf("fresh entry: state %d", st)
 	}
-	if _, ok, _ := m.Get(context.Background(), "sess:clean"); ok {
-		t.Error("a clean entry survived the flush")
+	m.MarkUnverified()
+	for _, k := range []string{"sess:a", "sess:b"} {
+		if v, st := m.lookup(k, now); st != l1Unverified || v == nil {
+			t.Errorf("%s after MarkUnverified: %q state %d, want the value, unverified", k, v, st)
+		}
 	}
-	if _, ok, _ := m.Get(context.Background(), "sess:dirty"); !ok {
-		t.Error("a dirty entry was dropped by the flush")
+	m.deferCheck("sess:a", now.Add(time.Second))
+	if _, st := m.lookup("sess:a", now); st != l1Deferred {
+		t.Errorf("deferred entry: state %d", st)
 	}
-	if len(m.Flush()) != 0 {
-		t.Error("an entry written back stays dirty")
+	if _, st := m.lookup("sess:a", now.Add(2*time.Second)); st != l1Unverified {
+		t.Errorf("entry past its deferral: state %d", st)
+	}
+	m.fill("sess:b", []byte("b2"), time.Hour, m.epoch.Load(), m.gen("sess:b"))
+	if v, st := m.lookup("sess:b", now); st != l1Hit || string(v) != "b2" {
+		t.Errorf("entry confirmed by L2: %q state %d", v, st)
+	}
+	if v, ok, _ := m.Get(context.Background(), "sess:a"); !ok || string(v) != "a" {
+		t.Error("Memory.Get does not serve an unverified entry")
+	}
+}
+
+// A value read from L2 is not kept in L1 when a write or an invalidation
+// of its key raced with the read: it could be older than the invalidation.
+func TestMemoryFillAfterInvalidationIsNotKept(t *testing.T) {
+	m := NewMemory(1<<20, 1000, nil)
+	gen, epoch := m.gen("sess:x"), m.epoch.Load()
+	_ = m.Delete(context.Background(), "sess:x") // the invalidation arrives during the read
+	m.fill("sess:x", []byte("stale"), time.Hour, epoch, gen)
+	if _, st := m.lookup("sess:x", time.Now()); st != l1Miss {
+		t.Error("a value read before an invalidation was kept after it")
+	}
+	gen = m.gen("sess:x")
+	m.set("sess:x", []byte("newer"), time.Hour) // a local write during the read
+	m.fill("sess:x", []byte("older"), time.Hour, epoch, gen)
+	if v, _ := m.lookup("sess:x", time.Now()); string(v) != "newer" {
+		t.Errorf("L1 holds %q, want the local write", v)
+	}
+	// An epoch change during the read stores the value unverified.
+	gen, epoch = m.gen("sess:y"), m.epoch.Load()
+	m.MarkUnverified()
+	m.fill("sess:y", []byte("v"), time.Hour, epoch, gen)
+	if _, st := m.lookup("sess:y", time.Now()); st != l1Unverified {
+		t.Errorf("a value read across MarkUnverified: state %d, want unverified", st)
+	}
+	// dropIf does not drop a value written after the check began.
+	gen = m.gen("sess:y")
+	m.set("sess:y", []byte("w"), time.Hour)
+	m.dropIf("sess:y", gen)
+	if v, _ := m.lookup("sess:y", time.Now()); string(v) != "w" {
+		t.Error("dropIf removed a newer write")
 	}
 }
 
@@ -148,5 +194,32 @@ func BenchmarkL1Sessions(b *testing.B) {
 				runtime.KeepAlive(m)
 			}
 		})
+	}
+}
+
+// Issue 17 item 6: of many concurrent Adds of one key, exactly one wins.
+func TestMemoryAddOneWinner(t *testing.T) {
+	m := NewMemory(1<<20, 100000, nil)
+	ctx := context.Background()
+	for round := range 3000 {
+		key := fmt.Sprintf("jti:%d", round)
+		var wins atomic.Int32
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for range 16 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				if ok, _ := m.Add(ctx, key, []byte("seen"), time.Minute); ok {
+					wins.Add(1)
+				}
+			}()
+		}
+		close(start)
+		wg.Wait()
+		if n := wins.Load(); n != 1 {
+			t.Fatalf("round %d: %d of 16 concurrent Adds of one key won", round, n)
+		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -93,36 +94,121 @@ func (s *Server) Kill() {
 // them with redis-cli --cluster create; it returns their addresses.
 func StartCluster(t testing.TB) []string {
 	t.Helper()
+	return StartClusterWith(t).Addrs
+}
+
+// Cluster is a three-master cluster owned by one test, whose nodes the test
+// can kill and restart (a restarted node rejoins with its nodes.conf).
+type Cluster struct {
+	t     testing.TB
+	Nodes []*Server
+	Addrs []string
+}
+
+// StartClusterWith runs a three-master cluster (no replicas) whose nodes
+// get the extra redis-server arguments, e.g. "--cluster-require-full-coverage",
+// "no" or "--appendonly", "yes".
+func StartClusterWith(t testing.TB, extra ...string) *Cluster {
+	t.Helper()
 	if _, err := exec.LookPath("redis-cli"); err != nil {
 		missing(t, "redis-cli is not installed (apt-get install redis-tools)")
 	}
-	var addrs []string
+	c := &Cluster{t: t}
 	for range 3 {
-		s := Start(t, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000")
-		addrs = append(addrs, s.Addr)
+		args := append([]string{"--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"}, extra...)
+		s := Start(t, args...)
+		c.Nodes = append(c.Nodes, s)
+		c.Addrs = append(c.Addrs, s.Addr)
 	}
-	args := append([]string{"--cluster", "create"}, addrs...)
+	args := append([]string{"--cluster", "create"}, c.Addrs...)
 	args = append(args, "--cluster-replicas", "0", "--cluster-yes")
 	if out, err := exec.Command("redis-cli", args...).CombinedOutput(); err != nil {
 		t.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
 	}
-	deadline := time.Now().Add(20 * time.Second)
+	c.WaitOK()
+	return c
+}
+
+// WaitOK waits until every node says cluster_state:ok and knows every other
+// node as connected (after a restart, until the restarted node is back in).
+func (c *Cluster) WaitOK() {
+	c.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
 		ok := true
-		for _, a := range addrs {
-			_, port, _ := net.SplitHostPort(a)
-			out, _ := exec.Command("redis-cli", "-p", port, "cluster", "info").Output()
-			if !strings.Contains(string(out), "cluster_state:ok") {
+		for _, a := range c.Addrs {
+			info, _ := CLI(a, "cluster", "info")
+			nodes, _ := CLI(a, "cluster", "nodes")
+			if !strings.Contains(info, "cluster_state:ok") || strings.Contains(nodes, "fail") || strings.Count(nodes, " connected") != len(c.Addrs) {
 				ok = false
+				break
 			}
 		}
 		if ok {
-			return addrs
+			return
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	t.Fatal("the cluster did not reach cluster_state:ok")
-	return nil
+	c.t.Fatal("the cluster did not reach cluster_state:ok with every node connected")
+}
+
+// MasterOf returns the index in Nodes of the master serving key's slot,
+// asking the first node of skip's complement that answers.
+func (c *Cluster) MasterOf(key string, skip ...int) int {
+	c.t.Helper()
+	for i, a := range c.Addrs {
+		if slices.Contains(skip, i) {
+			continue
+		}
+		out, err := CLI(a, "cluster", "keyslot", key)
+		if err != nil {
+			continue
+		}
+		slot, err := strconv.Atoi(strings.TrimSpace(out))
+		if err != nil {
+			continue
+		}
+		nodes, err := CLI(a, "cluster", "nodes")
+		if err != nil {
+			continue
+		}
+		for line := range strings.Lines(nodes) {
+			// <id> <ip:port@cport> <flags> <master> <ping> <pong> <epoch> <link> <slot ranges...>
+			f := strings.Fields(line)
+			if len(f) < 9 || !strings.Contains(f[2], "master") {
+				continue
+			}
+			addr, _, _ := strings.Cut(f[1], "@")
+			for _, r := range f[8:] {
+				lo, hi, found := strings.Cut(r, "-")
+				if !found {
+					hi = lo
+				}
+				l, err1 := strconv.Atoi(lo)
+				h, err2 := strconv.Atoi(hi)
+				if err1 == nil && err2 == nil && l <= slot && slot <= h {
+					if j := slices.Index(c.Addrs, addr); j >= 0 {
+						return j
+					}
+				}
+			}
+		}
+	}
+	c.t.Fatalf("no node says which master serves %q", key)
+	return -1
+}
+
+// CLI runs redis-cli against addr ("host:port") and returns its output.
+func CLI(addr string, args ...string) (string, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", err
+	}
+	out, err := exec.Command("redis-cli", append([]string{"-h", host, "-p", port}, args...)...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("redis-cli %v: %w: %s", args, err, out)
+	}
+	return string(out), nil
 }
 
 // StartSentinel runs a redis sentinel watching master (as "mymaster") and

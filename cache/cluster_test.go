@@ -1,0 +1,158 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddy-oidc/caddy-oidc/internal/redistest"
+)
+
+// keysOnEachMaster returns, for each master of cl, a cache key (without
+// prefix) whose slot it serves.
+func keysOnEachMaster(t *testing.T, cl *redistest.Cluster, prefix, ns string) []string {
+	t.Helper()
+	keys := make([]string, len(cl.Addrs))
+	found := 0
+	for i := 0; found < len(keys) && i < 200; i++ {
+		k := fmt.Sprintf("%s:%d", ns, i)
+		if m := cl.MasterOf(prefix + k); keys[m] == "" {
+			keys[m] = k
+			found++
+		}
+	}
+	if found < len(keys) {
+		t.Fatal("could not find a key on every master")
+	}
+	return keys
+}
+
+// numsub is the number of subscribers of channel on the node at addr (pub/sub
+// subscriptions are per node in a cluster).
+func numsub(addr, channel string) int {
+	out, err := redistest.CLI(addr, "PUBSUB", "NUMSUB", channel)
+	if err != nil {
+		return -1
+	}
+	f := strings.Fields(out)
+	if len(f) < 2 {
+		return -1
+	}
+	n, _ := strconv.Atoi(f[len(f)-1])
+	return n
+}
+
+// forceSubscriptionsOnto kills the pub/sub connections on every node but
+// victim until all n subscribers of channel are on victim.
+func forceSubscriptionsOnto(t *testing.T, cl *redistest.Cluster, victim int, channel string, n int) {
+	t.Helper()
+	for range 100 {
+		if numsub(cl.Addrs[victim], channel) == n {
+			return
+		}
+		for i, a := range cl.Addrs {
+			if i != victim {
+				_, _ = redistest.CLI(a, "CLIENT", "KILL", "TYPE", "pubsub")
+			}
+		}
+		// Wait until every subscriber is back somewhere before trying again.
+		deadline := time.Now().Add(5 * time.Second)
+		for time.Now().Before(deadline) {
+			total := 0
+			for _, a := range cl.Addrs {
+				total += max(numsub(a, channel), 0)
+			}
+			if total == n {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	t.Fatalf("could not move the %d subscriptions onto node %d", n, victim)
+}
+
+// Issue 15 items 1 and 2 on a real cluster: one master dies.
+func TestHybridClusterOneMasterDown(t *testing.T) {
+	cl := redistest.StartClusterWith(t, "--cluster-require-full-coverage", "no", "--appendonly", "yes", "--appendfsync", "always")
+	prefix := testPrefix()
+	opts := ValkeyOptions{Addresses: cl.Addrs, KeyPrefix: prefix}
+	mk := func() *Hybrid {
+		l1 := NewMemory(1<<20, 1000, nil)
+		h := NewHybrid(l1, opts, l1.stats, nil)
+		t.Cleanup(h.Close)
+		h.Start()
+		select {
+		case <-h.Connected():
+		case <-time.After(15 * time.Second):
+			t.Fatal("never connected to the cluster")
+		}
+		return h
+	}
+	h, w := mk(), mk() // h: the replica under test; w: another replica
+	ctx := context.Background()
+	sess := keysOnEachMaster(t, cl, prefix, "sess")
+	victim := 0
+	onVictim, healthy := sess[victim], sess[1]
+	for _, k := range sess {
+		if err := w.Set(ctx, k, []byte("v1"), time.Hour); err != nil {
+			t.Fatal(err)
+		}
+	}
+	forceSubscriptionsOnto(t, cl, victim, h.channel, 2)
+	waitFor(t, func() bool { return h.Healthy() && w.Healthy() })
+	for _, k := range sess { // into h's L1, verified
+		if v, ok, err := h.Get(ctx, k); err != nil || !ok || string(v) != "v1" {
+			t.Fatalf("warming %s: %q %v %v", k, v, ok, err)
+		}
+	}
+
+	losses := h.stats.StreamLosses.Load()
+	cl.Nodes[victim].Kill()
+	// h's stream was on the victim: it comes back on a surviving master.
+	waitFor(t, func() bool { return h.stats.StreamLosses.Load() > losses && h.Healthy() })
+
+	// The session on the dead master is still served from L1.
+	for i := range 5 {
+		if v, ok, err := h.Get(ctx, onVictim); err != nil || !ok || string(v) != "v1" {
+			t.Fatalf("read %d of the warm key on the dead master after resubscribing: %q %v %v, want v1", i, v, ok, err)
+		}
+	}
+	// Keys on healthy masters work: reads, writes (seen by the other
+	// replica through the new subscription), deletes and adds.
+	if err := w.Set(ctx, healthy, []byte("v2"), time.Minute); err != nil {
+		t.Fatalf("write to a healthy master: %v", err)
+	}
+	waitFor(t, func() bool { v, _, _ := h.Get(ctx, healthy); return string(v) == "v2" })
+	if err := h.Delete(ctx, sess[2]); err != nil {
+		t.Errorf("delete on a healthy master: %v", err)
+	}
+	jti := keysOnEachMaster(t, cl, prefix, "jti")
+	if ok, err := h.Add(ctx, jti[1], []byte("x"), time.Minute); !ok || err != nil {
+		t.Errorf("add on a healthy master: %v %v", ok, err)
+	}
+	// A write to the dead master is kept and served here.
+	if err := h.Set(ctx, onVictim, []byte("written-during-outage"), time.Minute); !errors.Is(err, ErrUnavailable) {
+		t.Errorf("write to the dead master: got %v, want ErrUnavailable", err)
+	}
+	if v, _, _ := h.Get(ctx, onVictim); string(v) != "written-during-outage" {
+		t.Errorf("the write made during the outage reads %q here", v)
+	}
+
+	cl.Nodes[victim].Restart()
+	cl.WaitOK()
+	// Written back without h's stream dropping again, and seen by w.
+	lossesAfter := h.stats.StreamLosses.Load()
+	waitFor(t, func() bool {
+		v, _, err := w.Get(ctx, onVictim)
+		return err == nil && string(v) == "written-during-outage"
+	})
+	if h.stats.StreamLosses.Load() != lossesAfter {
+		t.Log("h's stream dropped again after the restart")
+	}
+	_ = slices.Contains[[]string]
+}
