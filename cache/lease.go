@@ -14,7 +14,8 @@ import (
 // refresh token). Every lease holds its holder's random token, and every
 // write made under a lease is fenced by it: a holder whose lease expired
 // (a slow grant, a Valkey blip) cannot free, extend or overwrite its
-// successor's work.
+// successor's work. They are Lua scripts: a Valkey ACL user needs the
+// @scripting commands (EVALSHA, EVAL), or every lease call fails.
 
 // tryLeaseScript takes a free lease, or extends one this token already
 // holds: a retry after an ambiguous failure (the SET reached Valkey, its

@@ -170,6 +170,8 @@ func New[T any](o Options) *Coordinator[T] {
 // another replica's grant is adopted, and only the lease holder spends the
 // token. codec may be nil for in-process coordination only. refreshToken
 // should name its issuer and client too: two IdPs could issue equal tokens.
+// The first caller's grant, codec and via run the flight; later callers
+// (of any config) join it.
 func (c *Coordinator[T]) Do(ctx context.Context, refreshToken string, grant func(context.Context) (T, error), codec *Codec[T], via Via) (T, error) {
 	key := sha256.Sum256([]byte(refreshToken))
 	now := time.Now()
@@ -198,6 +200,9 @@ func (c *Coordinator[T]) Do(ctx context.Context, refreshToken string, grant func
 	case <-f.done:
 		return f.val, f.err
 	case <-ctx.Done():
+		if isDone(f) { // both were ready: the result wins
+			return f.val, f.err
+		}
 		var zero T
 		return zero, fmt.Errorf("%w (the grant goes on): %w", ErrPending, ctx.Err())
 	}
@@ -311,7 +316,7 @@ func (c *Coordinator[T]) acrossReplicas(f *flight[T], id string, grant func(cont
 			if now.Sub(troubleSince) >= via.Lease {
 				stop()
 				c.fallbacks.Add(1)
-				return c.spendAlone(sh, leaseKey, resultKey, token, grant, codec, via)
+				return c.spendAlone(f, sh, leaseKey, resultKey, token, grant, codec, via)
 			}
 		} else {
 			troubleSince = time.Time{}
@@ -441,8 +446,9 @@ func (c *Coordinator[T]) publish(sh Shared, leaseKey, resultKey, token string, b
 // period. If Shared answers again by the end, the outcome is still
 // published for replicas that would spend the token next, unless another
 // replica has taken the lease or published meanwhile (one attempt).
-func (c *Coordinator[T]) spendAlone(sh Shared, leaseKey, resultKey, token string, grant func(context.Context) (T, error), codec *Codec[T], via Via) (T, error) {
+func (c *Coordinator[T]) spendAlone(f *flight[T], sh Shared, leaseKey, resultKey, token string, grant func(context.Context) (T, error), codec *Codec[T], via Via) (T, error) {
 	val, err := c.spend(grant)
+	c.finish(f, val, err, via)
 	if err != nil && !c.opts.IsDefinitive(err) {
 		return val, err
 	}
