@@ -97,16 +97,19 @@ func (p *Provider) fetchJWKS(ctx context.Context, u string) (jwk.Set, error) {
 }
 
 // signingKey finds the key for kid, refetching the JWKS (rate-limited) when
-// the kid is unknown, which is how an IdP's key rotation shows up. For a
-// token from the token endpoint a missing key is transient (ErrUnavailable):
-// the IdP signed it, so our key set is behind, and the tokens it granted
-// must not be thrown away. For anything else it is ErrInvalidToken.
+// none fits, which is how an IdP's key rotation shows up. A token whose key
+// is missing is refused (ErrInvalidToken) when anyone could have sent it;
+// when it came from the token endpoint the IdP signed it and our key set is
+// behind, so it is transient (ErrUnavailable) and the tokens the IdP granted
+// are not thrown away. A token that names its key ambiguously or names a
+// key of another type is refused whatever its source.
 func (p *Provider) signingKey(ctx context.Context, jwksURL, kid, alg string, fromTokenEndpoint bool) (jwk.Key, error) {
 	set, err := p.keys.get(ctx, jwksURL)
 	if err != nil {
 		return nil, err
 	}
-	if k, ok := findKey(set, kid, alg); ok {
+	k, res := findKey(set, kid, alg)
+	if res == keyFound {
 		return k, nil
 	}
 	set, err = p.keys.refetch(ctx, jwksURL, func(now time.Time) bool {
@@ -115,10 +118,15 @@ func (p *Provider) signingKey(ctx context.Context, jwksURL, kid, alg string, fro
 	if err != nil {
 		return nil, err
 	}
-	if k, ok := findKey(set, kid, alg); ok {
+	switch k, res = findKey(set, kid, alg); {
+	case res == keyFound:
 		return k, nil
-	}
-	if fromTokenEndpoint {
+	case res == keyUnfit && kid == "":
+		// Core §10.1: with several keys in the set, kid is required.
+		return nil, fmt.Errorf("token has no kid and the IdP's JWKS has several %s keys: %w", alg, ErrInvalidToken)
+	case res == keyUnfit:
+		return nil, fmt.Errorf("the IdP's key %q does not fit algorithm %s: %w", clip(kid), alg, ErrInvalidToken)
+	case fromTokenEndpoint:
 		return nil, fmt.Errorf("no key with id %q for %s in the IdP's JWKS yet: %w", clip(kid), alg, ErrUnavailable)
 	}
 	return nil, fmt.Errorf("no key with id %q for %s in the IdP's JWKS: %w", clip(kid), alg, ErrInvalidToken)
@@ -133,13 +141,24 @@ func clip(s string) string {
 	return s
 }
 
-func findKey(set jwk.Set, kid, alg string) (jwk.Key, bool) {
+type keyLookup int
+
+const (
+	keyFound   keyLookup = iota
+	keyMissing           // no key with the kid (or, without kid, no key fits)
+	keyUnfit             // the kid's key does not fit alg, or without kid several fit
+)
+
+func findKey(set jwk.Set, kid, alg string) (jwk.Key, keyLookup) {
 	if kid != "" {
 		k, ok := set.LookupKeyID(kid)
-		if !ok || !keyFits(k, alg) {
-			return nil, false
+		switch {
+		case !ok:
+			return nil, keyMissing
+		case !keyFits(k, alg):
+			return nil, keyUnfit
 		}
-		return k, true
+		return k, keyFound
 	}
 	// No kid: only an unambiguous single signing key will do.
 	var found jwk.Key
@@ -147,12 +166,15 @@ func findKey(set jwk.Set, kid, alg string) (jwk.Key, bool) {
 		k, _ := set.Key(i)
 		if keyFits(k, alg) {
 			if found != nil {
-				return nil, false
+				return nil, keyUnfit
 			}
 			found = k
 		}
 	}
-	return found, found != nil
+	if found == nil {
+		return nil, keyMissing
+	}
+	return found, keyFound
 }
 
 func keyFits(k jwk.Key, alg string) bool {

@@ -344,3 +344,18 @@ func TestClosedProviderKeepsAnswering(t *testing.T) {
 		t.Errorf("a Provider closed before first use: %v", err)
 	}
 }
+
+// A token without kid while the IdP publishes several keys breaks Core
+// §10.1: refused (definitive) even from the token endpoint, where a missing
+// key would be transient.
+func TestKidAbsentWithSeveralKeysIsInvalidFromAnySource(t *testing.T) {
+	idp, p := setup(t)
+	idp.AddKey("k2")
+	k, alg := idp.SigningKey()
+	tok := testidp.SignWith(alg, k, "", idp.Claims(clientID, "n"))
+	for _, o := range []provider.VerifyOptions{loginOpts, {ClientID: clientID, Nonce: "n", ClockSkew: time.Minute}} {
+		if _, err := p.VerifyIDToken(context.Background(), tok, o); !errors.Is(err, provider.ErrInvalidToken) || errors.Is(err, provider.ErrUnavailable) {
+			t.Errorf("FromTokenEndpoint=%v: got %v, want ErrInvalidToken", o.FromTokenEndpoint, err)
+		}
+	}
+}

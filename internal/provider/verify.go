@@ -14,8 +14,9 @@ import (
 	"github.com/lestrrat-go/jwx/v2/jwt"
 )
 
-// ErrInvalidToken wraps every reason an ID token is refused.
-var ErrInvalidToken = errors.New("invalid ID token")
+// ErrInvalidToken wraps every reason a token (ID, access, logout or
+// introspected) is refused: definitive, unlike ErrUnavailable.
+var ErrInvalidToken = errors.New("invalid token")
 
 // VerifyOptions says what an ID token must satisfy beyond its signature.
 type VerifyOptions struct {
