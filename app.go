@@ -1,12 +1,14 @@
 package caddyoidc
 
 import (
+	"context"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -22,7 +24,7 @@ func init() {
 	caddy.RegisterModule(App{})
 }
 
-// Package-level pools hold what must outlive a config reload: Caddy
+// Package-level state holds what must outlive a config reload: Caddy
 // provisions the new config before it cleans up the old one, so an object
 // still in use by the new config keeps its reference count above zero and
 // survives, with its warm state and connections.
@@ -30,17 +32,38 @@ var (
 	// providers holds one *provider.Provider per issuer: discovery and JWKS
 	// are fetched once per process, whatever the number of routes.
 	providers = caddy.NewUsagePool()
-	// coordinators holds the process's refresh coordinator.
-	coordinators = caddy.NewUsagePool()
-	// cacheSets holds one *cacheSet per cache configuration: an unchanged
-	// config keeps its L1 contents and Valkey connections over a reload.
+	// cacheSets holds one *cacheSet per cache backend (memory, or one Valkey
+	// deployment): settings that do not change the backend (lease, hand-off,
+	// L1 bounds) keep the set, its sessions and its connections.
 	cacheSets = caddy.NewUsagePool()
+	// processCoordinator is the refresh coordinator of the process. It is
+	// never replaced: a grant in flight during a reload hands its result
+	// to whoever asks next, under the old config or the new one.
+	processCoordinator = refresh.New[*refreshResult](refresh.Options{IsDefinitive: isDefinitive})
+	// currentApp is the newest started config's app: handlers of an older
+	// config still serving requests after a reload use its cache set, so a
+	// login that completes on them is visible to the new config.
+	currentApp atomic.Pointer[App]
 )
 
-// Defaults of the cache configuration.
+// nsAttempt names login attempts already used (their state's hash).
+const nsAttempt = "att"
+
+// Defaults and bounds of the app's configuration.
 const (
-	DefaultL1MaxBytes   = 64 << 20
-	DefaultL1MaxEntries = 100_000
+	DefaultL1MaxBytes     = 64 << 20
+	DefaultL1MaxEntries   = 100_000
+	DefaultRefreshLease   = 20 * time.Second
+	DefaultRefreshHandOff = 30 * time.Second
+	minL1MaxBytes         = 1 << 20
+	minL1MaxEntries       = 1000
+	// replayMaxBytes bounds the in-process record of used login attempts
+	// and logout tokens, apart from the L1 that holds sessions, so that
+	// unauthenticated traffic never evicts a session.
+	replayMaxBytes = 8 << 20
+	// drainTimeout bounds how long a cleaned-up config's shared state waits
+	// for its requests and refresh grants still running.
+	drainTimeout = 60 * time.Second
 )
 
 // App is the `oidc` app: one per Caddy process. It owns the state every
@@ -53,17 +76,28 @@ type App struct {
 	Cache *CacheConfig `json:"cache,omitempty"`
 	// RefreshLease is how long one replica may hold the right to spend a
 	// refresh token before another takes over (a replica that died
-	// mid-grant). Needs the valkey cache. Default: 10s.
+	// mid-grant). A grant is cut short before its lease ends, so every
+	// route's idp_timeout must be at most half of it. Needs the valkey
+	// cache. At least 1s. Default: 20s.
 	RefreshLease caddy.Duration `json:"refresh_lease,omitempty"`
 	// RefreshHandOff is how long the outcome of a refresh is handed to
 	// requests (of any replica) that still carry the spent refresh token.
-	// Default: 30s.
+	// At least 1s. Default: 30s.
 	RefreshHandOff caddy.Duration `json:"refresh_handoff,omitempty"`
 
 	coordinator *refresh.Coordinator[*refreshResult]
 	caches      *cacheSet
 	cacheKey    string
 	logger      *zap.Logger
+	work        *appWork
+}
+
+// appWork is what a config's requests do with its app: inflight counts
+// requests and refresh grants still running, so that Cleanup releases
+// shared state only once they end; retired is set by Cleanup.
+type appWork struct {
+	inflight atomic.Int64
+	retired  atomic.Bool
 }
 
 // CacheConfig selects and tunes the shared cache.
@@ -95,17 +129,21 @@ type CacheConfig struct {
 	L1MaxEntries int `json:"l1_max_entries,omitempty"`
 }
 
-// cacheSet is one cache configuration's live state.
+// cacheSet is one cache backend's live state.
 type cacheSet struct {
 	store  cache.Store
 	l1     *cache.Memory
 	hybrid *cache.Hybrid // nil for memory only
+	// replay records used login attempts (and, with memory alone, logout
+	// token ids) apart from l1.
+	replay *cache.Memory
 	stats  *cache.Stats
 	coll   *cache.Collector
 	revs   *revocations
 }
 
 func (c *cacheSet) Destruct() error {
+	c.revs.detach(c.hybrid)
 	if c.hybrid != nil {
 		c.hybrid.Close()
 	}
@@ -120,20 +158,31 @@ func (App) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision takes the shared refresh coordinator and cache set from the pools.
+// Provision takes the shared cache set from the pool.
 func (a *App) Provision(ctx caddy.Context) error {
 	a.logger = ctx.Logger()
+	a.work = new(appWork)
 	cfg, err := a.resolveCache()
 	if err != nil {
 		return err
 	}
-	if a.RefreshLease < 0 || a.RefreshHandOff < 0 {
-		return errors.New("oidc app: refresh_lease and refresh_handoff must not be negative")
+	switch {
+	case a.RefreshLease == 0:
+		a.RefreshLease = caddy.Duration(DefaultRefreshLease)
+	case time.Duration(a.RefreshLease) < time.Second:
+		return fmt.Errorf("oidc app: refresh_lease %s is too short (every lease would expire mid-grant): use at least 1s", time.Duration(a.RefreshLease))
 	}
-	keyJSON, _ := json.Marshal(struct {
-		Cache          CacheConfig
-		Lease, HandOff caddy.Duration
-	}{cfg, a.RefreshLease, a.RefreshHandOff})
+	switch {
+	case a.RefreshHandOff == 0:
+		a.RefreshHandOff = caddy.Duration(DefaultRefreshHandOff)
+	case time.Duration(a.RefreshHandOff) < time.Second:
+		return fmt.Errorf("oidc app: refresh_handoff %s is too short: use at least 1s", time.Duration(a.RefreshHandOff))
+	}
+	// The set's identity is its backend only: what a reload may change
+	// without losing sessions, revocations or connections is left out.
+	identity := cfg
+	identity.L1MaxBytes, identity.L1MaxEntries = 0, 0
+	keyJSON, _ := json.Marshal(identity)
 	a.cacheKey = string(keyJSON)
 	v, _, err := cacheSets.LoadOrNew(a.cacheKey, func() (caddy.Destructor, error) { return newCacheSet(cfg) })
 	if err != nil {
@@ -145,21 +194,75 @@ func (a *App) Provision(ctx caddy.Context) error {
 			a.logger.Warn("registering metrics", zap.Error(err))
 		}
 	}
-
-	// One coordinator per cache set: with Valkey, it coordinates replicas.
-	c, _, err := coordinators.LoadOrNew(a.cacheKey, func() (caddy.Destructor, error) {
-		o := refresh.Options{IsDefinitive: isDefinitive,
-			HandOff: timeDuration(a.RefreshHandOff), Lease: timeDuration(a.RefreshLease)}
-		if a.caches.hybrid != nil {
-			o.Shared = a.caches.hybrid
-		}
-		return refresh.New[*refreshResult](o), nil
-	})
-	if err != nil {
-		return fmt.Errorf("oidc app: refresh coordinator: %w", err)
-	}
-	a.coordinator = c.(*refresh.Coordinator[*refreshResult])
+	a.coordinator = processCoordinator
 	return nil
+}
+
+// hold marks work of this config in progress; call the returned func when
+// it ends.
+func (a *App) hold() func() {
+	w := a.work
+	if w == nil {
+		return func() {}
+	}
+	w.inflight.Add(1)
+	return func() { w.inflight.Add(-1) }
+}
+
+// set returns the cache set requests use: this config's, or once it was
+// replaced by a reload, the newest config's, so that the requests it still
+// serves land where the new config reads.
+func (a *App) set() *cacheSet {
+	if a.work != nil && a.work.retired.Load() {
+		if cur := currentApp.Load(); cur != nil && cur.caches != nil {
+			return cur.caches
+		}
+	}
+	return a.caches
+}
+
+// liveStore is the cache store of whatever config is current (see set).
+// Its Add records once without touching the L1 that holds sessions.
+type liveStore struct{ app *App }
+
+func (s liveStore) Get(ctx context.Context, key string) ([]byte, bool, error) {
+	return s.app.set().store.Get(ctx, key)
+}
+
+func (s liveStore) Set(ctx context.Context, key string, value []byte, ttl time.Duration) error {
+	return s.app.set().store.Set(ctx, key, value, ttl)
+}
+
+func (s liveStore) Delete(ctx context.Context, key string) error {
+	return s.app.set().store.Delete(ctx, key)
+}
+
+func (s liveStore) Add(ctx context.Context, key string, _ []byte, ttl time.Duration) (bool, error) {
+	return s.app.addOnce(ctx, key, ttl)
+}
+
+// via is how the coordinator reaches other replicas for this config.
+func (a *App) via() refresh.Via {
+	v := refresh.Via{Lease: time.Duration(a.RefreshLease), HandOff: time.Duration(a.RefreshHandOff)}
+	if s := a.set(); s.hybrid != nil {
+		v.Shared = s.hybrid
+	}
+	return v
+}
+
+// addOnce records key for ttl and reports whether it was new, on every
+// replica when Valkey is there (else in this process), never in the L1
+// that holds sessions.
+func (a *App) addOnce(ctx context.Context, key string, ttl time.Duration) (bool, error) {
+	s := a.set()
+	if s.hybrid != nil {
+		fresh, err := s.hybrid.Add(ctx, key, []byte{1}, ttl)
+		if err == nil {
+			return fresh, nil
+		}
+		// Valkey is away: one replica's record still stops replays here.
+	}
+	return s.replay.Add(ctx, key, []byte{1}, ttl)
 }
 
 // resolveCache applies defaults and placeholders and validates the cache config.
@@ -172,6 +275,11 @@ func (a *App) resolveCache() (CacheConfig, error) {
 	c.Username = repl.ReplaceAll(c.Username, "")
 	c.Password = repl.ReplaceAll(c.Password, "")
 	addrs := make([]string, 0, len(c.Address))
+	if strings.ContainsAny(c.KeyPrefix, "{}") {
+		// Braces would split the hash tag that keeps a lease and its
+		// result on one cluster slot.
+		return c, fmt.Errorf("oidc app: cache key_prefix %q must not contain { or }", c.KeyPrefix)
+	}
 	for _, ad := range c.Address {
 		addrs = append(addrs, repl.ReplaceAll(ad, ""))
 	}
@@ -190,8 +298,24 @@ func (a *App) resolveCache() (CacheConfig, error) {
 		return c, fmt.Errorf("oidc app: cache backend %q is unknown; use memory or valkey", c.Backend)
 	case c.Backend == "valkey" && len(c.Address) == 0:
 		return c, errors.New("oidc app: cache valkey: address is required (host:port of Valkey or Redis)")
-	case c.L1MaxBytes < 0 || c.L1MaxEntries < 0 || c.DB < 0 || c.Timeout < 0:
-		return c, errors.New("oidc app: cache: l1_max_bytes, l1_max_entries, db and timeout must not be negative")
+	case c.L1MaxBytes < minL1MaxBytes:
+		return c, fmt.Errorf("oidc app: cache l1_max_bytes %d is too small to hold sessions: use at least %d (1 MiB)", c.L1MaxBytes, minL1MaxBytes)
+	case c.L1MaxEntries < minL1MaxEntries:
+		return c, fmt.Errorf("oidc app: cache l1_max_entries %d is too small: use at least %d", c.L1MaxEntries, minL1MaxEntries)
+	case c.DB < 0:
+		return c, fmt.Errorf("oidc app: cache db %d must not be negative", c.DB)
+	case c.Timeout < 0 || c.Timeout > 0 && time.Duration(c.Timeout) < 10*time.Millisecond:
+		return c, fmt.Errorf("oidc app: cache timeout %s must be at least 10ms", time.Duration(c.Timeout))
+	}
+	if c.Backend == "memory" {
+		// Settings of a Valkey connection on the memory backend are a
+		// mistake (a missing "backend valkey"), not something to ignore.
+		for field, set := range map[string]bool{"address": len(c.Address) > 0, "username": c.Username != "", "password": c.Password != "",
+			"db": c.DB != 0, "key_prefix": c.KeyPrefix != "", "tls": c.TLS, "tls_server_name": c.TLSServerName != "", "sentinel_master": c.SentinelMaster != ""} {
+			if set {
+				return c, fmt.Errorf("oidc app: cache %s is set but the backend is memory; add backend valkey or remove %s", field, field)
+			}
+		}
 	}
 	for _, ad := range c.Address {
 		if ad == "" || strings.Contains(ad, "://") {
@@ -207,7 +331,8 @@ func (a *App) resolveCache() (CacheConfig, error) {
 func newCacheSet(c CacheConfig) (*cacheSet, error) {
 	stats := new(cache.Stats)
 	l1 := cache.NewMemory(c.L1MaxBytes, c.L1MaxEntries, stats)
-	set := &cacheSet{store: l1, l1: l1, stats: stats, coll: cache.NewCollector(stats)}
+	set := &cacheSet{store: l1, l1: l1, stats: stats, coll: cache.NewCollector(stats),
+		replay: cache.NewMemory(replayMaxBytes, replayMaxBytes/256, nil)}
 	if c.Backend == "valkey" {
 		var tlsConf *tls.Config
 		if c.TLS {
@@ -219,7 +344,10 @@ func newCacheSet(c CacheConfig) (*cacheSet, error) {
 		}, stats, caddy.Log().Named("oidc.cache"))
 		set.store = set.hybrid
 	}
-	set.revs = newRevocations(set.store, set.hybrid, caddy.Log().Named("oidc.revocations"))
+	// The revocation set is the process's, whatever the config: it attaches
+	// to this set's Valkey (follows it, writes to it what it lacks).
+	set.revs = processRevocations
+	set.revs.attach(set.hybrid)
 	return set, nil
 }
 
@@ -227,8 +355,11 @@ func newCacheSet(c CacheConfig) (*cacheSet, error) {
 // it already is, as after a reload). It does not wait: Caddy starts while
 // Valkey is down and the cache connects when it comes up.
 func (a *App) Start() error {
-	if a.caches != nil && a.caches.hybrid != nil {
-		a.caches.hybrid.Start()
+	if a.caches != nil {
+		if a.caches.hybrid != nil {
+			a.caches.hybrid.Start()
+		}
+		currentApp.Store(a)
 	}
 	return nil
 }
@@ -236,16 +367,30 @@ func (a *App) Start() error {
 // Stop implements caddy.App; pooled state is released in Cleanup.
 func (a *App) Stop() error { return nil }
 
-// Cleanup releases this config's references to the shared state.
+// Cleanup releases this config's reference to the shared cache set, once
+// the requests and refresh grants of this config still running have ended
+// (Caddy does not wait for them on a reload), or after drainTimeout.
 func (a *App) Cleanup() error {
-	if a.coordinator != nil {
-		_, _ = coordinators.Delete(a.cacheKey)
-		a.coordinator = nil
+	if a.caches == nil {
+		return nil
 	}
-	if a.caches != nil {
-		_, _ = cacheSets.Delete(a.cacheKey)
-		a.caches = nil
+	w := a.work
+	w.retired.Store(true)
+	key := a.cacheKey
+	release := func() { _, _ = cacheSets.Delete(key) }
+	if w.inflight.Load() == 0 {
+		release()
+		return nil
 	}
+	go func() {
+		deadline := time.Now().Add(drainTimeout)
+		t := time.NewTicker(50 * time.Millisecond)
+		defer t.Stop()
+		for w.inflight.Load() > 0 && time.Now().Before(deadline) {
+			<-t.C
+		}
+		release()
+	}()
 	return nil
 }
 
@@ -281,4 +426,6 @@ var (
 	_ caddy.Provisioner  = (*App)(nil)
 	_ caddy.CleanerUpper = (*App)(nil)
 	_ caddy.Destructor   = (*cacheSet)(nil)
+	_ cache.Store        = liveStore{}
+	_ cache.Adder        = liveStore{}
 )

@@ -16,6 +16,7 @@ import (
 
 	"github.com/caddy-oidc/caddy-oidc/cache"
 	"github.com/caddy-oidc/caddy-oidc/internal/provider"
+	"github.com/caddy-oidc/caddy-oidc/session"
 )
 
 // Bounds of the bearer-token result cache: entries per route, and how long
@@ -72,6 +73,14 @@ func (c *bearerCache) put(k [32]byte, e bearerEntry) {
 	c.m[k] = e
 }
 
+// Bounds of opaque-token introspection, so random tokens cannot drive the
+// IdP's rate limit against us: refusals are remembered briefly, identical
+// calls in flight are shared, and few run at once per route.
+const (
+	introspectionNegativeTTL = 30 * time.Second
+	introspectionConcurrency = 8
+)
+
 // serveBearer authenticates an API request by its access token.
 func (h *Handler) serveBearer(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, token string) error {
 	now := time.Now()
@@ -80,13 +89,11 @@ func (h *Handler) serveBearer(w http.ResponseWriter, r *http.Request, next caddy
 	if !ok {
 		ac, err := h.checkAccessToken(r.Context(), token, sum)
 		if err != nil {
-			if errors.Is(err, provider.ErrUnavailable) || errors.Is(err, cache.ErrUnavailable) {
+			if errors.Is(err, provider.ErrUnavailable) || errors.Is(err, cache.ErrUnavailable) || errors.Is(err, errIntrospectionBusy) {
 				w.Header().Set("Retry-After", "10")
 				return caddyhttp.Error(http.StatusServiceUnavailable, err)
 			}
-			w.Header().Set("WWW-Authenticate", `Bearer realm="`+h.realm()+`", error="invalid_token", error_description="the access token is invalid or expired"`)
-			w.Header().Set("Cache-Control", "no-store")
-			return caddyhttp.Error(http.StatusUnauthorized, err)
+			return h.refuseBearer(w, err)
 		}
 		expires := now.Add(bearerCacheMaxTTL)
 		if !ac.Expiry.IsZero() && ac.Expiry.Before(expires) {
@@ -94,6 +101,9 @@ func (h *Handler) serveBearer(w http.ResponseWriter, r *http.Request, next caddy
 		}
 		h.bearers.put(sum, bearerEntry{claims: ac.Claims, expires: expires})
 		claims = ac.Claims
+	}
+	if h.bearerRevoked(claims) {
+		return h.refuseBearer(w, errors.New("the access token's user or IdP session was logged out"))
 	}
 	if !h.allowed(claims) {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="`+h.realm()+`", error="insufficient_scope"`)
@@ -104,24 +114,50 @@ func (h *Handler) serveBearer(w http.ResponseWriter, r *http.Request, next caddy
 	return next.ServeHTTP(w, r)
 }
 
+func (h *Handler) refuseBearer(w http.ResponseWriter, err error) error {
+	w.Header().Set("WWW-Authenticate", `Bearer realm="`+h.realm()+`", error="invalid_token", error_description="the access token is invalid or expired"`)
+	w.Header().Set("Cache-Control", "no-store")
+	return caddyhttp.Error(http.StatusUnauthorized, err)
+}
+
+// bearerRevoked applies the revocation set to an access token: a logout
+// (back-channel by sid or sub) ends the tokens issued before it too.
+func (h *Handler) bearerRevoked(claims map[string]any) bool {
+	issued := time.Now().Unix()
+	if iat, ok := claims["iat"].(float64); ok {
+		issued = int64(iat)
+	}
+	return h.revs.ended(h.Issuer, &session.Session{Claims: claims, Created: issued})
+}
+
 // checkAccessToken verifies a JWT locally, or introspects an opaque token;
 // introspection results are shared through the cache (sealed, keyed by the
-// token's hash) so replicas ask the IdP once per token.
+// route, the accepted audiences and the token's hash) so replicas ask the
+// IdP once per token.
 func (h *Handler) checkAccessToken(ctx context.Context, token string, sum [32]byte) (*provider.AccessClaims, error) {
 	if provider.IsJWT(token) {
 		return h.prov.VerifyAccessToken(ctx, token, h.BearerAudience, time.Duration(h.ClockSkew))
 	}
-	key := cache.Key(cache.NSToken, hex.EncodeToString(sum[:]))
+	if h.introspections.refused(sum, time.Now()) {
+		return nil, fmt.Errorf("the IdP said recently that this token is not active: %w", provider.ErrInvalidToken)
+	}
+	key := cache.Key(cache.NSToken, h.introNS+":"+hex.EncodeToString(sum[:]))
+	aad := h.bind(purposeIntrospection + key)
 	if b, found, err := h.store.Get(ctx, key); err == nil && found {
-		if pt, _, err := h.codec.Open(key, string(b)); err == nil {
+		if pt, _, err := h.codec.Open(aad, string(b)); err == nil {
 			var ac introspected
 			if json.Unmarshal(pt, &ac) == nil && time.Now().Before(time.Unix(ac.Exp, 0)) {
 				return &provider.AccessClaims{Claims: ac.Claims, Expiry: time.Unix(ac.Exp, 0)}, nil
 			}
 		}
 	}
-	ac, err := h.prov.Introspect(ctx, h.client, token)
+	ac, err := h.introspections.do(ctx, sum, func(ctx context.Context) (*provider.AccessClaims, error) {
+		return h.prov.Introspect(ctx, h.client, token, h.BearerAudience)
+	})
 	if err != nil {
+		if errors.Is(err, provider.ErrInvalidToken) {
+			h.introspections.refuse(sum, time.Now())
+		}
 		return nil, err
 	}
 	exp := time.Now().Add(bearerCacheMaxTTL)
@@ -129,7 +165,7 @@ func (h *Handler) checkAccessToken(ctx context.Context, token string, sum [32]by
 		exp = ac.Expiry
 	}
 	if b, err := json.Marshal(introspected{Claims: ac.Claims, Exp: exp.Unix()}); err == nil {
-		_ = h.store.Set(context.WithoutCancel(ctx), key, []byte(h.codec.Seal(key, b)), time.Until(exp))
+		_ = h.store.Set(context.WithoutCancel(ctx), key, []byte(h.codec.Seal(aad, b)), time.Until(exp))
 	}
 	return ac, nil
 }
@@ -137,4 +173,77 @@ func (h *Handler) checkAccessToken(ctx context.Context, token string, sum [32]by
 type introspected struct {
 	Claims map[string]any `json:"c"`
 	Exp    int64          `json:"x"`
+}
+
+// errIntrospectionBusy: too many introspections are running; the request
+// is answered 503 rather than queued without bound.
+var errIntrospectionBusy = errors.New("too many token introspections in progress")
+
+// introspector bounds a route's introspection calls: at most
+// introspectionConcurrency at once, one per token in flight, and a short
+// memory of tokens the IdP called inactive (in-process only, so hostile
+// tokens never become shared entries).
+type introspector struct {
+	sem     chan struct{}
+	mu      sync.Mutex
+	flights map[[32]byte]*introspection
+	refusal *bearerCache
+}
+
+type introspection struct {
+	done chan struct{}
+	ac   *provider.AccessClaims
+	err  error
+}
+
+func newIntrospector() *introspector {
+	return &introspector{sem: make(chan struct{}, introspectionConcurrency),
+		flights: make(map[[32]byte]*introspection), refusal: newBearerCache(bearerCacheSize)}
+}
+
+func (in *introspector) refused(sum [32]byte, now time.Time) bool {
+	_, ok := in.refusal.get(sum, now)
+	return ok
+}
+
+func (in *introspector) refuse(sum [32]byte, now time.Time) {
+	in.refusal.put(sum, bearerEntry{expires: now.Add(introspectionNegativeTTL)})
+}
+
+// do runs call once for concurrent requests of one token, within the bound.
+func (in *introspector) do(ctx context.Context, sum [32]byte, call func(context.Context) (*provider.AccessClaims, error)) (*provider.AccessClaims, error) {
+	in.mu.Lock()
+	f, ok := in.flights[sum]
+	if !ok {
+		f = &introspection{done: make(chan struct{})}
+		in.flights[sum] = f
+	}
+	in.mu.Unlock()
+	if !ok {
+		go func() {
+			defer func() {
+				in.mu.Lock()
+				delete(in.flights, sum)
+				in.mu.Unlock()
+				close(f.done)
+			}()
+			// The call is shared: it must not end with the first caller.
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+			defer cancel()
+			select {
+			case in.sem <- struct{}{}:
+			case <-time.After(2 * time.Second):
+				f.err = errIntrospectionBusy
+				return
+			}
+			defer func() { <-in.sem }()
+			f.ac, f.err = call(cctx)
+		}()
+	}
+	select {
+	case <-f.done:
+		return f.ac, f.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }

@@ -74,7 +74,7 @@ func TestBearerIntrospection(t *testing.T) {
 			w.WriteHeader(http.StatusUnauthorized)
 			return
 		}
-		_ = json.NewEncoder(w).Encode(map[string]any{"active": active, "sub": "user-9", "email": "nine@example.com", "exp": time.Now().Add(time.Hour).Unix()})
+		_ = json.NewEncoder(w).Encode(map[string]any{"active": active, "client_id": "app", "sub": "user-9", "email": "nine@example.com", "exp": time.Now().Add(time.Hour).Unix()})
 	})
 	for range 3 {
 		w, next, err := bearerRequest(h, "opaque-good")

@@ -42,6 +42,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		session_lifetime         <duration>
 //		session_idle_timeout     <duration>
 //		cookie_name              <name>
+//		cookie_samesite          lax|strict|none
 //		logout_path              <path>
 //		post_logout_redirect_uri <path|url>
 //		backchannel_logout_path  <path>
@@ -74,7 +75,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		field := d.Val()
 		switch field {
 		case "issuer", "client_id", "client_secret", "redirect_uri", "session_store",
-			"logout_path", "post_logout_redirect_uri", "backchannel_logout_path", "frontchannel_logout_path", "cookie_name",
+			"logout_path", "post_logout_redirect_uri", "backchannel_logout_path", "frontchannel_logout_path", "cookie_name", "cookie_samesite",
 			"allow_expression", "groups_claim", "roles_claim",
 			"client_auth_method", "client_private_key", "client_key_id", "client_key_alg":
 			if !d.NextArg() {
@@ -156,7 +157,7 @@ func (h *Handler) stringField(name string) *string {
 		"allow_expression":         &h.AllowExpression, "groups_claim": &h.GroupsClaim, "roles_claim": &h.RolesClaim,
 		"client_auth_method": &h.ClientAuthMethod, "client_private_key": &h.ClientPrivateKey,
 		"client_key_id": &h.ClientKeyID, "client_key_alg": &h.ClientKeyAlg,
-		"cookie_name": &h.CookieName,
+		"cookie_name": &h.CookieName, "cookie_samesite": &h.CookieSameSite,
 	}[name]
 }
 

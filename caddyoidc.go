@@ -5,6 +5,9 @@
 package caddyoidc
 
 import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/http"
@@ -12,11 +15,13 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/caddy-oidc/caddy-oidc/cache"
 	"github.com/caddy-oidc/caddy-oidc/internal/provider"
@@ -177,26 +182,46 @@ type Handler struct {
 	// prefix. Login-attempt cookies are named <cookie_name>_state_<id>.
 	// Default: oidc_session.
 	CookieName string `json:"cookie_name,omitempty"`
+	// CookieSameSite is the session cookie's SameSite attribute: lax,
+	// strict or none. none is needed only for front-channel logout, whose
+	// iframe is cross-site (the browser sends a Lax cookie only to
+	// same-site and top-level requests); it requires HTTPS and lets every
+	// cross-site request carry the session. Default: lax.
+	CookieSameSite string `json:"cookie_samesite,omitempty"`
 
-	app           *App
-	coordinator   *refresh.Coordinator[*refreshResult]
-	store         cache.Store
-	revs          *revocations
-	stats         *cache.Stats
-	prov          *provider.Provider
-	codec         *session.Codec
-	refreshCodec  *refresh.Codec[*refreshResult]
-	decoded       *session.DecodedCache
-	bearers       *bearerCache
-	allowExpr     *claimExpression
-	client        provider.Client
-	callbackPath  string
-	absRedirect   bool
-	exclude       caddyhttp.MatchPath
-	headers       []headerRule
-	secureDefault bool
-	logger        *zap.Logger
+	app            *App
+	store          cache.Store
+	revs           *revocations
+	stats          *cache.Stats
+	prov           *provider.Provider
+	codec          *session.Codec
+	decoded        *session.DecodedCache
+	bearers        *bearerCache
+	introspections *introspector
+	introNS        string
+	allowExpr      *claimExpression
+	client         provider.Client
+	callbackPath   string
+	absRedirect    bool
+	exclude        caddyhttp.MatchPath
+	headers        []headerRule
+	// identityHeaders are the configured header names, lowercased with
+	// '_' and '.' read as '-': a client header equal to one of them after
+	// that mapping is removed (CGI and FastCGI map all three alike).
+	identityHeaders []string
+	secureDefault   bool
+	sameSite        http.SameSite
+	// route binds sealed values to this issuer and client; ns names this
+	// route's keys in the shared cache.
+	route, ns      string
+	hostCookieName string
+	logger         *zap.Logger
+	warned         *warnings
 }
+
+// warnings are raised once per handler for conditions that would
+// otherwise be logged on every request.
+type warnings struct{ oversize, noRefreshToken, untrustedProxy atomic.Bool }
 
 // headerRule is one `header` line. userKey is set when the value is
 // exactly one {http.auth.user.*} placeholder, which is then rendered
@@ -231,6 +256,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 // configure resolves secrets, applies defaults and validates the config.
 func (h *Handler) configure(ctx caddy.Context, logger *zap.Logger) error {
 	h.logger = logger
+	h.warned = new(warnings)
 	repl := caddy.NewReplacer()
 	h.Issuer = strings.TrimSpace(repl.ReplaceAll(h.Issuer, ""))
 	h.ClientID = repl.ReplaceAll(h.ClientID, "")
@@ -272,6 +298,7 @@ func (h *Handler) configure(ctx caddy.Context, logger *zap.Logger) error {
 	if h.CookieName == "" {
 		h.CookieName = DefaultCookieName
 	}
+	h.secureDefault = strings.HasPrefix(h.RedirectURI, "https://")
 	if err := h.check(secrets); err != nil {
 		return err
 	}
@@ -280,9 +307,11 @@ func (h *Handler) configure(ctx caddy.Context, logger *zap.Logger) error {
 		return fmt.Errorf("oidc: session_secret: %w; generate one with: openssl rand -base64 48", err)
 	}
 	h.codec = codec
-	h.refreshCodec = newRefreshCodec(codec)
+	h.route, h.ns = routeBinding(h.Issuer, h.ClientID), routeNamespace(h.Issuer, h.ClientID)
+	h.hostCookieName = "__Host-" + h.CookieName
 	h.decoded = session.NewDecodedCache(decodedSessionCacheSize)
 	h.bearers = newBearerCache(bearerCacheSize)
+	h.introspections = newIntrospector()
 	if h.AllowExpression != "" {
 		expr, err := compileClaimExpression(h.AllowExpression)
 		if err != nil {
@@ -293,6 +322,11 @@ func (h *Handler) configure(ctx caddy.Context, logger *zap.Logger) error {
 	if len(h.BearerAudience) == 0 {
 		h.BearerAudience = []string{h.ClientID}
 	}
+	// Introspection results are shared only by routes of the same issuer,
+	// client and accepted audiences.
+	auds := slices.Sorted(slices.Values(h.BearerAudience))
+	audSum := sha256.Sum256([]byte(strings.Join(auds, "\x00")))
+	h.introNS = h.ns + ":" + hex.EncodeToString(audSum[:8])
 	h.client = provider.Client{ID: h.ClientID, Secret: h.ClientSecret, Method: h.ClientAuthMethod}
 	switch h.ClientAuthMethod {
 	case "", provider.AuthSecretBasic, provider.AuthSecretPost, provider.AuthPrivateKeyJWT, provider.AuthNone:
@@ -315,8 +349,8 @@ func (h *Handler) configure(ctx caddy.Context, logger *zap.Logger) error {
 	} else if h.ClientAuthMethod == provider.AuthPrivateKeyJWT {
 		return errors.New("oidc: client_auth_method private_key_jwt needs client_private_key (a PEM file)")
 	}
-	h.secureDefault = strings.HasPrefix(h.RedirectURI, "https://")
 	for name, value := range h.Header {
+		h.identityHeaders = append(h.identityHeaders, headerIdentity(name))
 		hr := headerRule{name: http.CanonicalHeaderKey(name), value: value}
 		if k, ok := strings.CutPrefix(value, "{"+userPrefix); ok && strings.HasSuffix(k, "}") && !strings.ContainsAny(k[:len(k)-1], "{}") {
 			hr.userKey = k[:len(k)-1]
@@ -330,16 +364,23 @@ func (h *Handler) configure(ctx caddy.Context, logger *zap.Logger) error {
 			return fmt.Errorf("oidc: exclude: %w", err)
 		}
 	}
+	h.warnFootguns(secrets)
 	return nil
 }
 
 // attach takes this handler's share of the app's state.
 func (h *Handler) attach(app *App) error {
 	h.app = app
-	// Keep the shared objects themselves: an old handler may still serve a
-	// request after its app was cleaned up, and these outlive it.
-	h.coordinator = app.coordinator
-	h.store, h.stats, h.revs = app.caches.store, app.caches.stats, app.caches.revs
+	// An old handler may still serve requests after a reload: the store
+	// follows the current config, the rest outlives every config.
+	h.store = liveStore{app}
+	h.stats, h.revs = app.caches.stats, app.caches.revs
+	// Revocations of this issuer must outlive this route's sessions.
+	noteLifetime(h.Issuer, time.Duration(h.SessionLifetime))
+	if lease := time.Duration(app.RefreshLease); lease > 0 && time.Duration(h.IdPTimeout) > lease/2 {
+		return fmt.Errorf("oidc: idp_timeout %s must be at most half of the oidc app's refresh_lease %s, so that a refresh grant ends while its lease holds: lower idp_timeout or raise refresh_lease",
+			time.Duration(h.IdPTimeout), lease)
+	}
 	prov, err := app.provider(h.Issuer, time.Duration(h.IdPTimeout))
 	if err != nil {
 		return fmt.Errorf("oidc: issuer %s: %w", h.Issuer, err)
@@ -415,8 +456,34 @@ func (h *Handler) check(secrets []string) error {
 			return fmt.Errorf("oidc: post_logout_redirect_uri %q must be a path or an absolute http(s) URL", p)
 		}
 	}
-	if h.SessionLifetime < 0 || h.SessionIdleTimeout < 0 || h.RefreshBefore < 0 || h.ClockSkew < 0 || h.RefreshTokenMaxAge < 0 || h.IdPTimeout < 0 {
-		return errors.New("oidc: session_lifetime, session_idle_timeout, refresh_before, refresh_token_max_age and clock_skew must not be negative")
+	for _, d := range []struct {
+		field string
+		v     caddy.Duration
+	}{
+		{"session_lifetime", h.SessionLifetime}, {"session_idle_timeout", h.SessionIdleTimeout},
+		{"refresh_before", h.RefreshBefore}, {"refresh_token_max_age", h.RefreshTokenMaxAge},
+		{"clock_skew", h.ClockSkew}, {"idp_timeout", h.IdPTimeout},
+	} {
+		if d.v < 0 {
+			return fmt.Errorf("oidc: %s %s must not be negative", d.field, time.Duration(d.v))
+		}
+	}
+	if h.IdPTimeout > 0 && time.Duration(h.IdPTimeout) < 100*time.Millisecond {
+		return fmt.Errorf("oidc: idp_timeout %s is too short for any IdP call; use at least 100ms", time.Duration(h.IdPTimeout))
+	}
+	switch strings.ToLower(h.CookieSameSite) {
+	case "", "lax":
+		h.sameSite = http.SameSiteLaxMode
+	case "strict":
+		h.sameSite = http.SameSiteStrictMode
+	case "none":
+		// Browsers drop SameSite=None cookies without Secure.
+		if !h.secureDefault {
+			return fmt.Errorf("oidc: cookie_samesite none needs an https redirect_uri (SameSite=None cookies must be Secure); set redirect_uri https://<host>%s", h.callbackPath)
+		}
+		h.sameSite = http.SameSiteNoneMode
+	default:
+		return fmt.Errorf("oidc: cookie_samesite %q is unknown; use lax, strict or none", h.CookieSameSite)
 	}
 	if strings.ContainsAny(h.CookieName, "=;, \t\"") || strings.HasPrefix(h.CookieName, "__") {
 		return fmt.Errorf("oidc: cookie_name %q is not a valid cookie name (no prefix, no separators)", h.CookieName)
@@ -435,22 +502,24 @@ func (h *Handler) check(secrets []string) error {
 }
 
 // Cleanup releases this handler's share of the app's state. It copes with a
-// Provision that stopped half way.
+// Provision that stopped half way. Requests of this handler may still be
+// running (Caddy does not wait for them on a reload): nothing they use is
+// cleared here, and a released provider keeps answering.
 func (h *Handler) Cleanup() error {
 	if h.prov != nil && h.app != nil {
 		h.app.releaseProvider(h.Issuer, time.Duration(h.IdPTimeout))
-		h.prov = nil
 	}
 	return nil
 }
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	// The app's shared state outlives this request, even across a reload.
+	done := h.app.hold()
+	defer done()
 	// Identity headers are the module's to set: a client-sent copy must never
 	// reach the upstream, on any path.
-	for _, hr := range h.headers {
-		r.Header.Del(hr.name)
-	}
+	h.stripIdentityHeaders(r)
 	switch r.URL.Path {
 	case h.callbackPath:
 		return h.serveCallback(w, r)
@@ -461,7 +530,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	case h.FrontchannelLogoutPath:
 		return h.serveFrontchannelLogout(w, r)
 	}
-	if h.exclude != nil && h.exclude.Match(r) {
+	if h.excluded(r) {
 		h.stripCookies(r)
 		return next.ServeHTTP(w, r)
 	}
@@ -484,6 +553,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	if h.revs.ended(h.Issuer, sess) {
 		// Logged out (back-channel, front-channel or RP-initiated) on some replica.
+		h.logger.Info("session refused: logged out", zap.String("sub", sess.Subject()))
 		h.endSession(w, r, sess)
 		return h.challenge(w, r, "invalid_token")
 	}
@@ -492,7 +562,16 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return h.challenge(w, r, "invalid_token")
 	}
 	if h.needsRefresh(sess, now) {
-		switch err := h.refresh(r.Context(), sess); {
+		rctx := r.Context()
+		if sess.AccessExpiry == 0 || now.Unix() < sess.AccessExpiry {
+			// Still valid: rather than wait for a slow IdP or a lease held
+			// on another replica, serve it; the grant goes on and the
+			// session's next request gets its result.
+			var cancel context.CancelFunc
+			rctx, cancel = context.WithTimeout(rctx, time.Duration(h.IdPTimeout))
+			defer cancel()
+		}
+		switch err := h.refresh(rctx, sess); {
 		case err == nil:
 			reissue = true
 		case isDefinitive(err):
@@ -505,6 +584,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			h.logger.Warn("token refresh failed and the access token has expired", zap.Error(err))
 			w.Header().Set("Retry-After", "5")
 			return caddyhttp.Error(http.StatusServiceUnavailable, fmt.Errorf("refreshing the session: %w", err))
+		case errors.Is(err, refresh.ErrPending):
+			if c := h.logger.Check(zapcore.DebugLevel, "refresh still pending; serving the current access token"); c != nil {
+				c.Write(zap.String("sub", sess.Subject()))
+			}
 		default:
 			h.logger.Warn("token refresh failed; serving the session until its access token expires", zap.Error(err))
 		}

@@ -50,7 +50,7 @@ func newTestApp(t testing.TB) *App {
 	t.Helper()
 	set, _ := newCacheSet(CacheConfig{Backend: "memory", L1MaxBytes: 1 << 20, L1MaxEntries: 1000})
 	app := &App{coordinator: refresh.New[*refreshResult](refresh.Options{IsDefinitive: isDefinitive}), caches: set}
-	t.Cleanup(app.coordinator.Close)
+	t.Cleanup(func() { _ = app.coordinator.Destruct() })
 	return app
 }
 
@@ -208,7 +208,7 @@ func TestRawBackslashPathReturnsHome(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := w.Result().Cookies()[0]
-	pt, _, err := h.codec.Open(c.Name, c.Value)
+	pt, _, err := h.codec.Open(h.bind(purposeAttempt+c.Name), c.Value)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -337,7 +337,7 @@ func TestExpiredOrRotatedSessions(t *testing.T) {
 		t.Fatal("the cookie was not re-issued under the current secret")
 	}
 	c := w.Result().Cookies()[0]
-	if _, wasOld, err := rotated.codec.Open(c.Name, c.Value); err != nil || wasOld {
+	if _, wasOld, err := rotated.codec.Open(rotated.bind(purposeCookie+c.Name), c.Value); err != nil || wasOld {
 		t.Errorf("re-issued cookie: rotated=%v err=%v, want sealed by the current secret", wasOld, err)
 	}
 }

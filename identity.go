@@ -12,6 +12,41 @@ import (
 
 const userPrefix = "http.auth.user."
 
+// headerIdentity is how CGI, FastCGI (PHP), WSGI and Rack stacks see a
+// header name: case-insensitive, with '_' and '.' read as '-' (all three
+// become HTTP_X_AUTH_EMAIL).
+func headerIdentity(name string) string {
+	return strings.Map(func(r rune) rune {
+		switch r {
+		case '_', '.':
+			return '-'
+		}
+		if 'A' <= r && r <= 'Z' {
+			return r + ('a' - 'A')
+		}
+		return r
+	}, name)
+}
+
+// stripIdentityHeaders removes every client header an upstream could read
+// as a configured identity header: the canonical name, and any spelling
+// with '_' or '.' (which Caddy forwards when expected_underscore_headers or
+// expected_dot_headers allow them). Only names with those characters need
+// the slower comparison.
+func (h *Handler) stripIdentityHeaders(r *http.Request) {
+	for _, hr := range h.headers {
+		r.Header.Del(hr.name)
+	}
+	if len(h.identityHeaders) == 0 {
+		return
+	}
+	for name := range r.Header {
+		if strings.ContainsAny(name, "_.") && slices.Contains(h.identityHeaders, headerIdentity(name)) {
+			delete(r.Header, name)
+		}
+	}
+}
+
 // ClaimList is a list-valued claim. It renders comma-joined in headers and
 // placeholders, and stays a list for CEL expressions ('admin' in ...).
 type ClaimList []string
@@ -147,17 +182,18 @@ func claimList(v any) ClaimList {
 
 // allowed applies the allow rules: with none configured every authenticated
 // user is allowed; otherwise a user matching any one rule is. Email rules
-// only count a verified email (email_verified absent is taken as verified,
-// as many IdPs omit it for managed accounts).
+// count an email only when email_verified is the boolean true (unless
+// require_email_verified is off): a missing or string value is not proof,
+// and on multi-tenant IdPs (Entra ID) a tenant chooses its users' emails.
 func (h *Handler) allowed(claims map[string]any) bool {
 	if len(h.AllowUsers)+len(h.AllowDomains)+len(h.AllowGroups)+len(h.AllowRoles) == 0 && h.allowExpr == nil {
 		return true
 	}
 	sub := claimString(claims["sub"])
 	email := claimString(claims["email"])
-	verified := email != "" && (claims["email_verified"] != false || !h.requireVerified())
+	verified := email != "" && (claims["email_verified"] == true || !h.requireVerified())
 	for _, u := range h.AllowUsers {
-		if u == sub || verified && strings.EqualFold(u, email) {
+		if u == sub || verified && asciiEqualFold(u, email) {
 			return true
 		}
 	}
@@ -165,7 +201,7 @@ func (h *Handler) allowed(claims map[string]any) bool {
 		if at := strings.LastIndexByte(email, '@'); at >= 0 {
 			domain := email[at+1:]
 			for _, d := range h.AllowDomains {
-				if strings.EqualFold(strings.TrimPrefix(d, "@"), domain) {
+				if asciiEqualFold(strings.TrimPrefix(d, "@"), domain) {
 					return true
 				}
 			}
@@ -176,6 +212,27 @@ func (h *Handler) allowed(claims map[string]any) bool {
 		return true
 	}
 	return h.allowExpr != nil && h.allowExpr.allows(claims)
+}
+
+// asciiEqualFold compares case-insensitively in ASCII only: Unicode folding
+// (strings.EqualFold) would let a Kelvin sign (U+212A) stand for "k".
+func asciiEqualFold(a, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := 0; i < len(a); i++ {
+		x, y := a[i], b[i]
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		if 'A' <= y && y <= 'Z' {
+			y += 'a' - 'A'
+		}
+		if x != y {
+			return false
+		}
+	}
+	return true
 }
 
 func intersects(have ClaimList, want []string) bool {

@@ -1,6 +1,7 @@
 package caddyoidc
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -18,6 +19,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
+	"github.com/caddy-oidc/caddy-oidc/cache"
 	"github.com/caddy-oidc/caddy-oidc/internal/provider"
 	"github.com/caddy-oidc/caddy-oidc/session"
 )
@@ -93,13 +95,6 @@ func (h *Handler) redirectURL(r *http.Request) string {
 	return h.scheme(r) + "://" + r.Host + h.RedirectURI
 }
 
-func (h *Handler) scheme(r *http.Request) string {
-	if r.TLS != nil {
-		return "https"
-	}
-	return "http"
-}
-
 // startLogin sends the browser to the IdP's authorization endpoint with a
 // fresh state, nonce and PKCE S256 challenge.
 func (h *Handler) startLogin(w http.ResponseWriter, r *http.Request) error {
@@ -118,7 +113,9 @@ func (h *Handler) startLogin(w http.ResponseWriter, r *http.Request) error {
 	pt, _ := json.Marshal(a)
 	name := h.stateCookieName(r, a.State)
 	h.pruneAttempts(w, r)
-	session.SetCookie(w, name, h.codec.Seal(name, pt), session.CookieOptions{Secure: h.secure(r), MaxAge: int(loginAttemptTTL / time.Second)})
+	// Lax whatever cookie_samesite says: the IdP's redirect back is a
+	// top-level navigation, and Strict would not carry the cookie on it.
+	session.SetCookie(w, name, h.codec.Seal(h.bind(purposeAttempt+name), pt), session.CookieOptions{Secure: h.secure(r), MaxAge: int(loginAttemptTTL / time.Second)})
 
 	challenge := sha256.Sum256([]byte(a.Verifier))
 	q := h.authorizationParams(r.URL.Query().Get("login_hint"))
@@ -157,19 +154,28 @@ func (h *Handler) pruneAttempts(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// maxReturnTo bounds the return-to URL kept in an attempt cookie: with up
+// to maxLoginAttempts of them, the Cookie header stays under the 8 KB that
+// common proxies accept.
+const maxReturnTo = 512
+
 // returnTo is where the user goes after login: this request's URI, when it
-// is unambiguously a path on this site.
+// is unambiguously a path on this site; without its query when that is too
+// long, and the home page when even the path is.
 func returnTo(r *http.Request) string {
 	if strings.Contains(r.URL.Path, "\\") || strings.HasPrefix(r.URL.Path, "//") {
 		return "/"
 	}
-	return safeReturnTo(r.URL.RequestURI())
+	if u := r.URL.RequestURI(); len(u) <= maxReturnTo {
+		return safeReturnTo(u)
+	}
+	return safeReturnTo(r.URL.EscapedPath())
 }
 
 // safeReturnTo keeps only same-site targets: a local absolute path. Anything
 // a browser could read as another host (//evil, /\evil, schemes) becomes "/".
 func safeReturnTo(s string) string {
-	if s == "" || s[0] != '/' || len(s) > 2048 {
+	if s == "" || s[0] != '/' || len(s) > maxReturnTo {
 		return "/"
 	}
 	if len(s) > 1 && (s[1] == '/' || s[1] == '\\') {
@@ -208,7 +214,7 @@ func (h *Handler) serveCallback(w http.ResponseWriter, r *http.Request) error {
 	}
 	// One use only: the attempt cookie goes whatever happens next.
 	session.Expire(w, name, h.secure(r))
-	pt, _, err := h.codec.Open(name, c.Value)
+	pt, _, err := h.codec.Open(h.bind(purposeAttempt+name), c.Value)
 	var a attempt
 	if err == nil {
 		err = json.Unmarshal(pt, &a)
@@ -219,6 +225,17 @@ func (h *Handler) serveCallback(w http.ResponseWriter, r *http.Request) error {
 	now := time.Now()
 	if now.Sub(time.Unix(a.Created, 0)) > loginAttemptTTL {
 		return caddyhttp.Error(http.StatusBadRequest, errors.New("callback: login attempt expired"))
+	}
+	// The browser drops the attempt cookie, but a copy could be replayed
+	// with other codes: each attempt is used once, on every replica.
+	stateSum := sha256.Sum256([]byte(a.State))
+	first, err := h.app.addOnce(r.Context(), cache.Key(nsAttempt, h.ns+":"+hex.EncodeToString(stateSum[:16])), loginAttemptTTL)
+	if err != nil {
+		w.Header().Set("Retry-After", "5")
+		return caddyhttp.Error(http.StatusServiceUnavailable, fmt.Errorf("callback: %w", err))
+	}
+	if !first {
+		return caddyhttp.Error(http.StatusBadRequest, errors.New("callback: login attempt already used"))
 	}
 	if e := q.Get("error"); e != "" {
 		status := http.StatusBadRequest
@@ -254,7 +271,7 @@ func (h *Handler) serveCallback(w http.ResponseWriter, r *http.Request) error {
 		return caddyhttp.Error(http.StatusBadGateway, errors.New("callback: the token response has no id_token (is the openid scope allowed for this client?)"))
 	}
 	claims, err := h.prov.VerifyIDToken(r.Context(), tr.IDToken, provider.VerifyOptions{
-		ClientID: h.ClientID, Nonce: a.Nonce, ClockSkew: time.Duration(h.ClockSkew),
+		ClientID: h.ClientID, Nonce: a.Nonce, ClockSkew: time.Duration(h.ClockSkew), FromTokenEndpoint: true,
 	})
 	if err != nil {
 		if errors.Is(err, provider.ErrUnavailable) {
@@ -283,12 +300,22 @@ func (h *Handler) serveCallback(w http.ResponseWriter, r *http.Request) error {
 		h.logger.Warn("the IdP left the groups out of the ID token (Entra ID groups overage); allow_groups cannot see them: emit only groups assigned to the application, or use app roles",
 			zap.String("sub", claimString(claims["sub"])))
 	}
+	if tr.RefreshToken == "" && slices.Contains(h.Scopes, "offline_access") && h.warned.noRefreshToken.CompareAndSwap(false, true) {
+		h.logger.Warn("offline_access was requested but the IdP sent no refresh token: sessions end when their access token expires; allow the refresh_token grant (and offline_access) for this client at the IdP, and if it needs consent for offline access set auth_param prompt consent")
+	}
+	// A new login replaces the browser's previous session: a cache-kept one
+	// is deleted rather than left to expire.
+	if oldID, ok := h.cookieSessionID(r); ok {
+		if err := h.store.Delete(context.WithoutCancel(r.Context()), h.storeKey(oldID)); err != nil {
+			h.logger.Warn("deleting the previous session from the shared cache failed", zap.Error(err))
+		}
+	}
 	sess := session.New(claims, tr.IDToken, tr.AccessToken, tr.RefreshToken, tr.Expiry(now), now)
 	if err := h.writeSession(w, r, sess, now); err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
 	h.stats.SessionsCreated.Add(1)
-	h.logger.Info("login", zap.String("sub", sess.Subject()))
+	h.logger.Info("login", zap.String("sub", sess.Subject()), zap.Bool("refresh_token", tr.RefreshToken != ""))
 	http.Redirect(w, r, safeReturnTo(a.ReturnTo), http.StatusFound)
 	return nil
 }

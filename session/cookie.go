@@ -11,15 +11,23 @@ import (
 // attributes every cookie stays under the 4096 bytes browsers keep.
 const ChunkSize = 3800
 
-// MaxChunks bounds how many cookies one session may span (and how many are
-// read back), about 30 KB in all.
+// MaxChunks bounds how many cookies one session may span when read back,
+// about 30 KB in all.
 const MaxChunks = 8
+
+// MaxWriteChunks bounds how many cookies a session is written to: beyond
+// about 15 KB a Cookie header trips common proxies' 16 KB limits, so larger
+// values are refused by WriteChunked (the caller keeps them server-side).
+// It is below MaxChunks, so whatever is written can always be read.
+const MaxWriteChunks = 4
 
 // CookieOptions are the attributes every cookie of the module gets.
 type CookieOptions struct {
 	Secure bool
 	// MaxAge in seconds; 0 makes a browser-session cookie.
 	MaxAge int
+	// SameSite of the cookie. Default (zero): Lax.
+	SameSite http.SameSite
 }
 
 // ChunkName is the name of the i-th chunk of a value stored under name.
@@ -88,10 +96,17 @@ func CookieValue(r *http.Request, name string) (string, bool) {
 	return "", false
 }
 
+// Fits reports whether a value of n bytes can be written by WriteChunked.
+func Fits(n int) bool { return (n+ChunkSize-1)/ChunkSize <= MaxWriteChunks }
+
 // WriteChunked sets value under name, split over as many cookies as it
-// needs, and expires chunks of an older, longer value still in r.
-func WriteChunked(w http.ResponseWriter, r *http.Request, name, value string, o CookieOptions) {
+// needs, and expires chunks of an older, longer value still in r. A value
+// too large for MaxWriteChunks cookies is not written: it reports false.
+func WriteChunked(w http.ResponseWriter, r *http.Request, name, value string, o CookieOptions) bool {
 	n := (len(value) + ChunkSize - 1) / ChunkSize
+	if n > MaxWriteChunks {
+		return false
+	}
 	for i := 0; i < n; i++ {
 		part := value[i*ChunkSize : min((i+1)*ChunkSize, len(value))]
 		if i == 0 && n > 1 {
@@ -104,6 +119,7 @@ func WriteChunked(w http.ResponseWriter, r *http.Request, name, value string, o 
 			http.SetCookie(w, expired(ChunkName(name, i), o.Secure))
 		}
 	}
+	return true
 }
 
 // ClearChunked expires every chunk of name present in r.
@@ -125,6 +141,9 @@ func cookie(name, value string, o CookieOptions) *http.Cookie {
 		HttpOnly: true,
 		Secure:   o.Secure,
 		SameSite: http.SameSiteLaxMode,
+	}
+	if o.SameSite != 0 {
+		c.SameSite = o.SameSite
 	}
 	if o.MaxAge > 0 {
 		c.MaxAge = o.MaxAge

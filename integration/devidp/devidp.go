@@ -139,6 +139,13 @@ func (i *IdP) BackchannelLogoutsSent() int64 { return i.store.backchannelSent.Lo
 // SetRefreshDelay makes every refresh grant wait d before it is answered.
 func (i *IdP) SetRefreshDelay(d time.Duration) { i.store.refreshDelay.Store(int64(d)) }
 
+// SetCodeDelay makes every authorization-code grant wait d before it is
+// answered (a login callback held at the IdP).
+func (i *IdP) SetCodeDelay(d time.Duration) { i.store.codeDelay.Store(int64(d)) }
+
+// GrantsWaiting counts token grants (code or refresh) held by a delay now.
+func (i *IdP) GrantsWaiting() int64 { return i.store.waiting.Load() }
+
 // SetTokenEndpointDown makes the token endpoint answer 503, as an IdP in
 // an outage would, while on.
 func (i *IdP) SetTokenEndpointDown(on bool) { i.store.tokenDown.Store(on) }
@@ -151,7 +158,7 @@ type store struct {
 
 	codeGrants, refreshGrants, refusedRefresh atomic.Int64
 	discoveryHits                             atomic.Int64
-	refreshDelay                              atomic.Int64
+	refreshDelay, codeDelay, waiting          atomic.Int64
 	tokenDown                                 atomic.Bool
 	issuer                                    string
 	bcl                                       []string
@@ -234,15 +241,20 @@ func (s *store) LogoutToken(c LogoutClaims) (string, error) {
 }
 
 func (s *store) CreateAccessAndRefreshTokens(ctx context.Context, req op.TokenRequest, current string) (string, string, time.Time, error) {
+	delay := time.Duration(s.codeDelay.Load())
 	if current != "" {
-		if d := time.Duration(s.refreshDelay.Load()); d > 0 {
-			// A client that goes away during the delay (a killed replica)
-			// gets nothing, and its token is not spent.
-			select {
-			case <-time.After(d):
-			case <-ctx.Done():
-				return "", "", time.Time{}, ctx.Err()
-			}
+		delay = time.Duration(s.refreshDelay.Load())
+	}
+	if delay > 0 {
+		// A client that goes away during the delay (a killed replica)
+		// gets nothing, and its token is not spent.
+		s.waiting.Add(1)
+		select {
+		case <-time.After(delay):
+			s.waiting.Add(-1)
+		case <-ctx.Done():
+			s.waiting.Add(-1)
+			return "", "", time.Time{}, ctx.Err()
 		}
 	}
 	id, rt, _, err := s.Storage.CreateAccessAndRefreshTokens(ctx, req, current)

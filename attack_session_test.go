@@ -1,0 +1,587 @@
+package caddyoidc
+
+// Attack tests of issue 11 (sessions, claims, paths, headers) and issue 16
+// (login replay, introspection cost). Each performs the attack against the
+// real handler and asserts it is refused.
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/caddy-oidc/caddy-oidc/internal/provider"
+	"github.com/caddy-oidc/caddy-oidc/internal/testidp"
+	"github.com/caddy-oidc/caddy-oidc/session"
+)
+
+// apiRequest marks r as an API call, so "no session" is a 401, not a redirect.
+func apiRequest(r *http.Request) *http.Request {
+	r.Header.Set("Accept", "application/json")
+	return r
+}
+
+func serve(h *Handler, r *http.Request) (int, *recordNext, *httptest.ResponseRecorder) {
+	w := httptest.NewRecorder()
+	next := &recordNext{}
+	err := h.ServeHTTP(w, r, next)
+	return statusOf(err, w), next, w
+}
+
+// withCookies copies the cookies of from onto a new API request to path.
+func withCookies(from *http.Request, path string) *http.Request {
+	r := apiRequest(request("GET", path))
+	for _, c := range from.Cookies() {
+		r.AddCookie(c)
+	}
+	return r
+}
+
+// 11.2: two routes that share a session_secret (one env var in a snippet)
+// must not accept each other's sessions: another client, another issuer,
+// in both stores.
+func TestAttackSessionOfAnotherRouteSameSecret(t *testing.T) {
+	idp := testidp.New()
+	defer idp.Close()
+	other := testidp.New()
+	defer other.Close()
+	for _, store := range []string{"cookie", "cache"} {
+		t.Run(store, func(t *testing.T) {
+			a := newTestHandler(t, idp, func(h *Handler) { h.SessionStore = store })
+			app := a.app
+			otherClient := newTestHandlerOn(t, app, idp, func(h *Handler) { h.SessionStore = store; h.ClientID = "other-app" })
+			otherIssuer := newTestHandlerOn(t, app, other, func(h *Handler) { h.SessionStore = store })
+			r := loggedIn(t, a, map[string]any{"sub": "victim"}, nil)
+			if code, next, _ := serve(a, withCookies(r, "/x")); code != 200 || !next.called {
+				t.Fatalf("route A refused its own session: %d", code)
+			}
+			for name, h := range map[string]*Handler{"another client": otherClient, "another issuer": otherIssuer} {
+				if code, next, _ := serve(h, withCookies(r, "/x")); code != http.StatusUnauthorized || next.called {
+					t.Errorf("%s accepted route A's session: %d", name, code)
+				}
+			}
+		})
+	}
+}
+
+// newTestHandlerOn provisions a handler on an existing app (routes of one Caddy).
+func newTestHandlerOn(t testing.TB, app *App, idp *testidp.IdP, mod func(h *Handler)) *Handler {
+	t.Helper()
+	h := &Handler{Issuer: idp.Issuer, ClientID: "app", ClientSecret: "s3cret", SessionSecret: []string{testSecret},
+		Header: map[string]string{"X-Auth-Email": "{http.auth.user.email}"}}
+	if mod != nil {
+		mod(h)
+	}
+	if err := h.configure(caddy.Context{}, nopLogger()); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.attach(app); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = h.Cleanup() })
+	return h
+}
+
+// 11.10: whoever can write to Valkey must not take over a session by
+// moving a sealed value to another key (the decoded-session cache used to
+// be keyed by the value alone).
+func TestAttackValkeyValueMovedToAnotherKey(t *testing.T) {
+	idp := testidp.New()
+	defer idp.Close()
+	h := newTestHandler(t, idp, func(h *Handler) { h.SessionStore = "cache" })
+	victim := loggedIn(t, h, map[string]any{"sub": "victim", "email": "victim@example.com"}, nil)
+	attacker := loggedIn(t, h, map[string]any{"sub": "attacker"}, nil)
+	// The victim's session is opened once, so it sits in the decoded cache.
+	if code, _, _ := serve(h, withCookies(victim, "/x")); code != 200 {
+		t.Fatalf("victim: %d", code)
+	}
+	victimID, _ := h.cookieSessionID(victim)
+	attackerID, _ := h.cookieSessionID(attacker)
+	ctx := context.Background()
+	v, found, err := h.store.Get(ctx, h.storeKey(victimID))
+	if err != nil || !found {
+		t.Fatal("victim's session not in the store")
+	}
+	// The attacker writes the victim's sealed value under their own key.
+	if err := h.store.Set(ctx, h.storeKey(attackerID), v, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	code, next, _ := serve(h, withCookies(attacker, "/x"))
+	if code == 200 && next.req.Header.Get("X-Auth-Email") == "victim@example.com" {
+		t.Fatal("a sealed session moved to another key was accepted: session takeover")
+	}
+	if code != http.StatusUnauthorized {
+		t.Errorf("moved value: %d, want 401", code)
+	}
+}
+
+// 11.10: a refresh hand-off is bound to its flight (route and refresh
+// token) and to the session's user.
+func TestAttackHandOffMovedOrForAnotherUser(t *testing.T) {
+	codec, _ := session.NewCodec(testSecret)
+	res := &refreshResult{at: time.Now()}
+	res.tokens = testTokenResponse("at-victim")
+	b, err := newRefreshCodec(codec, "flight-1", "victim").Encode(res, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := newRefreshCodec(codec, "flight-1", "victim").Decode(b); err != nil {
+		t.Fatalf("the hand-off does not open where it was written: %v", err)
+	}
+	if _, err := newRefreshCodec(codec, "flight-2", "victim").Decode(b); err == nil {
+		t.Error("a hand-off moved to another flight's key opened")
+	}
+	if _, err := newRefreshCodec(codec, "flight-1", "attacker").Decode(b); err == nil {
+		t.Error("a hand-off for another user was adopted")
+	}
+}
+
+// 11.4: only a boolean true verifies an email ("nOAuth": Entra ID sends no
+// email_verified and tenants choose their users' emails), and comparisons
+// fold ASCII only (a Kelvin sign is not a "k").
+func TestAttackUnverifiedEmailAndUnicodeFolding(t *testing.T) {
+	idp := testidp.New()
+	defer idp.Close()
+	h := newTestHandler(t, idp, func(h *Handler) {
+		h.AllowDomains = []string{"example.com"}
+		h.AllowUsers = []string{"kim@partner.test"}
+	})
+	cases := []struct {
+		name   string
+		claims map[string]any
+		want   int
+	}{
+		{"verified", map[string]any{"sub": "1", "email": "a@example.com", "email_verified": true}, 200},
+		{"upper-case domain", map[string]any{"sub": "1", "email": "a@EXAMPLE.com", "email_verified": true}, 200},
+		{"email_verified missing", map[string]any{"sub": "1", "email": "a@example.com"}, 403},
+		{"email_verified string", map[string]any{"sub": "1", "email": "a@example.com", "email_verified": "true"}, 403},
+		{"email_verified false", map[string]any{"sub": "1", "email": "a@example.com", "email_verified": false}, 403},
+		{"user verified", map[string]any{"sub": "2", "email": "kim@partner.test", "email_verified": true}, 200},
+		{"Kelvin sign", map[string]any{"sub": "2", "email": "\u212aim@partner.test", "email_verified": true}, 403},
+		{"long s", map[string]any{"sub": "3", "email": "a@example.com\u017f", "email_verified": true}, 403},
+	}
+	for _, c := range cases {
+		if code, _, _ := serve(h, withCookies(loggedIn(t, h, c.claims, nil), "/x")); code != c.want {
+			t.Errorf("%s: %d, want %d", c.name, code, c.want)
+		}
+	}
+	off := false
+	lax := newTestHandler(t, idp, func(h *Handler) { h.AllowDomains = []string{"example.com"}; h.RequireEmailVerified = &off })
+	if code, _, _ := serve(lax, withCookies(loggedIn(t, lax, map[string]any{"sub": "1", "email": "a@example.com"}, nil), "/x")); code != 200 {
+		t.Errorf("require_email_verified false: %d, want 200", code)
+	}
+}
+
+// 11.7: a refresh whose ID token carries only sub and protocol claims (as
+// panva's certified oidc-provider issues them) keeps the session's other
+// claims: groups, sid, UserInfo claims. UserInfo is fetched again.
+func TestAttackRefreshDropsNoClaims(t *testing.T) {
+	idp := testidp.New()
+	defer idp.Close()
+	h := newTestHandler(t, idp, func(h *Handler) { h.AllowGroups = []string{"staff"}; h.UserInfo = true })
+	var grants atomic.Int64
+	idp.OnToken(func(w http.ResponseWriter, r *http.Request) {
+		grants.Add(1)
+		// Only sub and protocol claims, as oidc-provider's refreshed ID tokens.
+		c := map[string]any{"iss": idp.Issuer, "sub": "u1", "aud": "app", "exp": time.Now().Add(time.Hour).Unix(), "iat": time.Now().Unix()}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(map[string]any{"access_token": "at2", "token_type": "Bearer", "expires_in": 300,
+			"refresh_token": "rt2", "id_token": idp.Sign(c)})
+	})
+	idp.OnUserInfo(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "Bearer at2" {
+			http.Error(w, "wrong token", 401)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"sub":"u1","email":"new@example.com","nickname":"fresh"}`))
+	})
+	claims := map[string]any{"sub": "u1", "sid": "idp-session", "groups": []any{"staff"}, "email": "old@example.com", "nickname": "old"}
+	r := loggedIn(t, h, claims, func(s *session.Session) {
+		s.RefreshToken = "rt"
+		s.AccessExpiry = time.Now().Add(-time.Second).Unix()
+	})
+	code, next, w := serve(h, withCookies(r, "/x"))
+	if code != 200 || grants.Load() != 1 {
+		t.Fatalf("after refresh: %d with %d grants; want 200 and one grant (allow_groups must still see the groups)", code, grants.Load())
+	}
+	if got := next.req.Header.Get("X-Auth-Email"); got != "new@example.com" {
+		t.Errorf("X-Auth-Email after refresh %q, want the re-fetched UserInfo's", got)
+	}
+	if got := next.req.Header.Get("X-Auth-Groups"); got != "staff" {
+		t.Errorf("groups after refresh %q", got)
+	}
+	// The re-issued session still has its sid, so back-channel logout by sid reaches it.
+	re := apiRequest(request("GET", "/x"))
+	for _, c := range w.Result().Cookies() {
+		re.AddCookie(c)
+	}
+	s, _, err := h.loadSession(re, time.Now())
+	if err != nil || s == nil {
+		t.Fatalf("re-issued session: %v", err)
+	}
+	if s.SID() != "idp-session" || s.Claims["nickname"] != "fresh" || s.RefreshToken != "rt2" {
+		t.Errorf("re-issued session: sid %q nickname %v refresh token %q", s.SID(), s.Claims["nickname"], s.RefreshToken)
+	}
+}
+
+// 11.7: a refreshed ID token about another user is refused (Core §12.2).
+func TestAttackRefreshedIDTokenForAnotherUser(t *testing.T) {
+	idp := testidp.New()
+	defer idp.Close()
+	h := newTestHandler(t, idp, nil)
+	idp.OnToken(func(w http.ResponseWriter, r *http.Request) {
+		c := idp.Claims("app", "")
+		delete(c, "nonce")
+		c["sub"] = "someone-else"
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(map[string]any{"access_token": "at2", "token_type": "Bearer", "expires_in": 300, "id_token": idp.Sign(c)})
+	})
+	r := loggedIn(t, h, map[string]any{"sub": "u1"}, func(s *session.Session) {
+		s.RefreshToken = "rt"
+		s.AccessExpiry = time.Now().Add(-time.Second).Unix()
+	})
+	if code, next, _ := serve(h, withCookies(r, "/x")); code != http.StatusUnauthorized || next.called {
+		t.Errorf("refresh to another user: %d, want 401", code)
+	}
+}
+
+// 11.8: an Entra user with 200 groups: what is written can be read, and a
+// session too large for cookies is kept in the cache, never a login loop.
+func TestAttackLargeSessionNeverLoops(t *testing.T) {
+	idp := testidp.New()
+	defer idp.Close()
+	h := newTestHandler(t, idp, nil)
+	attempt, q := startLogin(t, h, "/")
+	claims := idp.Claims("app", q.Get("nonce"))
+	groups := make([]any, 200)
+	for i := range groups {
+		groups[i] = fmt.Sprintf("%08x-%04x-4000-8000-%012x", i, i, i) // Entra group object ids
+	}
+	claims["groups"] = groups
+	idToken := idp.Sign(claims)
+	idp.OnToken(testidp.TokenResponse(idToken, map[string]any{"access_token": strings.Repeat("A", 6000), "refresh_token": "rt"}))
+	w, err := callback(h, attempt, url.Values{"code": {"c"}, "state": {q.Get("state")}})
+	if err != nil || w.Code != http.StatusFound {
+		t.Fatalf("login: %d %v", w.Code, err)
+	}
+	r := apiRequest(request("GET", "/x"))
+	total := 0
+	for _, c := range w.Result().Cookies() {
+		if c.MaxAge >= 0 && strings.HasPrefix(c.Name, DefaultCookieName) && !strings.Contains(c.Name, "_state_") {
+			r.AddCookie(c)
+			total += len(c.Name) + len(c.Value) + 1
+		}
+	}
+	if total > session.MaxWriteChunks*4096 {
+		t.Errorf("session cookies total %d bytes", total)
+	}
+	code, next, _ := serve(h, r)
+	if code != 200 || !strings.Contains(next.req.Header.Get("X-Auth-Groups"), groups[199].(string)) {
+		t.Fatalf("the large session was not read back: %d (a browser would loop through login)", code)
+	}
+}
+
+// 11.9: each of oauth2-proxy's 2026 skip-auth advisories (";" parameters,
+// "//", dot segments, encoded "#" and "?", encoded slashes): a path the
+// upstream may resolve to a protected one is never excluded.
+func TestAttackExcludeBypassVariants(t *testing.T) {
+	idp := testidp.New()
+	defer idp.Close()
+	h := newTestHandler(t, idp, func(h *Handler) { h.Exclude = []string{"/public/*", "*.css", "/healthz"} })
+	for _, p := range []string{
+		"/public/..;/admin/users", "/admin/users;.css", "/public;/../admin", "/admin;jsessionid=x/style.css",
+		"/public//../admin", "//public/x", "/public/./../admin", "/public/%2e%2e/admin", "/public/%2E./admin",
+		"/public/..%2fadmin", "/public/x%2F..%2F..%2Fadmin", "/public/x%5c..%5cadmin", "/public/x%23/../../admin",
+		"/admin%23.css", "/admin%3f.css", "/public/x%3f/../../admin", "/public/%252e%252e/admin", "/healthz;x",
+		"/public/..\\admin",
+	} {
+		r := httptest.NewRequest("GET", "http://example.com/", nil).WithContext(request("GET", "/").Context())
+		r.RequestURI = p
+		u, err := url.ParseRequestURI(p)
+		if err != nil {
+			t.Fatalf("%s: %v", p, err)
+		}
+		r.URL = u
+		apiRequest(r)
+		if code, next, _ := serve(h, r); next.called || code != http.StatusUnauthorized {
+			t.Errorf("%s: passed without a session (%d)", p, code)
+		}
+	}
+	for _, p := range []string{"/public/logo.png", "/theme/site.css", "/healthz"} {
+		if _, next, _ := serve(h, request("GET", p)); !next.called {
+			t.Errorf("%s: an excluded path was not passed on", p)
+		}
+	}
+}
+
+// 11.13: client headers that an upstream could read as an identity header
+// ('_' or '.' for '-', any case) are removed on every path.
+func TestAttackUnderscoreIdentityHeaders(t *testing.T) {
+	idp := testidp.New()
+	defer idp.Close()
+	h := newTestHandler(t, idp, func(h *Handler) {
+		h.Exclude = []string{"/public/*"}
+		h.Bearer = true
+		h.BearerAudience = []string{"api"}
+	})
+	forge := func(r *http.Request) *http.Request {
+		for _, name := range []string{"X_Auth_Email", "x_auth_email", "X.Auth.Email", "X-Auth_Email", "X_AUTH_EMAIL"} {
+			r.Header[name] = []string{"forged@evil.example"}
+		}
+		return r
+	}
+	check := func(where string, next *recordNext) {
+		t.Helper()
+		if !next.called {
+			t.Fatalf("%s: not passed on", where)
+		}
+		for name, v := range next.req.Header {
+			if headerIdentity(name) == "x-auth-email" && v[0] == "forged@evil.example" {
+				t.Errorf("%s: %s reached the upstream", where, name)
+			}
+		}
+	}
+	_, next, _ := serve(h, forge(withCookies(loggedIn(t, h, map[string]any{"sub": "u", "email": "u@example.com"}, nil), "/x")))
+	check("session", next)
+	_, next, _ = serve(h, forge(request("GET", "/public/a")))
+	check("excluded", next)
+	r := forge(request("GET", "/api"))
+	r.Header.Set("Authorization", "Bearer "+idp.Sign(accessClaims(idp, nil)))
+	_, next, _ = serve(h, r)
+	check("bearer", next)
+}
+
+// 16.7: a login attempt is used once, on the server: a copy of the attempt
+// cookie replayed with other codes costs no token-endpoint call.
+func TestAttackLoginAttemptReplay(t *testing.T) {
+	idp := testidp.New()
+	defer idp.Close()
+	h := newTestHandler(t, idp, nil)
+	var calls atomic.Int64
+	attempt, q := startLogin(t, h, "/")
+	idToken := idp.Sign(idp.Claims("app", q.Get("nonce")))
+	idp.OnToken(func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		testidp.TokenResponse(idToken, nil)(w, r)
+	})
+	if w, err := callback(h, attempt, url.Values{"code": {"c"}, "state": {q.Get("state")}}); err != nil || w.Code != http.StatusFound {
+		t.Fatalf("first use: %d %v", w.Code, err)
+	}
+	for i := range 50 {
+		w, err := callback(h, attempt, url.Values{"code": {fmt.Sprint("c", i)}, "state": {q.Get("state")}})
+		if statusOf(err, w) != http.StatusBadRequest || hasSessionCookie(w) {
+			t.Fatalf("replay %d: %d", i, statusOf(err, w))
+		}
+	}
+	if n := calls.Load(); n != 1 {
+		t.Errorf("50 replays made %d token-endpoint calls in all, want 1", n)
+	}
+}
+
+// 16.7: the return-to URL kept in an attempt cookie is capped, so eight
+// attempts stay under a proxy's 8 KB header limit.
+func TestAttackLongReturnToIsCapped(t *testing.T) {
+	idp := testidp.New()
+	defer idp.Close()
+	h := newTestHandler(t, idp, nil)
+	c, _ := startLogin(t, h, "/page?"+strings.Repeat("q=x&", 600))
+	if len(c.Name)+len(c.Value) > 1024 {
+		t.Errorf("attempt cookie is %d bytes with a 2.4 KB URL", len(c.Name)+len(c.Value))
+	}
+	pt, _, err := h.codec.Open(h.bind(purposeAttempt+c.Name), c.Value)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var a attempt
+	_ = json.Unmarshal(pt, &a)
+	if a.ReturnTo != "/page" {
+		t.Errorf("return-to %q, want the path without its oversized query", a.ReturnTo)
+	}
+}
+
+// 16.6: random opaque tokens must not each cost an introspection: refusals
+// are remembered, identical calls shared, concurrent calls bounded.
+func TestAttackRandomBearerTokensBoundIntrospection(t *testing.T) {
+	idp := testidp.New()
+	defer idp.Close()
+	idp.SetDiscovery("introspection_endpoint", idp.Issuer+"/introspect")
+	h := newTestHandler(t, idp, func(h *Handler) { h.Bearer = true })
+	var calls, running, peak atomic.Int64
+	release := make(chan struct{})
+	idp.OnIntrospect(func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		n := running.Add(1)
+		for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
+		}
+		<-release
+		running.Add(-1)
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"active":false}`))
+	})
+	bearer := func(token string) int {
+		r := apiRequest(request("GET", "/api"))
+		r.Header.Set("Authorization", "Bearer "+token)
+		code, _, _ := serve(h, r)
+		return code
+	}
+	// 30 concurrent requests with one token, 30 with distinct ones.
+	var wg sync.WaitGroup
+	codes := make(chan int, 60)
+	for i := range 60 {
+		tok := "same-random-token"
+		if i >= 30 {
+			tok = fmt.Sprintf("random-token-%d", i)
+		}
+		wg.Add(1)
+		go func() { defer wg.Done(); codes <- bearer(tok) }()
+	}
+	// Let the calls pile up at the bound, then answer them all.
+	waitFor(t, func() bool { return running.Load() >= introspectionConcurrency })
+	close(release)
+	wg.Wait()
+	close(codes)
+	for c := range codes {
+		if c != http.StatusUnauthorized && c != http.StatusServiceUnavailable {
+			t.Errorf("a random token got %d", c)
+		}
+	}
+	if p := peak.Load(); p > introspectionConcurrency {
+		t.Errorf("%d introspections ran at once, want at most %d", p, introspectionConcurrency)
+	}
+	if n := calls.Load(); n > 31 {
+		t.Errorf("60 requests (30 with one token) made %d introspection calls, want at most 31", n)
+	}
+	before := calls.Load()
+	if bearer("same-random-token") != http.StatusUnauthorized || calls.Load() != before {
+		t.Errorf("a token the IdP just called inactive was introspected again")
+	}
+}
+
+// waitFor polls cond (bounded) instead of sleeping a fixed time.
+func waitFor(t testing.TB, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not reached in 10s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// 16.8: behind a TLS-terminating proxy that Caddy trusts, cookies are Secure
+// (__Host-) and the redirect_uri is https; the same header from an
+// untrusted client changes nothing.
+func TestForwardedProtoFromTrustedProxiesOnly(t *testing.T) {
+	idp := testidp.New()
+	defer idp.Close()
+	h := newTestHandler(t, idp, nil)
+	for _, trusted := range []bool{true, false} {
+		r := request("GET", "http://app.example/page")
+		r.Header.Set("X-Forwarded-Proto", "https")
+		vars := map[string]any{caddyhttp.TrustedProxyVarKey: trusted}
+		r = r.WithContext(context.WithValue(r.Context(), caddyhttp.VarsCtxKey, vars))
+		w := httptest.NewRecorder()
+		if err := h.ServeHTTP(w, r, &recordNext{}); err != nil {
+			t.Fatal(err)
+		}
+		loc, _ := url.Parse(w.Header().Get("Location"))
+		c := w.Result().Cookies()[0]
+		https := strings.HasPrefix(loc.Query().Get("redirect_uri"), "https://") && c.Secure && strings.HasPrefix(c.Name, "__Host-")
+		if https != trusted {
+			t.Errorf("X-Forwarded-Proto https from a proxy trusted=%v: redirect_uri %s, cookie %s Secure=%v",
+				trusted, loc.Query().Get("redirect_uri"), c.Name, c.Secure)
+		}
+	}
+}
+
+// 16.8: a new login with session_store cache deletes the browser's previous
+// session entry instead of leaving it to expire.
+func TestReloginDeletesPreviousCacheSession(t *testing.T) {
+	idp := testidp.New()
+	defer idp.Close()
+	h := newTestHandler(t, idp, func(h *Handler) { h.SessionStore = "cache" })
+	old := loggedIn(t, h, map[string]any{"sub": "u"}, nil)
+	oldID, _ := h.cookieSessionID(old)
+	attempt, q := startLogin(t, h, "/")
+	idp.OnToken(testidp.TokenResponse(idp.Sign(idp.Claims("app", q.Get("nonce"))), nil))
+	r := request("GET", "/oauth2/callback?"+url.Values{"code": {"c"}, "state": {q.Get("state")}}.Encode())
+	r.AddCookie(attempt)
+	for _, c := range old.Cookies() {
+		r.AddCookie(c)
+	}
+	if code, _, _ := serve(h, r); code != http.StatusFound {
+		t.Fatalf("login: %d", code)
+	}
+	if _, found, _ := h.store.Get(context.Background(), h.storeKey(oldID)); found {
+		t.Error("the previous session is still in the cache after a new login")
+	}
+}
+
+func nopLogger() *zap.Logger { return zap.NewNop() }
+
+func testTokenResponse(accessToken string) *provider.TokenResponse {
+	return &provider.TokenResponse{AccessToken: accessToken, TokenType: "Bearer", ExpiresIn: 300}
+}
+
+// 11.3: an introspection result cached by one route is not another's: route
+// B's IdP calls the token inactive, and B refuses it even though route A
+// (other accepted audience) cached it as active.
+func TestAttackIntrospectionCachedForAnotherRoute(t *testing.T) {
+	idp := testidp.New()
+	defer idp.Close()
+	idp.SetDiscovery("introspection_endpoint", idp.Issuer+"/introspect")
+	a := newTestHandler(t, idp, func(h *Handler) { h.Bearer = true; h.BearerAudience = []string{"api-a"} })
+	b := newTestHandlerOn(t, a.app, idp, func(h *Handler) { h.Bearer = true; h.BearerAudience = []string{"api-b"} })
+	idp.OnIntrospect(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = fmt.Fprintf(w, `{"active":true,"sub":"svc","aud":"api-a","token_type":"Bearer","exp":%d}`, time.Now().Add(time.Hour).Unix())
+	})
+	call := func(h *Handler) int {
+		r := apiRequest(request("GET", "/api"))
+		r.Header.Set("Authorization", "Bearer opaque-token-for-api-a")
+		code, _, _ := serve(h, r)
+		return code
+	}
+	if code := call(a); code != 200 {
+		t.Fatalf("route A: %d", code)
+	}
+	idp.OnIntrospect(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"active":false}`))
+	})
+	if code := call(b); code != http.StatusUnauthorized {
+		t.Errorf("route B accepted a token cached by route A: %d", code)
+	}
+}
+
+// 11.5: an ID token is never an access token, even with the client_id as
+// audience (the bearer default).
+func TestAttackIDTokenAsBearer(t *testing.T) {
+	idp := testidp.New()
+	defer idp.Close()
+	h := newTestHandler(t, idp, func(h *Handler) { h.Bearer = true })
+	for name, tok := range map[string]string{
+		"with nonce":   idp.Sign(idp.Claims("app", "n-123")),
+		"with at_hash": idp.Sign(func() map[string]any { c := idp.Claims("app", ""); delete(c, "nonce"); c["at_hash"] = "x"; return c }()),
+		"typed":        idp.SignTyped("id_token+jwt", func() map[string]any { c := idp.Claims("app", ""); delete(c, "nonce"); return c }()),
+	} {
+		r := apiRequest(request("GET", "/api"))
+		r.Header.Set("Authorization", "Bearer "+tok)
+		if code, next, _ := serve(h, r); code != http.StatusUnauthorized || next.called {
+			t.Errorf("ID token %s accepted as an access token: %d", name, code)
+		}
+	}
+}
