@@ -10,6 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
 	"github.com/caddy-oidc/caddy-oidc/internal/redistest"
 )
 
@@ -81,9 +84,10 @@ func TestHybridClusterOneMasterDown(t *testing.T) {
 	cl := redistest.StartClusterWith(t, "--cluster-require-full-coverage", "no", "--appendonly", "yes", "--appendfsync", "always")
 	prefix := testPrefix()
 	opts := ValkeyOptions{Addresses: cl.Addrs, KeyPrefix: prefix}
-	mk := func() *Hybrid {
+	core, logs := observer.New(zap.InfoLevel)
+	mk := func(logger *zap.Logger) *Hybrid {
 		l1 := NewMemory(1<<20, 1000, nil)
-		h := NewHybrid(l1, opts, l1.stats, nil)
+		h := NewHybrid(l1, opts, l1.stats, logger)
 		t.Cleanup(h.Close)
 		h.Start()
 		select {
@@ -93,7 +97,7 @@ func TestHybridClusterOneMasterDown(t *testing.T) {
 		}
 		return h
 	}
-	h, w := mk(), mk() // h: the replica under test; w: another replica
+	h, w := mk(zap.New(core)), mk(nil) // h: the replica under test; w: another replica
 	ctx := context.Background()
 	sess := keysOnEachMaster(t, cl, prefix, "sess")
 	victim := 0
@@ -111,10 +115,13 @@ func TestHybridClusterOneMasterDown(t *testing.T) {
 		}
 	}
 
+	waitFor(t, func() bool { return h.stats.NodesUp.Load() == 3 })
 	losses := h.stats.StreamLosses.Load()
 	cl.Nodes[victim].Kill()
 	// h's stream was on the victim: it comes back on a surviving master.
+	t0 := time.Now()
 	waitFor(t, func() bool { return h.stats.StreamLosses.Load() > losses && h.Healthy() })
+	t.Logf("h subscribed again %s after the kill", time.Since(t0).Round(time.Millisecond))
 
 	// The session on the dead master is still served from L1.
 	for i := range 5 {
@@ -142,6 +149,27 @@ func TestHybridClusterOneMasterDown(t *testing.T) {
 	if v, _, _ := h.Get(ctx, onVictim); string(v) != "written-during-outage" {
 		t.Errorf("the write made during the outage reads %q here", v)
 	}
+	// The revocation resync's scan answers with what the live masters hold.
+	keys, complete, err := h.ScanPartial(ctx, "sess:")
+	slices.Sort(keys)
+	if err != nil || complete || !slices.Equal(keys, []string{healthy}) {
+		t.Errorf("ScanPartial with a master down: %v complete=%v err=%v, want [%s] incomplete", keys, complete, err, healthy)
+	}
+	if keys, err := h.Scan(ctx, "sess:"); !errors.Is(err, ErrPartial) || len(keys) != 1 {
+		t.Errorf("Scan with a master down: %v %v, want the live keys and ErrPartial", keys, err)
+	}
+	// What the operator sees: one node of three down, errors as "down".
+	waitFor(t, func() bool { return h.stats.NodesDown.Load() == 1 && h.stats.NodesUp.Load() == 2 })
+	if h.stats.Errors(ReasonDown) == 0 {
+		t.Errorf("errors by reason: down %d, cluster %d, timeout %d, other %d", h.stats.Errors(ReasonDown), h.stats.Errors(ReasonCluster),
+			h.stats.Errors(ReasonTimeout), h.stats.Errors(ReasonOther))
+	}
+	if e := logs.FilterMessage("valkey node unreachable").FilterField(zap.String("node", cl.Addrs[victim])).Len(); e != 1 {
+		t.Errorf("%d 'valkey node unreachable' lines for the dead master, want 1", e)
+	}
+	if h.stats.StaleServed.Load() == 0 {
+		t.Error("serving the unverified entry was not counted")
+	}
 
 	cl.Nodes[victim].Restart()
 	cl.WaitOK()
@@ -154,5 +182,15 @@ func TestHybridClusterOneMasterDown(t *testing.T) {
 	if h.stats.StreamLosses.Load() != lossesAfter {
 		t.Log("h's stream dropped again after the restart")
 	}
-	_ = slices.Contains[[]string]
+	waitFor(t, func() bool { return h.stats.NodesDown.Load() == 0 && h.stats.NodesUp.Load() == 3 })
+	if logs.FilterMessage("valkey node reachable again").Len() != 1 {
+		t.Error("no 'valkey node reachable again' line")
+	}
+	keys, complete, err = h.ScanPartial(ctx, "sess:")
+	if err != nil || !complete || !slices.Contains(keys, onVictim) {
+		t.Errorf("ScanPartial after the restart: %v complete=%v err=%v", keys, complete, err)
+	}
+	for _, e := range logs.All() {
+		t.Logf("h logged: %s %s %v", e.Level, e.Message, e.ContextMap())
+	}
 }

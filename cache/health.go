@@ -177,6 +177,13 @@ func (h *Hybrid) probe(c valkey.Client, down map[string]time.Time) {
 	}
 	h.stats.NodesUp.Store(up)
 	h.stats.NodesDown.Store(dn)
+	downSet := make(map[string]bool)
+	for i, a := range addrs {
+		if errs[i] != nil {
+			downSet[a] = true
+		}
+	}
+	h.downNodes.Store(&downSet)
 	now := time.Now()
 	for i, a := range addrs {
 		since, wasDown := down[a]

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"encoding/hex"
 	"errors"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -73,6 +74,8 @@ type Hybrid struct {
 	subscribed  atomic.Bool
 	subMu       sync.Mutex // subscribed and subGen change together
 	subGen      uint64     // changes when a subscription starts or ends
+	subSeed     int        // where this replica starts in the node list
+	downNodes   atomic.Pointer[map[string]bool]
 	closeOnce   sync.Once
 
 	pending         *writeback
@@ -113,7 +116,8 @@ func NewHybrid(l1 *Memory, o ValkeyOptions, stats *Stats, logger *zap.Logger) *H
 	id := make([]byte, 8)
 	rand.Read(id)
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Hybrid{l1: l1, opts: o, stats: stats, logger: logger, channel: o.KeyPrefix + "invalidate",
+	seed := int(id[0])<<8 | int(id[1])
+	return &Hybrid{subSeed: seed, l1: l1, opts: o, stats: stats, logger: logger, channel: o.KeyPrefix + "invalidate",
 		origin: hex.EncodeToString(id), ctx: ctx, cancel: cancel, connectedCh: make(chan struct{}),
 		sem: make(chan struct{}, 64), pending: newWriteback(o.WritebackMaxBytes, o.WritebackMaxEntries, stats)}
 }
@@ -196,14 +200,17 @@ func (h *Hybrid) sleep(d time.Duration) bool {
 
 // subscribeLoop keeps the invalidation subscription up until Close.
 func (h *Hybrid) subscribeLoop(c valkey.Client) {
-	backoff := 100 * time.Millisecond
-	for h.ctx.Err() == nil {
+	backoff, fails := 100*time.Millisecond, 0
+	// attempt goes round the nodes: after a failure or a loss, the next
+	// subscription is tried on the next node.
+	for attempt := 0; h.ctx.Err() == nil; attempt++ {
+		target, n := h.subscribeTarget(c, attempt)
 		h.subMu.Lock()
 		h.subGen++
 		gen := h.subGen
 		h.subMu.Unlock()
 		var established atomic.Bool
-		err := c.Dedicated(func(dc valkey.DedicatedClient) error {
+		err := target.Dedicated(func(dc valkey.DedicatedClient) error {
 			wait := dc.SetPubSubHooks(valkey.PubSubHooks{
 				OnMessage: h.onMessage,
 				OnSubscription: func(s valkey.PubSubSubscription) {
@@ -236,14 +243,56 @@ func (h *Hybrid) subscribeLoop(c valkey.Client) {
 		if established.Load() {
 			h.stats.StreamLosses.Add(1)
 			h.logger.Warn("valkey invalidation stream lost; serving from L1 until it is back", zap.Error(err))
-			backoff = 100 * time.Millisecond // it worked until now: retry soon
+			backoff, fails = 100*time.Millisecond, 0 // it worked until now: retry soon
+		} else {
+			fails++
 		}
 		h.noteError("valkey subscription", err)
 		if !h.sleep(backoff) {
 			return
 		}
-		backoff = min(backoff*2, 5*time.Second)
+		if fails > 0 && fails%n == 0 {
+			// Every node failed once more: back off.
+			backoff = min(backoff*2, 5*time.Second)
+		}
 	}
+}
+
+// subscribeTarget picks the node to subscribe on. In a cluster a PUBLISH
+// reaches every node, so any node will do: attempts go round the nodes,
+// those that failed their last probe last, instead of the client's random
+// pick, which can hit a dead master several times in a row. n is the
+// number of candidates.
+func (h *Hybrid) subscribeTarget(c valkey.Client, attempt int) (target valkey.Client, n int) {
+	if c.Mode() != valkey.ClientModeCluster {
+		return c, 1
+	}
+	nodes := c.Nodes()
+	if len(nodes) == 0 {
+		return c, 1
+	}
+	down := h.downNodes.Load()
+	var up, dn []string
+	for a := range nodes {
+		if down != nil && (*down)[a] {
+			dn = append(dn, a)
+		} else {
+			up = append(up, a)
+		}
+	}
+	slices.Sort(up)
+	slices.Sort(dn)
+	addrs := dn
+	if len(up) > 0 {
+		// Each replica starts at its own place: subscriptions spread.
+		addrs = append(rotate(up, h.subSeed), dn...)
+	}
+	return nodes[addrs[attempt%len(addrs)]], len(addrs)
+}
+
+func rotate(s []string, k int) []string {
+	k %= len(s)
+	return append(s[k:len(s):len(s)], s[:k]...)
 }
 
 // onSubscribed runs when the stream is (re)established: L1 may have missed

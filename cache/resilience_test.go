@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -30,9 +29,14 @@ func acl(t *testing.T, srv *redistest.Server, rules ...string) {
 	}
 }
 
-func newACLHybrid(t *testing.T, srv *redistest.Server, l1 *Memory) *Hybrid {
+// newACLHybrid connects as user caddy, with a fresh key prefix unless one is given.
+func newACLHybrid(t *testing.T, srv *redistest.Server, l1 *Memory, prefix ...string) *Hybrid {
 	t.Helper()
-	h := NewHybrid(l1, ValkeyOptions{Addresses: []string{srv.Addr}, Username: "caddy", Password: "caddy-pass", KeyPrefix: testPrefix()}, l1.stats, nil)
+	p := testPrefix()
+	if len(prefix) > 0 {
+		p = prefix[0]
+	}
+	h := NewHybrid(l1, ValkeyOptions{Addresses: []string{srv.Addr}, Username: "caddy", Password: "caddy-pass", KeyPrefix: p}, l1.stats, nil)
 	t.Cleanup(h.Close)
 	h.Start()
 	select {
@@ -239,5 +243,3 @@ func TestHybridSetOutlivesRequestContext(t *testing.T) {
 		t.Errorf("Valkey holds %q (%v), want the value at once", v, err)
 	}
 }
-
-var _ = atomic.Int64{}
