@@ -1,7 +1,9 @@
 package caddyoidc
 
 import (
+	"context"
 	"crypto/sha256"
+	"crypto/subtle"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -28,6 +30,12 @@ const logoutTokenMaxAge = 5 * time.Minute
 // serveBackchannelLogout implements OpenID Connect Back-Channel Logout 1.0:
 // the IdP POSTs a signed logout token; every session of its sid (or, with
 // no sid, of its sub) ends on every replica.
+//
+// The revocation is recorded before the replay check, and is dated by the
+// token's iat (plus the clock skew, at most now), so that recording it
+// again changes nothing: when Valkey is down and the replay check cannot
+// run, the logout still lands (here at once, on the other replicas when
+// Valkey takes the write) and a replayed token can only log out again.
 func (h *Handler) serveBackchannelLogout(w http.ResponseWriter, r *http.Request) error {
 	w.Header().Set("Cache-Control", "no-store")
 	if r.Method != http.MethodPost {
@@ -48,33 +56,45 @@ func (h *Handler) serveBackchannelLogout(w http.ResponseWriter, r *http.Request)
 			w.Header().Set("Retry-After", "10")
 			return jsonError(w, http.StatusServiceUnavailable, "temporarily_unavailable", "the IdP's keys cannot be fetched")
 		}
-		h.logger.Info("back-channel logout token refused", zap.Error(err))
+		if ok, n := bcRefusedLog.allow(); ok {
+			h.logger.Info("back-channel logout token refused", zap.Error(err), zap.Int64("refused_since_last_log", n))
+		}
 		return jsonError(w, http.StatusBadRequest, "invalid_request", "invalid logout token")
-	}
-	// A replayed token is refused: its jti is remembered (across replicas)
-	// for as long as the token could be accepted.
-	sum := sha256.Sum256([]byte(h.Issuer + "|" + lt.JTI))
-	adder, ok := h.store.(cache.Adder)
-	if !ok {
-		return jsonError(w, http.StatusServiceUnavailable, "temporarily_unavailable", "no replay store")
-	}
-	fresh, err := adder.Add(r.Context(), cache.Key("jti", hex.EncodeToString(sum[:])), []byte{1}, 2*(logoutTokenMaxAge+time.Duration(h.ClockSkew)))
-	if err != nil {
-		w.Header().Set("Retry-After", "5")
-		return jsonError(w, http.StatusServiceUnavailable, "temporarily_unavailable", "the replay check is unavailable")
-	}
-	if !fresh {
-		return jsonError(w, http.StatusBadRequest, "invalid_request", "logout token replayed")
 	}
 	kind, id := revokeSID, lt.SID
 	if id == "" {
 		kind, id = revokeSubject, lt.Subject
 	}
-	if err := h.revs.revoke(r.Context(), kind, h.Issuer, id, time.Duration(h.SessionLifetime)); err != nil {
-		// Ended here; other replicas learn it when the shared cache is back.
-		h.logger.Warn("back-channel logout recorded in this process only", zap.Error(err))
+	if len(id) > maxRevocationID || len(lt.Subject) > maxRevocationID {
+		h.logger.Info("back-channel logout token refused: sid or sub longer than 255 bytes", zap.Int("sid_len", len(lt.SID)), zap.Int("sub_len", len(lt.Subject)))
+		return jsonError(w, http.StatusBadRequest, "invalid_request", "sid or sub too long")
 	}
-	h.logger.Info("back-channel logout", zap.String("by", kind), zap.String("sub", lt.Subject))
+	at := time.Now()
+	if !lt.IssuedAt.IsZero() {
+		if t := lt.IssuedAt.Add(time.Duration(h.ClockSkew)); t.Before(at) {
+			at = t
+		}
+	}
+	if err := h.revs.revoke(r.Context(), kind, h.Issuer, id, at, time.Duration(h.SessionLifetime), fromIdP); err != nil {
+		// The set is full (logged by it): the IdP may retry later.
+		w.Header().Set("Retry-After", "60")
+		return jsonError(w, http.StatusServiceUnavailable, "temporarily_unavailable", "the logout could not be recorded")
+	}
+	// A replayed token is refused: its jti is remembered (across replicas)
+	// for as long as the token could be accepted.
+	sum := sha256.Sum256([]byte(h.Issuer + "|" + lt.JTI))
+	replay := "checked"
+	fresh, err := h.app.addOnce(context.WithoutCancel(r.Context()), cache.Key("jti", hex.EncodeToString(sum[:])), 2*(logoutTokenMaxAge+time.Duration(h.ClockSkew)))
+	switch {
+	case err != nil:
+		replay = "unavailable"
+	case !fresh:
+		if ok, n := bcRefusedLog.allow(); ok {
+			h.logger.Info("back-channel logout token replayed; refused", zap.String("sub", lt.Subject), zap.Int64("refused_since_last_log", n))
+		}
+		return jsonError(w, http.StatusBadRequest, "invalid_request", "logout token replayed")
+	}
+	h.logger.Info("logout", zap.String("kind", "backchannel"), zap.String("by", kind), zap.String("sub", lt.Subject), zap.String("replay_check", replay))
 	w.WriteHeader(http.StatusOK)
 	return nil
 }
@@ -88,29 +108,57 @@ func jsonError(w http.ResponseWriter, status int, code, desc string) error {
 var frontchannelPage = template.Must(template.New("fc").Parse(`<!doctype html><meta charset="utf-8"><title>Logged out</title><p>Logged out.</p>`))
 
 // serveFrontchannelLogout implements OpenID Connect Front-Channel Logout
-// 1.0: the IdP loads this URL in an iframe with iss and sid; every session
-// of that sid ends. Only this response may be framed, and only by the IdP.
+// 1.0 (§3): the IdP loads this URL in an iframe with iss and sid, and the
+// browser's own session ends if, and only if, its issuer and sid are those.
+// It ends as RP logout ends it (cookie cleared, the session revoked on
+// every replica, its cache entry deleted). Anything else (no cookie,
+// another sid, a bare GET from anywhere) changes nothing and stores
+// nothing: the sid is the only proof that the IdP sent the request. A
+// cross-site iframe carries the session cookie only with cookie_samesite
+// none. Only this response may be framed, and only by the IdP.
 func (h *Handler) serveFrontchannelLogout(w http.ResponseWriter, r *http.Request) error {
 	w.Header().Set("Cache-Control", "no-store")
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		w.Header().Set("Allow", "GET")
 		return caddyhttp.Error(http.StatusMethodNotAllowed, errors.New("front-channel logout: use GET"))
 	}
-	q := r.URL.Query()
-	if q.Get("iss") != h.Issuer || q.Get("sid") == "" {
-		return caddyhttp.Error(http.StatusBadRequest, errors.New("front-channel logout: iss must be the issuer and sid is required"))
-	}
-	if err := h.revs.revoke(r.Context(), revokeSID, h.Issuer, q.Get("sid"), time.Duration(h.SessionLifetime)); err != nil {
-		h.logger.Warn("front-channel logout recorded in this process only", zap.Error(err))
-	}
-	// The browser's own cookie goes too, when the iframe carries it.
-	h.endSession(w, r, nil)
 	origin := h.Issuer
 	if u, err := url.Parse(h.Issuer); err == nil {
 		origin = u.Scheme + "://" + u.Host
 	}
-	w.Header().Set("Content-Security-Policy", fmt.Sprintf("frame-ancestors %s", origin))
+	w.Header().Set("Content-Security-Policy", fmt.Sprintf("default-src 'none'; frame-ancestors %s", origin))
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	h.logger.Info("front-channel logout")
+	w.Header().Set("Referrer-Policy", "no-referrer")
+	if r.Method == http.MethodHead {
+		return nil
+	}
+	q := r.URL.Query()
+	iss, sid := q.Get("iss"), q.Get("sid")
+	now := time.Now()
+	sess, _, err := h.loadSession(r, now)
+	switch {
+	case err != nil:
+		// The session cannot be read, so its sid cannot be compared: no logout.
+		if ok, n := fcRefusedLog.allow(); ok {
+			h.logger.Info("front-channel logout not applied: the session store is unavailable", zap.Int64("refused_since_last_log", n))
+		}
+		w.Header().Set("Retry-After", "5")
+		w.WriteHeader(http.StatusServiceUnavailable)
+		return nil
+	case sess == nil, iss != h.Issuer, sid == "", subtle.ConstantTimeCompare([]byte(sid), []byte(sess.SID())) != 1:
+		if ok, n := fcRefusedLog.allow(); ok {
+			why := "no session"
+			if sess != nil {
+				why = "iss or sid do not match the session"
+			}
+			h.logger.Info("front-channel logout ignored", zap.String("reason", why), zap.Int64("ignored_since_last_log", n))
+		}
+	default:
+		h.endSession(w, r, sess)
+		if err := h.revs.revoke(r.Context(), revokeSession, h.Issuer, sess.LocalID, now, time.Duration(h.SessionLifetime), fromSession); err != nil {
+			h.logger.Warn("front-channel logout: copies of this session's cookie stay valid", zap.String("sub", sess.Subject()), zap.Error(err))
+		}
+		h.logger.Info("logout", zap.String("kind", "frontchannel"), zap.String("sub", sess.Subject()))
+	}
 	return frontchannelPage.Execute(w, nil)
 }

@@ -2,6 +2,8 @@ package caddyoidc
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"html/template"
 	"net/http"
 	"net/url"
@@ -16,59 +18,123 @@ var confirmLogout = template.Must(template.New("logout").Parse(`<!doctype html>
 <body><form method="post" action="{{.}}"><p>Log out of this site?</p><button type="submit">Log out</button></form></body></html>
 `))
 
-// serveLogout is RP-initiated logout. A POST logs out (SameSite=Lax keeps
-// the session cookie off cross-site POSTs, so another site cannot log a user
-// out). A GET logs out only when the browser says it is same-origin or typed
-// in; otherwise it gets a confirmation form that POSTs.
+// endSessionForm carries the user to the IdP's end_session endpoint by POST
+// (RP-Initiated Logout 1.0 §2 requires OPs to accept it): the ID token
+// travels in the request body, never in a URL that access logs, proxies
+// and browser history record. The inline script runs under a CSP nonce; a
+// browser without scripts gets the button.
+var endSessionForm = template.Must(template.New("endsession").Parse(`<!doctype html>
+<html><head><meta charset="utf-8"><title>Logging out</title></head>
+<body><form method="post" action="{{.Action}}">
+{{- range .Fields}}<input type="hidden" name="{{.Name}}" value="{{.Value}}">{{end -}}
+<noscript><p>You are logged out of this site.</p><button type="submit">Log out at the identity provider</button></noscript></form>
+<script nonce="{{.Nonce}}">document.forms[0].submit()</script></body></html>
+`))
+
+type formField struct{ Name, Value string }
+
+// Refusals that any request can cause are logged at most once per 10 s.
+var (
+	logoutRefusedLog logLimit
+	fcRefusedLog     logLimit
+	bcRefusedLog     logLimit
+)
+
+// serveLogout is RP-initiated logout. A POST logs out when the browser says
+// it comes from this origin (Fetch Metadata, else Origin, else Referer); a
+// GET when it is a same-origin or typed-in top-level navigation. Anything
+// else (another site, a sibling subdomain, an <img>, a prefetch, a client
+// that says nothing) gets a confirmation form that POSTs from this origin.
 func (h *Handler) serveLogout(w http.ResponseWriter, r *http.Request) error {
 	w.Header().Set("Cache-Control", "no-store")
+	status := http.StatusOK
 	switch r.Method {
 	case http.MethodPost:
-	case http.MethodGet, http.MethodHead:
-		if !sameOriginNavigation(r) {
-			w.Header().Set("Content-Type", "text/html; charset=utf-8")
-			w.Header().Set("X-Frame-Options", "DENY")
-			w.Header().Set("Content-Security-Policy", "frame-ancestors 'none'")
-			return confirmLogout.Execute(w, h.LogoutPath)
+		if h.sameOriginPost(r) {
+			return h.logout(w, r)
 		}
+		status = http.StatusForbidden
+	case http.MethodGet:
+		if h.sameOriginNavigation(r) {
+			return h.logout(w, r)
+		}
+	case http.MethodHead:
+		// Safe by definition: never a logout.
 	default:
 		w.Header().Set("Allow", "GET, POST")
 		w.WriteHeader(http.StatusMethodNotAllowed)
 		return nil
 	}
+	if ok, n := logoutRefusedLog.allow(); ok {
+		h.logger.Info("logout refused: not from this origin; confirmation form sent", zap.String("method", r.Method),
+			zap.String("sec_fetch_site", r.Header.Get("Sec-Fetch-Site")), zap.String("origin", originHost(r.Header.Get("Origin"))),
+			zap.Int64("refused_since_last_log", n))
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Header().Set("X-Frame-Options", "DENY")
+	w.Header().Set("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'; base-uri 'none'")
+	// The form's POST then carries a Referer even in a browser that sends
+	// no Origin, and the POST check accepts it.
+	w.Header().Set("Referrer-Policy", "same-origin")
+	w.WriteHeader(status)
+	if r.Method == http.MethodHead {
+		return nil
+	}
+	return confirmLogout.Execute(w, h.LogoutPath)
+}
 
+// logout ends the request's session: cookie cleared, session revoked on
+// every replica (copies of the cookie die too), cache entry deleted,
+// refresh token revoked at the IdP; then the browser goes to the IdP's
+// end_session endpoint. When the shared cache cannot read a cache-store
+// session, the session is revoked by the id in its cookie.
+func (h *Handler) logout(w http.ResponseWriter, r *http.Request) error {
 	now := time.Now()
-	sess, _, _ := h.loadSession(r, now)
+	sess, _, err := h.loadSession(r, now)
 	h.endSession(w, r, sess)
-	target := h.postLogoutURL(r)
+	ended := sess != nil
 	if sess != nil {
-		h.logger.Info("logout", zap.String("sub", sess.Subject()))
-		// A cookie is stateless: a copy kept elsewhere must die too, on
-		// every replica.
-		if err := h.revs.revoke(r.Context(), revokeSession, h.Issuer, sess.LocalID, time.Duration(h.SessionLifetime)); err != nil {
-			h.logger.Warn("logout recorded in this process only", zap.Error(err))
+		if err := h.revs.revoke(r.Context(), revokeSession, h.Issuer, sess.LocalID, now, time.Duration(h.SessionLifetime), fromSession); err != nil {
+			h.logger.Warn("logout: copies of this session's cookie stay valid", zap.String("sub", sess.Subject()), zap.Error(err))
 		}
+		h.logger.Info("logout", zap.String("kind", "rp"), zap.String("sub", sess.Subject()))
 		if sess.RefreshToken != "" {
 			// RFC 7009, best effort: the session is already gone locally.
-			ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
+			ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 3*time.Second)
 			if err := h.prov.Revoke(ctx, h.client, sess.RefreshToken, "refresh_token"); err != nil {
 				h.logger.Warn("revoking the refresh token at logout failed", zap.Error(err))
 			}
 			cancel()
 		}
+	} else if err != nil {
+		// The store cannot say what the session is, but the cookie names
+		// it: revoke that id, so the session is over wherever and whenever
+		// it is read again.
+		if id, ok := h.cookieSessionID(r); ok {
+			if err := h.revs.revoke(r.Context(), revokeCacheID, h.Issuer, cacheIDHash(id), now, time.Duration(h.SessionLifetime), fromSession); err != nil {
+				h.logger.Warn("logout while the session store is unavailable could not be recorded", zap.Error(err))
+			} else {
+				ended = true
+				h.logger.Info("logout", zap.String("kind", "rp"), zap.String("session", cacheIDHash(id)[:12]),
+					zap.String("note", "session store unavailable; revoked by cookie id"))
+			}
+			_ = h.store.Delete(context.WithoutCancel(r.Context()), h.storeKey(id))
+		}
+	}
+	target := h.postLogoutURL(r)
+	if ended {
 		if d, err := h.prov.Discovery(r.Context()); err == nil && d.EndSessionEndpoint != "" {
-			q := url.Values{"client_id": {h.ClientID}}
-			if sess.IDToken != "" {
-				q.Set("id_token_hint", sess.IDToken)
+			fields := []formField{{"client_id", h.ClientID}}
+			switch {
+			case sess != nil && sess.IDToken != "":
+				fields = append(fields, formField{"id_token_hint", sess.IDToken})
+			case sess != nil && sess.Subject() != "":
+				fields = append(fields, formField{"logout_hint", sess.Subject()})
 			}
 			if target != "" {
-				q.Set("post_logout_redirect_uri", target)
+				fields = append(fields, formField{"post_logout_redirect_uri", target})
 			}
-			sep := "?"
-			if strings.Contains(d.EndSessionEndpoint, "?") {
-				sep = "&"
-			}
-			target = d.EndSessionEndpoint + sep + q.Encode()
+			return writeEndSessionForm(w, d.EndSessionEndpoint, fields)
 		}
 	}
 	if target == "" {
@@ -76,6 +142,25 @@ func (h *Handler) serveLogout(w http.ResponseWriter, r *http.Request) error {
 	}
 	http.Redirect(w, r, target, http.StatusFound)
 	return nil
+}
+
+func writeEndSessionForm(w http.ResponseWriter, action string, fields []formField) error {
+	b := make([]byte, 18)
+	rand.Read(b)
+	nonce := base64.RawURLEncoding.EncodeToString(b)
+	hd := w.Header()
+	hd.Set("Content-Type", "text/html; charset=utf-8")
+	// No form-action: IdPs redirect through hosts of their own after the
+	// POST, and browsers apply form-action to those redirects.
+	hd.Set("Content-Security-Policy", "default-src 'none'; script-src 'nonce-"+nonce+"'; base-uri 'none'; frame-ancestors 'none'")
+	hd.Set("X-Frame-Options", "DENY")
+	hd.Set("Referrer-Policy", "no-referrer")
+	w.WriteHeader(http.StatusOK)
+	return endSessionForm.Execute(w, struct {
+		Action string
+		Fields []formField
+		Nonce  string
+	}{action, fields, nonce})
 }
 
 // postLogoutURL is post_logout_redirect_uri made absolute on this request's host.
@@ -87,9 +172,17 @@ func (h *Handler) postLogoutURL(r *http.Request) string {
 	return p
 }
 
-// sameOriginNavigation reports whether a GET came from this site or was
-// typed in: Fetch Metadata when the browser sends it, else Origin/Referer.
-func sameOriginNavigation(r *http.Request) bool {
+// sameOriginNavigation reports whether a GET is a top-level navigation from
+// this origin or typed in: Fetch Metadata when the browser sends it, else
+// Origin/Referer. Prefetches and subresources (an <img> on a page of this
+// origin) are not.
+func (h *Handler) sameOriginNavigation(r *http.Request) bool {
+	if isPrefetch(r) {
+		return false
+	}
+	if m := r.Header.Get("Sec-Fetch-Mode"); m != "" && m != "navigate" {
+		return false
+	}
 	switch r.Header.Get("Sec-Fetch-Site") {
 	case "same-origin", "none":
 		return true
@@ -97,12 +190,72 @@ func sameOriginNavigation(r *http.Request) bool {
 	default:
 		return false
 	}
-	for _, hv := range []string{r.Header.Get("Origin"), r.Header.Get("Referer")} {
-		if hv == "" {
-			continue
-		}
-		u, err := url.Parse(hv)
-		return err == nil && u.Host == r.Host
+	return h.originHeadersMatch(r)
+}
+
+// sameOriginPost reports whether a POST comes from this origin. Without
+// Fetch Metadata, Origin decides; without Origin, Referer. A POST with none
+// of them is refused: every browser of the last years sends Origin on a
+// POST, so what sends nothing is a script (which needs no CSRF defence and
+// can add the header) or a browser whose privacy settings strip both, which
+// then gets the confirmation form and logs out from there.
+func (h *Handler) sameOriginPost(r *http.Request) bool {
+	if isPrefetch(r) {
+		return false
+	}
+	switch r.Header.Get("Sec-Fetch-Site") {
+	case "same-origin", "none":
+		// "none": started by the user (not forgeable by a page).
+		return true
+	case "":
+	default:
+		// cross-site, and same-site: a sibling subdomain is not this origin.
+		return false
+	}
+	return h.originHeadersMatch(r)
+}
+
+// originHeadersMatch checks Origin, else Referer, against this request's
+// origin. "Origin: null" (sandboxed frames, some redirects) is not a match.
+func (h *Handler) originHeadersMatch(r *http.Request) bool {
+	if o := r.Header.Get("Origin"); o != "" {
+		return h.sameOrigin(r, o)
+	}
+	if ref := r.Header.Get("Referer"); ref != "" {
+		return h.sameOrigin(r, ref)
 	}
 	return false
+}
+
+// sameOrigin compares the origin of raw with this request's: same host and
+// port, and not http when this request is https (behind a TLS-terminating
+// proxy the request may look like http while the browser says https).
+func (h *Handler) sameOrigin(r *http.Request, raw string) bool {
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" || !strings.EqualFold(u.Host, r.Host) {
+		return false
+	}
+	switch u.Scheme {
+	case "https":
+		return true
+	case "http":
+		return h.scheme(r) == "http"
+	}
+	return false
+}
+
+func isPrefetch(r *http.Request) bool {
+	return strings.Contains(r.Header.Get("Sec-Purpose"), "prefetch") || strings.EqualFold(r.Header.Get("Purpose"), "prefetch") ||
+		strings.EqualFold(r.Header.Get("X-Moz"), "prefetch")
+}
+
+// originHost is the host of an Origin header, for logs.
+func originHost(o string) string {
+	if u, err := url.Parse(o); err == nil && u.Host != "" {
+		return u.Host
+	}
+	if len(o) > 64 {
+		return o[:64]
+	}
+	return o
 }

@@ -2,138 +2,672 @@ package caddyoidc
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
 	"github.com/caddy-oidc/caddy-oidc/cache"
 	"github.com/caddy-oidc/caddy-oidc/session"
 )
 
-// Kinds of revocation: an IdP session (sid), a user (sub), one session.
+// Kinds of revocation: an IdP session (sid), a user (sub), one session by
+// its LocalID, one cache-store session by the hash of its id (logout while
+// the store cannot read the session).
 const (
 	revokeSID     = "sid"
 	revokeSubject = "sub"
 	revokeSession = "one"
+	revokeCacheID = "cid"
 )
+
+// Bounds of the revocation set. Every entry costs about 200 bytes, so the
+// hard cap is a few tens of MB at worst.
+const (
+	// maxRevocationID refuses a sid, sub or session id longer than this.
+	maxRevocationID = 255
+	// maxRevocations bounds entries made by sessions' own logouts (RP and
+	// front-channel) and entries read from Valkey (which anyone who can
+	// write to it can fill). Past it those are refused, never evicted.
+	maxRevocations = 100_000
+	// maxIdPRevocations leaves room above maxRevocations for logouts the
+	// IdP signed, so a full set still honours them.
+	maxIdPRevocations = maxRevocations + maxRevocations/10
+	// revocationMargin covers clock skew between replicas: a revocation
+	// outlives the sessions it ends by this much.
+	revocationMargin = time.Minute
+	// revocationFuture refuses a revocation from Valkey dated later than
+	// this (it would refuse logins still to come).
+	revocationFuture     = 5 * time.Minute
+	revocationPruneEvery = 30 * time.Second
+	// revocationWriteTimeout bounds one Valkey write of the write-back.
+	revocationWriteTimeout = 2 * time.Second
+)
+
+var (
+	errRevocationID   = errors.New("revocation id empty or longer than 255 bytes")
+	errRevocationFull = errors.New("revocation set full")
+)
+
+// trust says where a revocation comes from, for the cap.
+type trust int
+
+const (
+	// fromSession: the logout of a session the request proved it holds.
+	fromSession trust = iota
+	// fromIdP: a logout token signed by the IdP.
+	fromIdP
+	// fromShared: read from Valkey, written by another replica or by
+	// anyone who can write to it.
+	fromShared
+)
+
+// processRevocations is the process's one revocation set. It outlives every
+// config: a reload, whatever it changes (cache block included), keeps every
+// logout. Cache sets attach to it and detach when they are destroyed.
+var processRevocations = newRevocations()
+
+// noteLifetime records that a route of issuer holds sessions for up to d:
+// revocations of that issuer then live at least that long, in this process
+// and in Valkey. Handlers call it at Provision; the maximum ever seen in
+// the process is kept, so a reload that raises it extends the revocations
+// already made.
+func noteLifetime(issuer string, d time.Duration) { processRevocations.noteLifetime(issuer, d) }
 
 // revocations is the set of ended IdP sessions, users and sessions, each
 // with the time it was ended: a session started before that time is over.
 // Cookie sessions cannot be deleted, so this is how logout reaches them.
-// Every replica keeps the whole set in memory, so checking it costs no
-// Valkey round trip; changes arrive through the cache's announcements, and
-// the set is reloaded whenever announcements may have been missed.
+// Every replica keeps the whole set in memory (never in the L1 that holds
+// sessions, so it cannot evict them), so checking it costs no Valkey round
+// trip. With Valkey, each revocation is written there (retried in the
+// background until it lands), other replicas learn it from the
+// announcement, and the set is re-read and written back whenever
+// announcements may have been missed.
 type revocations struct {
-	store  cache.Store
-	hybrid *cache.Hybrid // nil for memory only
-	logger *zap.Logger
+	mu        sync.RWMutex
+	m         map[revKey]revocation
+	lifetimes map[string]time.Duration // per issuer, the longest ever noted
+	longest   time.Duration            // over every issuer
+	lastPrune time.Time
 
-	mu    sync.RWMutex
-	m     map[string]revocation // "<kind>:<issuer>|<id>"
-	count atomic.Int64
+	count atomic.Int64 // len(m): the hot path skips the lock when 0
+	cids  atomic.Int64 // entries of kind cid: only then does the hot path hash a cache session id
+
+	soft, hard int
+	every      time.Duration // prune interval
+
+	attMu   sync.Mutex
+	att     []*attachment
+	refs    int
+	stopRun context.CancelFunc
+	runDone chan struct{}
+
+	refused, unshared logLimit
 }
+
+type revKey struct{ kind, issuer, id string }
 
 type revocation struct{ at, expires int64 }
 
-func newRevocations(store cache.Store, hybrid *cache.Hybrid, logger *zap.Logger) *revocations {
-	r := &revocations{store: store, hybrid: hybrid, logger: logger, m: make(map[string]revocation)}
-	if hybrid != nil {
-		hybrid.Follow(cache.Follower{Prefix: cache.NSRevocation + ":", Changed: r.fetch, Resync: r.reload})
-	}
-	return r
+func newRevocations() *revocations {
+	return &revocations{m: make(map[revKey]revocation), lifetimes: make(map[string]time.Duration),
+		soft: maxRevocations, hard: maxIdPRevocations, every: revocationPruneEvery}
 }
 
-func revocationID(kind, issuer, id string) string { return kind + ":" + issuer + "|" + id }
+func (r *revocations) logger() *zap.Logger { return caddy.Log().Named("oidc.revocations") }
+
+// storeID is the Valkey key id of k (compatible with earlier versions).
+func (k revKey) storeID() string { return k.kind + ":" + k.issuer + "|" + k.id }
+
+// parseRevKey reads a key announced or scanned in Valkey ("rev:<kind>:<issuer>|<id>").
+func parseRevKey(key string) (revKey, bool) {
+	rest, ok := strings.CutPrefix(key, cache.NSRevocation+":")
+	if !ok {
+		return revKey{}, false
+	}
+	kind, rest, ok := strings.Cut(rest, ":")
+	if !ok {
+		return revKey{}, false
+	}
+	issuer, id, ok := strings.Cut(rest, "|")
+	switch {
+	case !ok || issuer == "" || len(issuer) > 2048 || id == "" || len(id) > maxRevocationID:
+		return revKey{}, false
+	case kind != revokeSID && kind != revokeSubject && kind != revokeSession && kind != revokeCacheID:
+		return revKey{}, false
+	}
+	return revKey{kind, issuer, id}, true
+}
+
+// cacheIDHash is the revocation id of a cache-store session id: the id is a
+// bearer credential and never goes to Valkey as such.
+func cacheIDHash(id string) string {
+	sum := sha256.Sum256([]byte("caddy-oidc revoked cache session\x00" + id))
+	return hex.EncodeToString(sum[:])
+}
 
 // ended reports whether s was ended by a revocation made after it started.
 func (r *revocations) ended(issuer string, s *session.Session) bool {
 	if r.count.Load() == 0 {
 		return false
 	}
+	var cid string
+	if s.ID != "" && r.cids.Load() > 0 {
+		cid = cacheIDHash(s.ID)
+	}
+	now := time.Now().Unix()
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	now := time.Now().Unix()
-	for _, k := range [...]string{
-		revocationID(revokeSID, issuer, s.SID()),
-		revocationID(revokeSubject, issuer, s.Subject()),
-		revocationID(revokeSession, issuer, s.LocalID),
-	} {
-		if k[len(k)-1] == '|' {
-			continue // no such id in this session
-		}
-		if rv, ok := r.m[k]; ok && rv.expires > now && s.Created <= rv.at {
-			return true
-		}
-	}
-	return false
+	return r.hit(revKey{revokeSID, issuer, s.SID()}, s, now) ||
+		r.hit(revKey{revokeSubject, issuer, s.Subject()}, s, now) ||
+		r.hit(revKey{revokeSession, issuer, s.LocalID}, s, now) ||
+		r.hit(revKey{revokeCacheID, issuer, cid}, s, now)
 }
 
-// revoke ends every session of id started until now, here at once and on
-// the other replicas through the shared cache. ttl is how long sessions
-// that could be affected live.
-func (r *revocations) revoke(ctx context.Context, kind, issuer, id string, ttl time.Duration) error {
-	if id == "" {
-		return nil
+func (r *revocations) hit(k revKey, s *session.Session, now int64) bool {
+	if k.id == "" {
+		return false
 	}
-	now := time.Now()
-	k := revocationID(kind, issuer, id)
-	r.add(k, revocation{at: now.Unix(), expires: now.Add(ttl).Unix()})
-	v := strconv.FormatInt(now.Unix(), 10) + " " + strconv.FormatInt(now.Add(ttl).Unix(), 10)
-	return r.store.Set(ctx, cache.Key(cache.NSRevocation, k), []byte(v), ttl)
+	rv, ok := r.m[k]
+	return ok && rv.expires > now && s.Created <= rv.at
 }
 
-func (r *revocations) add(k string, rv revocation) {
+// lifetimeLocked is how long sessions of issuer may live here.
+func (r *revocations) lifetimeLocked(issuer string) time.Duration {
+	if d, ok := r.lifetimes[issuer]; ok {
+		return d
+	}
+	if r.longest > 0 {
+		return r.longest
+	}
+	return DefaultSessionLifetime
+}
+
+// noteLifetime raises issuer's longest session lifetime to d and extends
+// the revocations already made for it (in Valkey too).
+func (r *revocations) noteLifetime(issuer string, d time.Duration) {
+	if d <= 0 {
+		return
+	}
 	r.mu.Lock()
-	if old, ok := r.m[k]; !ok || old.at < rv.at {
-		r.m[k] = rv
+	if d <= r.lifetimes[issuer] {
+		r.mu.Unlock()
+		return
 	}
-	r.count.Store(int64(len(r.m)))
+	r.lifetimes[issuer] = d
+	r.longest = max(r.longest, d)
+	var extended []revKey
+	for k, rv := range r.m {
+		if k.issuer != issuer {
+			continue
+		}
+		if exp := time.Unix(rv.at, 0).Add(d + revocationMargin).Unix(); exp > rv.expires {
+			rv.expires = exp
+			r.m[k] = rv
+			extended = append(extended, k)
+		}
+	}
 	r.mu.Unlock()
-}
-
-// fetch reads one revocation announced by another replica.
-func (r *revocations) fetch(key string) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	v, found, err := r.store.Get(ctx, key)
-	if err != nil || !found {
-		return
-	}
-	at, exp, ok := parseRevocation(string(v))
-	if ok {
-		r.add(strings.TrimPrefix(key, cache.NSRevocation+":"), revocation{at: at, expires: exp})
+	if len(extended) > 0 {
+		r.markPending(nil, extended)
 	}
 }
 
-// reload reads the whole set: at start and after announcements were lost.
-func (r *revocations) reload() {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	keys, err := r.hybrid.Scan(ctx, cache.NSRevocation+":")
+// revoke ends every session of (kind, issuer, id) started until at: here
+// at once, and on the other replicas through Valkey (now if it answers,
+// else retried in the background with a context of its own until it
+// lands). lifetime is the calling route's session lifetime. The only
+// errors are refusals: an id too long, or a full set.
+func (r *revocations) revoke(ctx context.Context, kind, issuer, id string, at time.Time, lifetime time.Duration, tr trust) error {
+	if id == "" || len(id) > maxRevocationID {
+		r.refuse("id", kind, issuer)
+		return errRevocationID
+	}
+	r.noteLifetime(issuer, lifetime)
+	k := revKey{kind, issuer, id}
+	now := time.Now()
+	if at.After(now) {
+		at = now
+	}
+	r.mu.Lock()
+	exp := at.Add(r.lifetimeLocked(issuer) + revocationMargin).Unix()
+	changed, err := r.addLocked(k, revocation{at: at.Unix(), expires: exp}, tr, now)
+	r.mu.Unlock()
 	if err != nil {
-		r.logger.Warn("reloading the revocation set failed; keeping what is known", zap.Error(err))
-		return
+		r.refuse("full", kind, issuer)
+		return err
 	}
-	for _, k := range keys {
-		r.fetch(k)
+	if changed {
+		r.share(ctx, k)
 	}
-	r.prune()
+	return nil
+}
+
+// addLocked stores rv under k unless k holds a later one, within the caps.
+func (r *revocations) addLocked(k revKey, rv revocation, tr trust, now time.Time) (changed bool, err error) {
+	old, exists := r.m[k]
+	if exists {
+		if old.at > rv.at || old.at == rv.at && old.expires >= rv.expires {
+			return false, nil
+		}
+		rv.at, rv.expires = max(old.at, rv.at), max(old.expires, rv.expires)
+		r.m[k] = rv
+		return true, nil
+	}
+	limit := r.soft
+	if tr == fromIdP {
+		limit = r.hard
+	}
+	if len(r.m) >= limit && now.Sub(r.lastPrune) > time.Second {
+		// Expired entries make room; at most once a second, so a flood of
+		// refused requests cannot make every one of them scan the set.
+		r.pruneLocked(now)
+	}
+	if len(r.m) >= limit {
+		return false, errRevocationFull
+	}
+	r.m[k] = rv
+	r.count.Store(int64(len(r.m)))
+	if k.kind == revokeCacheID {
+		r.cids.Add(1)
+	}
+	return true, nil
+}
+
+func (r *revocations) refuse(why, kind, issuer string) {
+	if ok, n := r.refused.allow(); ok {
+		r.logger().Warn("revocation refused", zap.String("reason", why), zap.String("kind", kind),
+			zap.String("issuer", issuer), zap.Int("entries", r.len()), zap.Int64("refused_since_last_log", n))
+	}
+}
+
+func (r *revocations) len() int { return int(r.count.Load()) }
+
+// get returns the revocation of k.
+func (r *revocations) get(k revKey) (revocation, bool) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	rv, ok := r.m[k]
+	return rv, ok
 }
 
 func (r *revocations) prune() {
-	now := time.Now().Unix()
 	r.mu.Lock()
+	r.pruneLocked(time.Now())
+	r.mu.Unlock()
+}
+
+func (r *revocations) pruneLocked(now time.Time) {
+	r.lastPrune = now
+	n := now.Unix()
 	for k, rv := range r.m {
-		if rv.expires <= now {
+		if rv.expires <= n {
 			delete(r.m, k)
+			if k.kind == revokeCacheID {
+				r.cids.Add(-1)
+			}
 		}
 	}
 	r.count.Store(int64(len(r.m)))
+}
+
+// attach connects a cache set to the set: with Valkey (h non-nil) the set
+// follows its announcements, re-reads it when they may have been missed,
+// and writes to it every revocation it lacks (all of them, for a new
+// Valkey). Each attach is paired with a detach. While anything is
+// attached, expired entries are pruned on a timer.
+func (r *revocations) attach(h *cache.Hybrid) {
+	r.attMu.Lock()
+	r.refs++
+	if r.refs == 1 {
+		ctx, cancel := context.WithCancel(context.Background())
+		r.stopRun, r.runDone = cancel, make(chan struct{})
+		go r.pruneLoop(ctx, r.runDone)
+	}
+	var a *attachment
+	if h != nil {
+		a = newAttachment(r, h)
+		a.hy = h
+		r.att = append(r.att, a)
+	}
+	r.attMu.Unlock()
+	if a != nil {
+		// Outside attMu: Follow may run the resync inline, which takes it.
+		h.Follow(cache.Follower{Prefix: cache.NSRevocation + ":", Changed: a.changed, Resync: a.resync})
+	}
+}
+
+// detach undoes attach: revocations not yet written to h get one bounded
+// last try, then its write-back stops.
+func (r *revocations) detach(h *cache.Hybrid) {
+	r.attMu.Lock()
+	var a *attachment
+	if h != nil {
+		for i, x := range r.att {
+			if x.hy == h {
+				a = x
+				r.att = append(r.att[:i:i], r.att[i+1:]...)
+				break
+			}
+		}
+	}
+	r.refs = max(r.refs-1, 0)
+	var stop context.CancelFunc
+	var done chan struct{}
+	if r.refs == 0 && r.stopRun != nil {
+		stop, done, r.stopRun = r.stopRun, r.runDone, nil
+	}
+	r.attMu.Unlock()
+	if a != nil {
+		a.close()
+	}
+	if stop != nil {
+		stop()
+		<-done
+	}
+}
+
+func (r *revocations) attachments() []*attachment {
+	r.attMu.Lock()
+	defer r.attMu.Unlock()
+	return append([]*attachment(nil), r.att...)
+}
+
+func (r *revocations) pruneLoop(ctx context.Context, done chan struct{}) {
+	defer close(done)
+	defer func() {
+		if v := recover(); v != nil {
+			r.logger().Error("revocation pruning stopped", zap.Any("panic", v))
+		}
+	}()
+	t := time.NewTicker(r.every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			r.prune()
+		}
+	}
+}
+
+// markPending queues keys for writing to every attachment but skip.
+func (r *revocations) markPending(skip *attachment, keys []revKey) {
+	for _, a := range r.attachments() {
+		if a != skip {
+			a.queue(keys...)
+		}
+	}
+}
+
+// share writes k to every attached Valkey now, with a context that a
+// dropped request does not cancel; what fails stays queued for write-back.
+func (r *revocations) share(ctx context.Context, k revKey) {
+	ctx = context.WithoutCancel(ctx)
+	for _, a := range r.attachments() {
+		a.queue(k)
+		if err := a.write(ctx, k); err != nil {
+			a.kickWriter()
+			if ok, n := r.unshared.allow(); ok {
+				r.logger().Warn("revocation in effect here; other replicas get it when Valkey takes the write (retrying)",
+					zap.Error(err), zap.Int64("more_since_last_log", n))
+			}
+		}
+	}
+}
+
+// sharedBackend is what the set needs of a Valkey-backed cache: reads and
+// writes that bypass the L1 holding sessions, announcements and scans.
+type sharedBackend interface {
+	SetShared(ctx context.Context, key string, value []byte, ttl time.Duration) error
+	GetShared(ctx context.Context, key string) ([]byte, bool, error)
+	ScanPartial(ctx context.Context, prefix string) (keys []string, complete bool, err error)
+}
+
+// attachment is the set's link to one Valkey-backed cache: its queue of
+// revocations not yet written there, and the goroutine writing them.
+type attachment struct {
+	r      *revocations
+	h      sharedBackend
+	hy     *cache.Hybrid // identity, for detach
+	ctx    context.Context
+	cancel context.CancelFunc
+	done   chan struct{}
+	kick   chan struct{}
+
+	mu      sync.Mutex
+	pending map[revKey]struct{}
+}
+
+func newAttachment(r *revocations, h sharedBackend) *attachment {
+	ctx, cancel := context.WithCancel(context.Background())
+	a := &attachment{r: r, h: h, ctx: ctx, cancel: cancel, done: make(chan struct{}), kick: make(chan struct{}, 1),
+		pending: make(map[revKey]struct{})}
+	go a.run()
+	return a
+}
+
+func (a *attachment) queue(keys ...revKey) {
+	a.mu.Lock()
+	for _, k := range keys {
+		a.pending[k] = struct{}{}
+	}
+	a.mu.Unlock()
+	a.kickWriter()
+}
+
+func (a *attachment) kickWriter() {
+	select {
+	case a.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (a *attachment) pendingLen() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.pending)
+}
+
+// write writes k's current revocation to Valkey and unqueues it, unless it
+// changed meanwhile (the newer one stays queued).
+func (a *attachment) write(ctx context.Context, k revKey) error {
+	rv, ok := a.r.get(k)
+	now := time.Now()
+	if !ok || rv.expires <= now.Unix() {
+		a.done1(k, rv)
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, revocationWriteTimeout)
+	defer cancel()
+	v := strconv.FormatInt(rv.at, 10) + " " + strconv.FormatInt(rv.expires, 10)
+	ttl := max(time.Unix(rv.expires, 0).Sub(now), time.Second)
+	if err := a.h.SetShared(ctx, cache.Key(cache.NSRevocation, k.storeID()), []byte(v), ttl); err != nil {
+		return err
+	}
+	a.done1(k, rv)
+	return nil
+}
+
+func (a *attachment) done1(k revKey, written revocation) {
+	if cur, ok := a.r.get(k); ok && cur != written {
+		return
+	}
+	a.mu.Lock()
+	delete(a.pending, k)
+	a.mu.Unlock()
+}
+
+// run writes queued revocations until detach: at once when kicked, and
+// again with backoff while writes fail. Nothing is dropped while unwritten
+// (the queue is bounded by the set's caps; expired entries leave it).
+func (a *attachment) run() {
+	defer close(a.done)
+	defer func() {
+		if v := recover(); v != nil {
+			a.r.logger().Error("revocation write-back stopped", zap.Any("panic", v))
+		}
+	}()
+	backoff := 100 * time.Millisecond
+	var retry <-chan time.Time
+	for {
+		select {
+		case <-a.ctx.Done():
+			return
+		case <-a.kick:
+		case <-retry:
+		}
+		if a.flush(a.ctx) {
+			backoff, retry = 100*time.Millisecond, nil
+			continue
+		}
+		retry = time.After(backoff)
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+// flush writes the queue; it stops at the first failure (Valkey down: the
+// rest would fail too) and reports whether the queue is empty.
+func (a *attachment) flush(ctx context.Context) bool {
+	a.mu.Lock()
+	keys := make([]revKey, 0, len(a.pending))
+	for k := range a.pending {
+		keys = append(keys, k)
+	}
+	a.mu.Unlock()
+	for _, k := range keys {
+		if ctx.Err() != nil {
+			return false
+		}
+		if err := a.write(ctx, k); err != nil {
+			return false
+		}
+	}
+	return a.pendingLen() == 0
+}
+
+// close stops the write-back after one bounded last try.
+func (a *attachment) close() {
+	ctx, cancel := context.WithTimeout(context.Background(), revocationWriteTimeout)
+	if !a.flush(ctx) {
+		if n := a.pendingLen(); n > 0 {
+			a.r.logger().Warn("revocations not written to the Valkey of a cache config being replaced; the new one gets them",
+				zap.Int("entries", n))
+		}
+	}
+	cancel()
+	a.cancel()
+	<-a.done
+}
+
+func (a *attachment) active() bool { return a.ctx.Err() == nil }
+
+// changed reads one revocation announced by another replica.
+func (a *attachment) changed(key string) {
+	if !a.active() {
+		return
+	}
+	k, ok := parseRevKey(key)
+	if !ok {
+		return
+	}
+	ctx, cancel := context.WithTimeout(a.ctx, revocationWriteTimeout)
+	defer cancel()
+	a.fetch(ctx, k, key)
+}
+
+// fetch reads k from Valkey into the set; it returns the stored
+// revocation's time (0 when absent or unreadable).
+func (a *attachment) fetch(ctx context.Context, k revKey, key string) int64 {
+	v, found, err := a.h.GetShared(ctx, key)
+	if err != nil || !found {
+		return 0
+	}
+	at, exp, ok := parseRevocation(string(v))
+	if !ok {
+		return 0
+	}
+	r := a.r
+	now := time.Now()
+	if at > now.Add(revocationFuture).Unix() {
+		return 0 // a revocation from the future would refuse logins to come
+	}
+	r.mu.Lock()
+	// Valkey is not trusted for how long: no longer than a session can live here.
+	exp = min(exp, time.Unix(at, 0).Add(r.lifetimeLocked(k.issuer)+revocationMargin).Unix())
+	changed := false
+	if exp > now.Unix() {
+		changed, err = r.addLocked(k, revocation{at: at, expires: exp}, fromShared, now)
+	}
 	r.mu.Unlock()
+	if err != nil {
+		r.refuse("full", k.kind, k.issuer)
+	}
+	if changed {
+		// Another Valkey attached (a reload to a new cache config) gets it too.
+		r.markPending(a, []revKey{k})
+	}
+	return at
+}
+
+// resync runs when the announcement stream is (re)established: announcements
+// may have been missed, and Valkey may have restarted empty or be a new
+// one. Read every revocation it has, then write back each one it lacks or
+// has older.
+func (a *attachment) resync() {
+	if !a.active() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(a.ctx, time.Minute)
+	defer cancel()
+	// Partial (a cluster master down): read what answers, write back only
+	// after a complete read (the queue keeps what is unwritten meanwhile).
+	keys, complete, err := a.h.ScanPartial(ctx, cache.NSRevocation+":")
+	if err != nil {
+		// The next (re)subscription runs this again.
+		a.r.logger().Warn("reading the revocation set from Valkey failed; keeping what is known", zap.Error(err))
+		return
+	}
+	stored := make(map[revKey]int64, len(keys))
+	for _, key := range keys {
+		k, ok := parseRevKey(key)
+		if !ok {
+			continue
+		}
+		fctx, fcancel := context.WithTimeout(ctx, revocationWriteTimeout)
+		stored[k] = a.fetch(fctx, k, key)
+		fcancel()
+	}
+	a.r.prune()
+	if complete {
+		a.queueAll(stored)
+	}
+}
+
+// queueAll queues every unexpired revocation that stored (what Valkey has)
+// lacks or has older.
+func (a *attachment) queueAll(stored map[revKey]int64) {
+	r := a.r
+	now := time.Now().Unix()
+	var missing []revKey
+	r.mu.RLock()
+	for k, rv := range r.m {
+		if rv.expires > now && (stored[k] < rv.at) {
+			missing = append(missing, k)
+		}
+	}
+	r.mu.RUnlock()
+	if len(missing) > 0 {
+		a.queue(missing...)
+	}
 }
 
 func parseRevocation(v string) (at, expires int64, ok bool) {
@@ -143,5 +677,19 @@ func parseRevocation(v string) (at, expires int64, ok bool) {
 	}
 	at, err1 := strconv.ParseInt(a, 10, 64)
 	expires, err2 := strconv.ParseInt(e, 10, 64)
-	return at, expires, err1 == nil && err2 == nil
+	return at, expires, err1 == nil && err2 == nil && at > 0 && expires > at
+}
+
+// logLimit lets one log line through per 10 s and counts the rest, for
+// anything a request can trigger.
+type logLimit struct{ last, suppressed atomic.Int64 }
+
+func (l *logLimit) allow() (bool, int64) {
+	now := time.Now().UnixNano()
+	last := l.last.Load()
+	if now-last < int64(10*time.Second) || !l.last.CompareAndSwap(last, now) {
+		l.suppressed.Add(1)
+		return false, 0
+	}
+	return true, l.suppressed.Swap(0)
 }

@@ -1,8 +1,14 @@
 package integration
 
 import (
+	"html"
+	"io"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -98,7 +104,8 @@ func TestRPInitiatedLogoutEndsTheUsersOtherSessions(t *testing.T) {
 	// Logging out in one browser: the module sends the user to the IdP's
 	// end_session, the IdP ends its session and sends a back-channel
 	// logout, which ends the other browser's session on the other replica.
-	resp, err := tab1.PostForm(a.caddyURL+"/oauth2/logout", nil)
+	action, fields := endSessionForm(t, logoutAsBrowser(t, a, tab1))
+	resp, err := tab1.PostForm(action, fields)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,5 +122,118 @@ func TestRPInitiatedLogoutEndsTheUsersOtherSessions(t *testing.T) {
 			t.Fatal("the other browser's session survived the logout")
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// logoutAsBrowser POSTs to the logout path as a same-origin form does (a
+// browser sends Origin) and returns the response, not followed.
+func logoutAsBrowser(t *testing.T, e *env, c *http.Client) *http.Response {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, e.caddyURL+"/oauth2/logout", nil)
+	req.Header.Set("Origin", e.caddyURL)
+	resp, err := noRedirect(c).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp
+}
+
+var (
+	authCode   = regexp.MustCompile(`code=eyJ[A-Za-z0-9._~%-]*`)
+	formAction = regexp.MustCompile(`<form method="post" action="([^"]+)">`)
+	formInput  = regexp.MustCompile(`<input type="hidden" name="([^"]+)" value="([^"]*)">`)
+)
+
+// endSessionForm reads the self-submitting form the module answers a
+// logout with: the IdP's end_session endpoint and the fields it POSTs.
+func endSessionForm(t *testing.T, resp *http.Response) (string, url.Values) {
+	t.Helper()
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	m := formAction.FindSubmatch(b)
+	if resp.StatusCode != http.StatusOK || m == nil {
+		t.Fatalf("logout: got %d, want the form to the IdP's end_session endpoint:\n%s", resp.StatusCode, b)
+	}
+	fields := url.Values{}
+	for _, f := range formInput.FindAllSubmatch(b, -1) {
+		fields.Set(html.UnescapeString(string(f[1])), html.UnescapeString(string(f[2])))
+	}
+	return html.UnescapeString(string(m[1])), fields
+}
+
+// TestLogoutPutsNoTokenInTheAccessLog (issue 11.6): RP logout sends the ID
+// token to the IdP in a POST body; after a whole logout (through the IdP
+// and back), Caddy's access log, which records every request URI and
+// response header, holds no ID token. The dev IdP (zitadel's op) accepts
+// the POST: it ends its session, sends its back-channel logout and
+// redirects to post_logout_redirect_uri.
+func TestLogoutPutsNoTokenInTheAccessLog(t *testing.T) {
+	accessLog := filepath.Join(t.TempDir(), "access.log")
+	e := newEnv(t, envOptions{site: "log {\n\t\toutput file " + accessLog + "\n\t}"})
+	c := e.browser()
+	readEcho(t, e.login(c, "/", "alice", "alice-password"))
+
+	resp := logoutAsBrowser(t, e, c)
+	var idToken string
+	if loc := resp.Header.Get("Location"); resp.StatusCode == http.StatusFound && strings.HasPrefix(loc, e.idp.Issuer) {
+		// The way logout used to go: the token in the redirect's URL.
+		resp.Body.Close()
+		u, _ := url.Parse(loc)
+		idToken = u.Query().Get("id_token_hint")
+		if resp, err := c.Get(loc); err == nil {
+			resp.Body.Close()
+		}
+	} else {
+		action, fields := endSessionForm(t, resp)
+		idToken = fields.Get("id_token_hint")
+		if !strings.HasPrefix(action, e.idp.Issuer) || fields.Get("client_id") != "demo" || fields.Get("post_logout_redirect_uri") != e.caddyURL+"/bye" {
+			t.Errorf("end-session form: action %s, fields %v", action, fields)
+		}
+		// What the <noscript> button (or the script) does.
+		resp, err := c.PostForm(action, fields)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.Request.URL.String() != e.caddyURL+"/bye" {
+			t.Errorf("after the POST to end_session the browser is at %s, want %s/bye", resp.Request.URL, e.caddyURL)
+		}
+		if n := e.idp.BackchannelLogoutsSent(); n != 1 {
+			t.Errorf("the IdP sent %d back-channel logouts, want 1 (did it accept the POST?)", n)
+		}
+	}
+	if !strings.HasPrefix(idToken, "eyJ") {
+		t.Fatalf("no ID token was sent to the IdP (%q)", idToken)
+	}
+	var logs string
+	pollLog(t, 5*time.Second, "the access log records the return to /bye", func() bool {
+		b, _ := os.ReadFile(accessLog)
+		logs = string(b)
+		return strings.Contains(logs, `"uri":"/bye"`)
+	})
+	for name, text := range map[string]string{"access log": logs, "Caddy's own log": e.logs.String()} {
+		if strings.Contains(text, idToken) {
+			t.Errorf("the %s holds the ID token", name)
+		}
+		// The dev IdP's authorization codes are JWEs ("eyJ..." too): they
+		// are the callback's concern (single-use, useless without the PKCE
+		// verifier), not logout's.
+		text = authCode.ReplaceAllString(text, "code=CODE")
+		if strings.Contains(text, "eyJ") {
+			i := max(strings.Index(text, "eyJ")-200, 0)
+			t.Errorf("the %s holds the ID token: ...%.400s", name, text[i:])
+		}
+	}
+}
+
+// pollLog waits (bounded) for cond.
+func pollLog(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s", what, d)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
