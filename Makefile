@@ -5,7 +5,7 @@ BIN      := bin
 # xcaddy takes the local replacement instead of trying the network.
 XCADDY_GOPROXY := $(shell $(GO) env GOPROXY | cut -d, -f1)|off
 
-.PHONY: all build devidp demo test test-unit test-integration lint xcaddy bench fuzz soak clean
+.PHONY: all build devidp demo test test-unit test-integration lint xcaddy bench fuzz soak interop clean
 
 all: build
 
@@ -30,6 +30,15 @@ test-integration:
 	cd integration && $(GO) test -race -count=1 -timeout 15m .
 
 test: lint test-unit test-integration
+
+# The end-to-end scenarios against IdPs this project did not write: the
+# development IdP, Ory Hydra (built from integration/hydra's module) and
+# panva's oidc-provider (npm ci of integration/oidcprovider), each with
+# Chromium, two Caddy replicas and a Valkey of their own. Hydra's binary
+# and node_modules are cached in $XDG_CACHE_HOME/caddy-oidc (~/.cache), or
+# $CADDY_OIDC_CACHE. Needs chromium, redis-server, go with cgo, node, npm.
+interop:
+	cd integration && $(GO) test -race -count=1 -timeout 30m -v ./interop/
 
 # Builds Caddy through xcaddy from the recipe in xcaddy.json.
 xcaddy:

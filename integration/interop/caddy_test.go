@@ -4,12 +4,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 )
@@ -105,6 +103,9 @@ func startCaddy(t *testing.T, port int, cfg string, env map[string]string) *cadd
 			t.Logf("caddy %s logs (last 16 KB):\n%s", c.URL, tail(c.logs.String(), 16<<10))
 		}
 	})
+	// Ready when the site answers through this Caddy: an excluded page
+	// with the upstream's echo (a bare dial could reach another process
+	// that took the port).
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
 		select {
@@ -112,8 +113,7 @@ func startCaddy(t *testing.T, port int, cfg string, env map[string]string) *cadd
 			t.Fatalf("caddy exited:\n%s", c.logs.String())
 		default:
 		}
-		if conn, err := net.Dial("tcp", strings.TrimPrefix(c.URL, "http://")); err == nil {
-			conn.Close()
+		if r, err := apiGet(c.URL+"/bye", nil, nil); err == nil && r.Code == http.StatusOK && r.Echo.Path == "/bye" {
 			return c
 		}
 		time.Sleep(50 * time.Millisecond)
@@ -122,12 +122,28 @@ func startCaddy(t *testing.T, port int, cfg string, env map[string]string) *cadd
 	return nil
 }
 
+// apiResult is what an API request got.
+type apiResult struct {
+	Code int
+	Echo echo
+	// WWWAuthenticate says why a 401 was given.
+	WWWAuthenticate string
+}
+
+func (r apiResult) String() string {
+	if r.WWWAuthenticate != "" {
+		return fmt.Sprintf("%d (WWW-Authenticate: %s)", r.Code, r.WWWAuthenticate)
+	}
+	return fmt.Sprint(r.Code)
+}
+
 // apiGet sends an API request (Accept: application/json: a 401, never a
 // redirect) with the given cookies.
-func apiGet(target string, cookies []*http.Cookie, hdr map[string]string) (int, echo, error) {
+func apiGet(target string, cookies []*http.Cookie, hdr map[string]string) (apiResult, error) {
+	var r apiResult
 	req, err := http.NewRequest(http.MethodGet, target, nil)
 	if err != nil {
-		return 0, echo{}, err
+		return r, err
 	}
 	req.Header.Set("Accept", "application/json")
 	for k, v := range hdr {
@@ -138,15 +154,16 @@ func apiGet(target string, cookies []*http.Cookie, hdr map[string]string) (int, 
 	}
 	resp, err := (&http.Client{Timeout: 20 * time.Second}).Do(req)
 	if err != nil {
-		return 0, echo{}, err
+		return r, err
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
-	var e echo
+	r.Code = resp.StatusCode
+	r.WWWAuthenticate = resp.Header.Get("WWW-Authenticate")
 	if resp.StatusCode == http.StatusOK {
-		if err := json.Unmarshal(b, &e); err != nil {
-			return resp.StatusCode, e, fmt.Errorf("not the upstream's echo: %.200s", b)
+		if err := json.Unmarshal(b, &r.Echo); err != nil {
+			return r, fmt.Errorf("not the upstream's echo: %.200s", b)
 		}
 	}
-	return resp.StatusCode, e, nil
+	return r, nil
 }

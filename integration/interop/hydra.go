@@ -355,11 +355,31 @@ func serve(t testing.TB, l net.Listener, h http.Handler) {
 	t.Cleanup(func() { srv.Close() })
 }
 
+// handedOut are the ports freePort has returned: a port closed for a
+// process to bind later is free again for the kernel, so the same test
+// could otherwise get it twice (one IdP's and one Caddy's).
+var handedOut = struct {
+	sync.Mutex
+	ports map[int]bool
+}{ports: map[int]bool{}}
+
+// freePort returns a port free on 127.0.0.1 that this process has not
+// handed out before.
 func freePort(t testing.TB) int {
 	t.Helper()
-	l := listen(t)
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	handedOut.Lock()
+	defer handedOut.Unlock()
+	for range 100 {
+		l := listen(t)
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		if !handedOut.ports[port] {
+			handedOut.ports[port] = true
+			return port
+		}
+	}
+	t.Fatal("no free port")
+	return 0
 }
 
 func tail(s string, n int) string {

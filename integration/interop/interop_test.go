@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httputil"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"text/tabwriter"
 	"time"
@@ -90,7 +92,13 @@ type idpUnderTest struct {
 	bearerJWT, bearerOpaque func(t *sc) (token, sub, why string)
 }
 
-type revocationMark struct{ ok, refused int64 }
+// revocationMark is the IdP's revocation count before the logout, and
+// whether the session's refresh token was active then (else the check
+// after the logout would prove nothing).
+type revocationMark struct {
+	ok, refused int64
+	wasActive   bool
+}
 
 // sc is a scenario's test: it records why it failed or was not run, for
 // the table at the end.
@@ -271,7 +279,7 @@ func runSuite(t *testing.T, name string, start func(t *testing.T, caddyURLs []st
 		if err := chromedp.Do(ctx, chromedp.Navigate(target)); err != nil {
 			s.Fatal(err)
 		}
-		if err := browserLogin(ctx, idp, target); err != nil {
+		if err := browserLogin(ctx, idp, target, true); err != nil {
 			s.Fatalf("login: %v", err)
 		}
 		loggedInAt = time.Now()
@@ -332,21 +340,23 @@ func runSuite(t *testing.T, name string, start func(t *testing.T, caddyURLs []st
 	})
 
 	var revMark revocationMark
-	if idp.revocationMark != nil {
-		revMark = idp.revocationMark(&sc{T: t})
-	}
+	var logoutStarted bool
 	// The browser's current cookie (after adopting the refresh): the one
 	// that the logout must end.
 	if c, err := sessionCookies(ctx, a.URL); err == nil && len(c) > 0 {
 		cookies = c
 	}
-	loggedOut := step(t, name, scRPLogout, func(s *sc) {
+	step(t, name, scRPLogout, func(s *sc) {
 		needLogin(s)
+		if idp.revocationMark != nil {
+			revMark = idp.revocationMark(s)
+		}
 		if err := chromedp.Do(ctx, chromedp.Navigate(a.URL+"/oauth2/logout")); err != nil {
 			s.Fatal(err)
 		}
+		logoutStarted = true
 		if idp.logoutConfirm != "" {
-			if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(idp.logoutConfirm))); err != nil {
+			if err := clickWhenVisible(ctx, idp.logoutConfirm); err != nil {
 				s.Fatalf("the IdP's logout confirmation: %v", err)
 			}
 		}
@@ -354,8 +364,8 @@ func runSuite(t *testing.T, name string, start func(t *testing.T, caddyURLs []st
 			s.Fatalf("after logout the browser is at %s, want %s/bye (%v)", loc, a.URL, err)
 		}
 		for _, r := range replicas {
-			if code, _, err := apiGet(r.URL+"/api", cookies, nil); err != nil || code != http.StatusUnauthorized {
-				s.Errorf("the logged-out cookie on %s: %d %v, want 401", r.URL, code, err)
+			if res, err := apiGet(r.URL+"/api", cookies, nil); err != nil || res.Code != http.StatusUnauthorized {
+				s.Errorf("the logged-out cookie on %s: %v %v, want 401", r.URL, res, err)
 			}
 		}
 		// The IdP's session is over too: a new visit shows its login screen.
@@ -369,8 +379,10 @@ func runSuite(t *testing.T, name string, start func(t *testing.T, caddyURLs []st
 	})
 
 	step(t, name, scRevocation, func(s *sc) {
-		if !loggedOut {
-			s.Fatalf("not run: the RP logout failed")
+		// The module revokes before it sends the browser to the IdP: this
+		// runs whatever the IdP's end_session did.
+		if !logoutStarted {
+			s.Fatalf("not run: the RP logout did not start")
 		}
 		if idp.revocationChecked == nil {
 			s.notSupported("the IdP does not let the test see a revocation")
@@ -380,11 +392,12 @@ func runSuite(t *testing.T, name string, start func(t *testing.T, caddyURLs []st
 
 	step(t, name, scBackchannel, func(s *sc) {
 		needLogin(s)
-		// A fresh login (the browser is on the IdP's login screen).
+		// A fresh login (the IdP may still have a session if the RP
+		// logout failed: then it goes straight through).
 		if err := chromedp.Do(ctx, chromedp.Navigate(target)); err != nil {
 			s.Fatal(err)
 		}
-		if err := browserLogin(ctx, idp, target); err != nil {
+		if err := browserLogin(ctx, idp, target, false); err != nil {
 			s.Fatalf("second login: %v", err)
 		}
 		ck, err := sessionCookies(ctx, a.URL)
@@ -392,8 +405,8 @@ func runSuite(t *testing.T, name string, start func(t *testing.T, caddyURLs []st
 			s.Fatalf("no session cookie after the second login (%v)", err)
 		}
 		for _, r := range replicas {
-			if code, _, err := apiGet(r.URL+"/api", ck, nil); code != http.StatusOK {
-				s.Fatalf("the new session on %s: %d %v", r.URL, code, err)
+			if res, err := apiGet(r.URL+"/api", ck, nil); res.Code != http.StatusOK {
+				s.Fatalf("the new session on %s: %v %v", r.URL, res, err)
 			}
 		}
 		var sent0 int64
@@ -410,12 +423,12 @@ func runSuite(t *testing.T, name string, start func(t *testing.T, caddyURLs []st
 		for _, r := range []*caddy{replicas[1], replicas[0]} {
 			deadline := time.Now().Add(5 * time.Second)
 			for {
-				code, _, err := apiGet(r.URL+"/api", ck, nil)
-				if code == http.StatusUnauthorized {
+				res, err := apiGet(r.URL+"/api", ck, nil)
+				if res.Code == http.StatusUnauthorized {
 					break
 				}
 				if time.Now().After(deadline) {
-					s.Fatalf("the session on %s survived the IdP's logout: %d %v", r.URL, code, err)
+					s.Fatalf("the session on %s survived the IdP's logout: %v %v", r.URL, res, err)
 				}
 				time.Sleep(20 * time.Millisecond)
 			}
@@ -428,18 +441,18 @@ func runSuite(t *testing.T, name string, start func(t *testing.T, caddyURLs []st
 			s.notSupported(why)
 		}
 		for _, r := range replicas {
-			code, e, err := apiGet(r.URL+"/api/items", nil, map[string]string{"Authorization": "Bearer " + tok, "X-Auth-User": "forged"})
-			if err != nil || code != http.StatusOK {
-				s.Errorf("bearer token on %s: %d %v, want 200", r.URL, code, err)
+			res, err := apiGet(r.URL+"/api/items", nil, map[string]string{"Authorization": "Bearer " + tok, "X-Auth-User": "forged"})
+			if err != nil || res.Code != http.StatusOK {
+				s.Errorf("bearer token on %s: %v %v, want 200", r.URL, res, err)
 				continue
 			}
-			if got := e.Headers.Get("X-Auth-User"); got != sub {
+			if got := res.Echo.Headers.Get("X-Auth-User"); got != sub {
 				s.Errorf("bearer token on %s: upstream saw X-Auth-User %q, want %q", r.URL, got, sub)
 			}
 		}
-		code, _, _ := apiGet(a.URL+"/api/items", nil, map[string]string{"Authorization": "Bearer " + tok[:len(tok)-4] + "AAAA"})
-		if code != http.StatusUnauthorized {
-			s.Errorf("a tampered token: %d, want 401", code)
+		res, _ := apiGet(a.URL+"/api/items", nil, map[string]string{"Authorization": "Bearer " + tok[:len(tok)-4] + "AAAA"})
+		if res.Code != http.StatusUnauthorized {
+			s.Errorf("a tampered token: %v, want 401", res)
 		}
 	}
 	step(t, name, scBearerJWT, func(s *sc) { bearer(s, idp.bearerJWT) })
@@ -474,15 +487,15 @@ func burst(replicas []*caddy, cookies []*http.Cookie, n int) (map[int]int, []ech
 		go func() {
 			defer wg.Done()
 			<-start
-			code, e, err := apiGet(fmt.Sprintf("%s/burst/%d", replicas[i%len(replicas)].URL, i), cookies, nil)
+			res, err := apiGet(fmt.Sprintf("%s/burst/%d", replicas[i%len(replicas)].URL, i), cookies, nil)
 			if err != nil {
-				code = -1
+				res.Code = -1
 			}
 			mu.Lock()
 			defer mu.Unlock()
-			statuses[code]++
-			if code == http.StatusOK {
-				echoes = append(echoes, e)
+			statuses[res.Code]++
+			if res.Code == http.StatusOK {
+				echoes = append(echoes, res.Echo)
 			}
 		}()
 	}
@@ -551,33 +564,39 @@ func browserContext(t *testing.T, exe string) context.Context {
 	return ctx
 }
 
-// browserLogin goes through the IdP's screens from its login screen to
-// target: credentials, then its consent screen when it shows one.
-func browserLogin(ctx context.Context, idp *idpUnderTest, target string) error {
-	if err := waitVisible(ctx, idp.loginScreen); err != nil {
-		loc, _ := chromedp.Run(ctx, chromedp.Location())
-		return fmt.Errorf("the IdP's login screen did not show (at %s): %v", loc, err)
+// browserLogin goes through the IdP's screens until the browser is back
+// on target: its login screen (required when needLoginScreen: a first
+// login), then its consent screen when it shows one. An IdP that still
+// has a session may skip straight to consent or back to target.
+func browserLogin(ctx context.Context, idp *idpUnderTest, target string, needLoginScreen bool) error {
+	present := func(sel string) bool {
+		found, _ := chromedp.Run(ctx, chromedp.Evaluate[bool](fmt.Sprintf("document.querySelector(%q) !== null", sel)))
+		return found
 	}
-	if err := idp.login(ctx); err != nil {
-		return err
-	}
-	consented := false
+	var loggedIn, consented bool
+	var stepErr error
 	_, err := waitLocation(ctx, func(loc string) bool {
-		if loc == target {
+		switch {
+		case loc == target:
 			return true
-		}
-		if idp.consent != "" && !consented {
-			if found, _ := chromedp.Run(ctx, chromedp.Evaluate[bool](fmt.Sprintf("document.querySelector(%q) !== null", idp.consent))); found {
-				if chromedp.Do(ctx, chromedp.Click(chromedp.CSS(idp.consent))) == nil {
-					consented = true
-				}
-			}
+		case !loggedIn && present(idp.loginScreen):
+			loggedIn = true
+			stepErr = idp.login(ctx)
+			return stepErr != nil
+		case idp.consent != "" && !consented && present(idp.consent):
+			consented = clickWhenVisible(ctx, idp.consent) == nil
 		}
 		return false
 	})
+	if stepErr != nil {
+		return fmt.Errorf("filling in the IdP's login screen: %v", stepErr)
+	}
 	if err != nil {
 		body, _ := chromedp.Run(ctx, chromedp.Evaluate[string]("document.body ? document.body.innerText : ''"))
-		return fmt.Errorf("%v; page: %.300s", err, body)
+		return fmt.Errorf("%v; page: %.300q", err, body)
+	}
+	if needLoginScreen && !loggedIn {
+		return fmt.Errorf("the IdP never showed its login screen")
 	}
 	return nil
 }
@@ -599,6 +618,19 @@ func waitLocation(ctx context.Context, ok func(string) bool) (string, error) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// clickWhenVisible clicks sel once it shows (20 s at most); on failure it
+// says where the browser is and what the page says.
+func clickWhenVisible(ctx context.Context, sel string) error {
+	c, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	if err := chromedp.Do(c, chromedp.WaitVisible(chromedp.CSS(sel)), chromedp.Click(chromedp.CSS(sel))); err != nil {
+		loc, _ := chromedp.Run(ctx, chromedp.Location())
+		body, _ := chromedp.Run(ctx, chromedp.Evaluate[string]("document.body ? document.body.innerText : ''"))
+		return fmt.Errorf("%s: %v (at %s: %.300q)", sel, err, loc, body)
+	}
+	return nil
 }
 
 func waitVisible(ctx context.Context, sel string) error {
@@ -761,12 +793,15 @@ func startHydra(t *testing.T, urls []string, accessTokens string) *idpUnderTest 
 		redirects = append(redirects, u+"/oauth2/callback")
 		postLogout = append(postLogout, u+"/bye")
 	}
+	// Hydra keeps no count of the logout tokens it sends: they pass
+	// through a recorder on their way to the first replica.
+	bc := newDeliveryRecorder(t, urls[0])
 	if err := h.CreateClient(map[string]any{
 		"client_id": "demo", "client_secret": "demo-secret",
 		"grant_types": []string{"authorization_code", "refresh_token"}, "response_types": []string{"code"},
 		"scope": "openid offline_access profile email", "token_endpoint_auth_method": "client_secret_basic",
 		"redirect_uris": redirects, "post_logout_redirect_uris": postLogout,
-		"backchannel_logout_uri": urls[0] + "/oauth2/backchannel_logout", "backchannel_logout_session_required": true,
+		"backchannel_logout_uri": bc.url + "/oauth2/backchannel_logout", "backchannel_logout_session_required": true,
 		"frontchannel_logout_uri": urls[0] + "/oauth2/frontchannel_logout", "frontchannel_logout_session_required": true,
 	}); err != nil {
 		t.Fatal(err)
@@ -800,19 +835,31 @@ func startHydra(t *testing.T, urls []string, accessTokens string) *idpUnderTest 
 		ownLogout: func(s *sc, ctx context.Context) {
 			// Hydra's own logout: the browser at its logout endpoint, the
 			// logout app confirms, Hydra tells the relying parties.
-			if err := chromedp.Do(ctx, chromedp.Navigate(h.Issuer+"/oauth2/sessions/logout"), chromedp.Click(chromedp.ID("logout-yes"))); err != nil {
+			if err := chromedp.Do(ctx, chromedp.Navigate(h.Issuer+"/oauth2/sessions/logout")); err != nil {
+				s.Fatalf("Hydra's logout: %v", err)
+			}
+			if err := clickWhenVisible(ctx, "#logout-yes"); err != nil {
 				s.Fatalf("Hydra's logout: %v", err)
 			}
 			if loc, err := waitLocation(ctx, func(l string) bool { return l == h.AppURL+"/loggedout" }); err != nil {
 				s.Fatalf("Hydra's logout did not finish (at %s): %v", loc, err)
 			}
 		},
-		refreshGrants: func(*sc) (int64, int64) { return h.TokenGrants("refresh_token") },
-		revocationMark: func(*sc) revocationMark {
+		refreshGrants:   func(*sc) (int64, int64) { return h.TokenGrants("refresh_token") },
+		backchannelSent: func(*sc) int64 { return bc.accepted.Load() },
+		revocationMark: func(s *sc) revocationMark {
 			ok, refused := h.Revocations()
-			return revocationMark{ok, refused}
+			m := revocationMark{ok: ok, refused: refused}
+			if rt := h.LatestRefreshToken("demo"); rt != "" {
+				in, err := h.Introspect(rt)
+				m.wasActive = err == nil && in["active"] == true
+			}
+			return m
 		},
 		revocationChecked: func(s *sc, m revocationMark) {
+			if !m.wasActive {
+				s.Fatalf("the session's refresh token was not active at Hydra before the logout: nothing to check")
+			}
 			ok, refused := h.Revocations()
 			s.Logf("revocation requests at logout: %d accepted, %d refused", ok-m.ok, refused-m.refused)
 			if ok-m.ok < 1 || refused != m.refused {
@@ -855,6 +902,29 @@ func startHydra(t *testing.T, urls []string, accessTokens string) *idpUnderTest 
 		}
 	}
 	return u
+}
+
+// deliveryRecorder forwards the IdP's back-channel logout requests to a
+// replica and counts those the replica accepted (200).
+type deliveryRecorder struct {
+	url      string
+	accepted atomic.Int64
+}
+
+func newDeliveryRecorder(t *testing.T, target string) *deliveryRecorder {
+	u, _ := url.Parse(target)
+	r := &deliveryRecorder{}
+	proxy := httputil.NewSingleHostReverseProxy(u)
+	proxy.ModifyResponse = func(resp *http.Response) error {
+		if resp.StatusCode == http.StatusOK {
+			r.accepted.Add(1)
+		}
+		return nil
+	}
+	l := listen(t)
+	r.url = "http://" + l.Addr().String()
+	serve(t, l, proxy)
+	return r
 }
 
 // discoveredIssuer is the issuer exactly as the IdP's discovery document
@@ -928,7 +998,10 @@ func startOIDCProvider(t *testing.T, urls []string) *idpUnderTest {
 		ownLogout: func(s *sc, ctx context.Context) {
 			// oidc-provider's own logout page, without an id_token_hint:
 			// "Yes, sign me out" ends the session at every client.
-			if err := chromedp.Do(ctx, chromedp.Navigate(p.Issuer+"/session/end"), chromedp.Click(chromedp.CSS(`button[name="logout"][value="yes"]`))); err != nil {
+			if err := chromedp.Do(ctx, chromedp.Navigate(p.Issuer+"/session/end")); err != nil {
+				s.Fatalf("oidc-provider's logout: %v", err)
+			}
+			if err := clickWhenVisible(ctx, `button[name="logout"][value="yes"]`); err != nil {
 				s.Fatalf("oidc-provider's logout: %v", err)
 			}
 			if loc, err := waitLocation(ctx, func(l string) bool { return strings.HasPrefix(l, p.Issuer+"/session/end/success") }); err != nil {
@@ -948,9 +1021,16 @@ func startOIDCProvider(t *testing.T, urls []string) *idpUnderTest {
 		},
 		revocationMark: func(s *sc) revocationMark {
 			st := stats(s)
-			return revocationMark{st.Revocation.OK, st.Revocation.Refused}
+			m := revocationMark{ok: st.Revocation.OK, refused: st.Revocation.Refused}
+			if rt := st.LatestRefreshToken["demo"]; rt != "" {
+				m.wasActive, _ = introspect(p.Issuer+"/token/introspection", "demo", "demo-secret", rt)
+			}
+			return m
 		},
 		revocationChecked: func(s *sc, m revocationMark) {
+			if !m.wasActive {
+				s.Fatalf("the session's refresh token was not active at oidc-provider before the logout: nothing to check")
+			}
 			st := stats(s)
 			s.Logf("revocation requests at logout: %d accepted, %d refused", st.Revocation.OK-m.ok, st.Revocation.Refused-m.refused)
 			if st.Revocation.OK-m.ok < 1 || st.Revocation.Refused != m.refused {
