@@ -66,7 +66,10 @@ func (h *Handler) serveBackchannelLogout(w http.ResponseWriter, r *http.Request)
 		kind, id = revokeSubject, lt.Subject
 	}
 	if len(id) > maxRevocationID || len(lt.Subject) > maxRevocationID {
-		h.logger.Info("back-channel logout token refused: sid or sub longer than 255 bytes", zap.Int("sid_len", len(lt.SID)), zap.Int("sub_len", len(lt.Subject)))
+		if ok, n := bcRefusedLog.allow(); ok {
+			h.logger.Info("back-channel logout token refused: sid or sub longer than 255 bytes", zap.Int("sid_len", len(lt.SID)),
+				zap.Int("sub_len", len(lt.Subject)), zap.Int64("refused_since_last_log", n))
+		}
 		return jsonError(w, http.StatusBadRequest, "invalid_request", "sid or sub too long")
 	}
 	at := time.Now()
@@ -153,6 +156,8 @@ func (h *Handler) serveFrontchannelLogout(w http.ResponseWriter, r *http.Request
 			}
 			h.logger.Info("front-channel logout ignored", zap.String("reason", why), zap.Int64("ignored_since_last_log", n))
 		}
+	case h.revs.ended(h.Issuer, sess):
+		h.endSession(w, r, sess) // a copy of a cookie already logged out
 	default:
 		h.endSession(w, r, sess)
 		if err := h.revs.revoke(r.Context(), revokeSession, h.Issuer, sess.LocalID, now, time.Duration(h.SessionLifetime), fromSession); err != nil {

@@ -93,7 +93,14 @@ func (h *Handler) logout(w http.ResponseWriter, r *http.Request) error {
 	sess, _, err := h.loadSession(r, now)
 	h.endSession(w, r, sess)
 	ended := sess != nil
-	if sess != nil {
+	if sess != nil && h.revs.ended(h.Issuer, sess) {
+		// A copy of a cookie already logged out: nothing more to end, no
+		// call to the IdP and no ID token for whoever replays it.
+		ended = false
+		if ok, n := logoutRefusedLog.allow(); ok {
+			h.logger.Info("logout of a session already ended", zap.String("sub", sess.Subject()), zap.Int64("more_since_last_log", n))
+		}
+	} else if sess != nil {
 		if err := h.revs.revoke(r.Context(), revokeSession, h.Issuer, sess.LocalID, now, time.Duration(h.SessionLifetime), fromSession); err != nil {
 			h.logger.Warn("logout: copies of this session's cookie stay valid", zap.String("sub", sess.Subject()), zap.Error(err))
 		}

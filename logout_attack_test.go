@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -331,5 +332,35 @@ func TestAttackRevocationLivesAsLongAsTheLongestRoute(t *testing.T) {
 	rv, _ = long.revs.get(revKey{revokeSID, idp.Issuer, "long-sid"})
 	if lives := time.Duration(rv.expires-rv.at) * time.Second; lives < 72*time.Hour {
 		t.Errorf("after a reload raising the lifetime, the revocation lives %s, want at least 72h", lives)
+	}
+}
+
+// TestAttackReplayedLogoutCostsNothing: a copy of a logged-out cookie
+// POSTed to the logout path again and again makes no call to the IdP, gets
+// no ID token back, and stores nothing more.
+func TestAttackReplayedLogoutCostsNothing(t *testing.T) {
+	idp := testidp.New()
+	defer idp.Close()
+	idp.SetDiscovery("revocation_endpoint", idp.Issuer+"/revoke")
+	var revokes atomic.Int64
+	idp.OnRevoke(func(w http.ResponseWriter, r *http.Request) { revokes.Add(1) })
+	h := newTestHandler(t, idp, nil)
+	rs := freshSet(t, h)
+	const idToken = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ1In0.cmVwbGF5"
+	victim := loggedIn(t, h, map[string]any{"sub": "u"}, func(s *session.Session) { s.RefreshToken, s.IDToken = "rt", idToken })
+	if w, err := logoutPOST(h, victim, map[string]string{"Origin": "http://example.com"}); err != nil || !strings.Contains(w.Body.String(), idToken) {
+		t.Fatalf("first logout: %d %v", w.Code, err)
+	}
+	if revokes.Load() != 1 || testRevCount(rs) != 1 {
+		t.Fatalf("first logout: %d refresh-token revocations at the IdP, %d revocations; want 1 and 1", revokes.Load(), testRevCount(rs))
+	}
+	for range 100 {
+		w, err := logoutPOST(h, victim, map[string]string{"Origin": "http://example.com"})
+		if err != nil || strings.Contains(w.Body.String(), idToken) || !clearsSession(w) {
+			t.Fatalf("replayed logout: %d %v, ID token in the answer %v", w.Code, err, strings.Contains(w.Body.String(), idToken))
+		}
+	}
+	if revokes.Load() != 1 || testRevCount(rs) != 1 {
+		t.Errorf("100 replays: %d refresh-token revocations at the IdP, %d revocations; want 1 and 1", revokes.Load(), testRevCount(rs))
 	}
 }
