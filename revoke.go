@@ -110,6 +110,9 @@ type revocations struct {
 	runDone chan struct{}
 
 	refused, unshared logLimit
+	// synced is set by the first complete read of a Valkey: until then a
+	// process that just started does not know the other replicas' logouts.
+	synced atomic.Bool
 }
 
 type revKey struct{ kind, issuer, id string }
@@ -649,7 +652,20 @@ func (a *attachment) resync() {
 	a.r.prune()
 	if complete {
 		a.queueAll(stored)
+		a.r.synced.Store(true)
 	}
+}
+
+// ready reports whether the set knows the logouts of the other replicas:
+// it has read a Valkey completely once in this process, or no Valkey is
+// attached (memory alone: there are no other replicas). A reload keeps it.
+func (r *revocations) ready() bool {
+	if r.synced.Load() {
+		return true
+	}
+	r.attMu.Lock()
+	defer r.attMu.Unlock()
+	return len(r.att) == 0
 }
 
 // queueAll queues every unexpired revocation that stored (what Valkey has)

@@ -271,3 +271,29 @@ func TestRevocationsArePrunedOnATimer(t *testing.T) {
 		rs.detach(nil)
 	})
 }
+
+// TestRevocationSetReadyOnceValkeyWasRead: a process that just started with
+// Valkey does not know the other replicas' logouts until it has read them;
+// ready says when it does (memory alone is always ready).
+func TestRevocationSetReadyOnceValkeyWasRead(t *testing.T) {
+	mem := newRevocations()
+	mem.attach(nil)
+	defer mem.detach(nil)
+	if !mem.ready() {
+		t.Error("a memory-only set is not ready")
+	}
+	srv := redistest.Start(t)
+	srv.Kill()
+	set, err := newCacheSet(CacheConfig{Backend: "valkey", Address: []string{srv.Addr}, KeyPrefix: "caddy-oidc:", L1MaxBytes: 1 << 20, L1MaxEntries: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	testOwnRevocations(set)
+	defer set.Destruct()
+	set.hybrid.Start()
+	if set.revs.ready() {
+		t.Error("ready before Valkey was ever read")
+	}
+	srv.Restart()
+	revPoll(t, 20*time.Second, "ready once Valkey is read", set.revs.ready)
+}
