@@ -516,9 +516,17 @@ func (h *Hybrid) SetShared(ctx context.Context, key string, value []byte, ttl ti
 		h.noteError("SET", err)
 		return ErrUnavailable
 	}
-	// Our own announcement is not delivered to us: drop a copy a Get made.
-	_ = h.l1.Delete(ctx, key)
+	h.forgetLocal(key)
 	return nil
+}
+
+// forgetLocal drops what this process holds of key after another path wrote
+// it to Valkey (SetShared, a fenced publish): our own announcement is not
+// delivered to us, so an L1 copy would stay stale, and an older value
+// waiting for write-back would overwrite the new one.
+func (h *Hybrid) forgetLocal(key string) {
+	h.pending.remove(key)
+	_ = h.l1.Delete(context.Background(), key)
 }
 
 // GetShared reads key from Valkey only, without filling L1.
