@@ -137,6 +137,10 @@ type cacheSet struct {
 	// replay records used login attempts (and, with memory alone, logout
 	// token ids) apart from l1.
 	replay *cache.Memory
+	// predecessor is the Valkey-backed set that served before a reload
+	// changed the cache block: until this set's first connection, reads it
+	// cannot answer are asked there, so the reload costs no 503s.
+	predecessor atomic.Pointer[cacheSet]
 	stats  *cache.Stats
 	coll   *cache.Collector
 	revs   *revocations
@@ -184,7 +188,15 @@ func (a *App) Provision(ctx caddy.Context) error {
 	identity.L1MaxBytes, identity.L1MaxEntries = 0, 0
 	keyJSON, _ := json.Marshal(identity)
 	a.cacheKey = string(keyJSON)
-	v, _, err := cacheSets.LoadOrNew(a.cacheKey, func() (caddy.Destructor, error) { return newCacheSet(cfg) })
+	v, _, err := cacheSets.LoadOrNew(a.cacheKey, func() (caddy.Destructor, error) {
+		set, err := newCacheSet(cfg)
+		if err == nil && set.hybrid != nil {
+			if cur := currentApp.Load(); cur != nil && cur.caches != nil && cur.caches.hybrid != nil {
+				set.predecessor.Store(cur.caches)
+			}
+		}
+		return set, err
+	})
 	if err != nil {
 		return fmt.Errorf("oidc app: cache: %w", err)
 	}
@@ -226,7 +238,30 @@ func (a *App) set() *cacheSet {
 type liveStore struct{ app *App }
 
 func (s liveStore) Get(ctx context.Context, key string) ([]byte, bool, error) {
-	return s.app.set().store.Get(ctx, key)
+	set := s.app.set()
+	v, found, err := set.store.Get(ctx, key)
+	if err != nil {
+		if prev := set.waitingFor(); prev != nil {
+			return prev.store.Get(ctx, key)
+		}
+	}
+	return v, found, err
+}
+
+// waitingFor returns the set to read from while this one has not yet
+// connected to Valkey, or nil.
+func (c *cacheSet) waitingFor() *cacheSet {
+	prev := c.predecessor.Load()
+	if prev == nil {
+		return nil
+	}
+	select {
+	case <-c.hybrid.Connected():
+		c.predecessor.Store(nil) // connected: the old set may go
+		return nil
+	default:
+		return prev
+	}
 }
 
 func (s liveStore) Set(ctx context.Context, key string, value []byte, ttl time.Duration) error {

@@ -585,3 +585,28 @@ func TestAttackIDTokenAsBearer(t *testing.T) {
 		}
 	}
 }
+
+// 11.5: the bearer path honours the revocation set: after a back-channel
+// logout of a user, their access tokens issued before it are refused.
+func TestAttackBearerAfterLogout(t *testing.T) {
+	idp := testidp.New()
+	defer idp.Close()
+	h := newTestHandler(t, idp, func(h *Handler) { h.Bearer = true; h.BearerAudience = []string{"api"} })
+	sub := fmt.Sprintf("svc-%d", time.Now().UnixNano())
+	tok := idp.Sign(accessClaims(idp, func(c map[string]any) { c["sub"] = sub; c["iat"] = time.Now().Add(-time.Minute).Unix() }))
+	call := func() int {
+		r := apiRequest(request("GET", "/api"))
+		r.Header.Set("Authorization", "Bearer "+tok)
+		code, _, _ := serve(h, r)
+		return code
+	}
+	if code := call(); code != 200 {
+		t.Fatalf("before logout: %d", code)
+	}
+	if err := h.revs.revoke(context.Background(), revokeSubject, idp.Issuer, sub, time.Now(), time.Hour, fromIdP); err != nil {
+		t.Fatal(err)
+	}
+	if code := call(); code != http.StatusUnauthorized {
+		t.Errorf("a cached bearer token of a logged-out user: %d, want 401", code)
+	}
+}

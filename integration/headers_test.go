@@ -5,6 +5,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/fcgi"
+	"sort"
+	"strings"
 	"testing"
 )
 
@@ -21,8 +23,16 @@ func TestAttackUnderscoreHeaderThroughFastCGI(t *testing.T) {
 	// A FastCGI application: it answers with the identity it was given.
 	go func() {
 		_ = fcgi.Serve(l, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			env := fcgi.ProcessEnv(r)
-			fmt.Fprintf(w, "%s|%s", r.Header.Get("X-Auth-Email"), env["HTTP_X_AUTH_EMAIL"])
+			// What PHP's $_SERVER would hold: every spelling folded to one
+			// HTTP_X_AUTH_EMAIL ('-', '_' and '.' alike), whichever came.
+			var seen []string
+			for name, v := range r.Header {
+				if strings.NewReplacer("_", "-", ".", "-").Replace(strings.ToLower(name)) == "x-auth-email" {
+					seen = append(seen, v...)
+				}
+			}
+			sort.Strings(seen)
+			fmt.Fprint(w, strings.Join(seen, "|"))
 		}))
 	}()
 	t.Cleanup(func() { l.Close() })
@@ -42,7 +52,7 @@ func TestAttackUnderscoreHeaderThroughFastCGI(t *testing.T) {
 		if resp.StatusCode != 200 {
 			t.Fatalf("FastCGI request: %d %s", resp.StatusCode, b[:n])
 		}
-		if got := string(b[:n]); got != "alice@example.com|alice@example.com" {
+		if got := string(b[:n]); got != "alice@example.com" {
 			forged++
 			t.Logf("request %d (%s): the application saw %q", i, name, got)
 		}
