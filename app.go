@@ -141,9 +141,9 @@ type cacheSet struct {
 	// changed the cache block: until this set's first connection, reads it
 	// cannot answer are asked there, so the reload costs no 503s.
 	predecessor atomic.Pointer[cacheSet]
-	stats  *cache.Stats
-	coll   *cache.Collector
-	revs   *revocations
+	stats       *cache.Stats
+	coll        *cache.Collector
+	revs        *revocations
 }
 
 func (c *cacheSet) Destruct() error {
