@@ -166,6 +166,7 @@ func (App) CaddyModule() caddy.ModuleInfo {
 func (a *App) Provision(ctx caddy.Context) error {
 	a.logger = ctx.Logger()
 	a.work = new(appWork)
+	processStart.CompareAndSwap(0, time.Now().UnixNano())
 	cfg, err := a.resolveCache()
 	if err != nil {
 		return err
@@ -208,6 +209,23 @@ func (a *App) Provision(ctx caddy.Context) error {
 	}
 	a.coordinator = processCoordinator
 	return nil
+}
+
+// revocationStartupWait bounds how long after the process started a
+// session waits (503) for the revocation set's first read of Valkey; past
+// it, a Valkey that is down costs no outage.
+const revocationStartupWait = 10 * time.Second
+
+// processStart is when this process loaded its first oidc config.
+var processStart atomic.Int64
+
+// justStarted reports whether the process loaded its first config less
+// than revocationStartupWait ago.
+func (a *App) justStarted() bool {
+	if a.work == nil {
+		return false
+	}
+	return time.Now().UnixNano()-processStart.Load() < int64(revocationStartupWait)
 }
 
 // hold marks work of this config in progress; call the returned func when

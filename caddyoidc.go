@@ -551,6 +551,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if sess == nil {
 		return h.challenge(w, r, "")
 	}
+	if h.app.justStarted() && !h.revs.ready() {
+		// This process has not read the other replicas' logouts yet: a
+		// moment's wait rather than a logged-out session let in.
+		w.Header().Set("Retry-After", "2")
+		return caddyhttp.Error(http.StatusServiceUnavailable, errors.New("the revocation set is not loaded yet"))
+	}
 	if h.revs.ended(h.Issuer, sess) {
 		// Logged out (back-channel, front-channel or RP-initiated) on some replica.
 		h.logger.Info("session refused: logged out", zap.String("sub", sess.Subject()))

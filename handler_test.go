@@ -474,6 +474,7 @@ func TestCacheStoreSessions(t *testing.T) {
 
 	// Logout deletes the session from the store: the old cookie is dead.
 	r = request("POST", "/oauth2/logout")
+	r.Header.Set("Origin", "http://example.com")
 	r.AddCookie(sc)
 	if err := h.ServeHTTP(httptest.NewRecorder(), r, &recordNext{}); err != nil {
 		t.Fatal(err)

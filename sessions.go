@@ -244,7 +244,7 @@ func (h *Handler) writeSession(w http.ResponseWriter, r *http.Request, s *sessio
 
 // endSession removes the session everywhere this handler can reach.
 func (h *Handler) endSession(w http.ResponseWriter, r *http.Request, s *session.Session) {
-	session.ClearChunked(w, r, h.sessionCookieName(r), h.secure(r))
+	session.ClearChunked(w, r, h.sessionCookieName(r), h.cookieOptions(r, 0))
 	if s != nil && s.ID != "" {
 		if err := h.store.Delete(context.WithoutCancel(r.Context()), h.storeKey(s.ID)); err != nil {
 			h.logger.Warn("deleting the session from the shared cache failed", zap.Error(err))

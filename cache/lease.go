@@ -99,8 +99,14 @@ func (h *Hybrid) ReleaseLease(ctx context.Context, key, token string) error {
 // later write-back: a write-back would not be fenced. On a cluster, lease
 // and key must share a hash tag ("lease:{id}", "rfr:{id}").
 func (h *Hybrid) PublishLeased(ctx context.Context, lease, token, key string, value []byte, ttl time.Duration) (bool, error) {
-	return h.leaseCall(ctx, "fenced publish", publishLeasedScript, []string{lease, key},
+	ok, err := h.leaseCall(ctx, "fenced publish", publishLeasedScript, []string{lease, key},
 		[]string{token, string(value), pxArg(ttl), h.channel, h.origin + "|" + key})
+	if ok {
+		// Our own announcement is not delivered to us: drop what this
+		// replica holds of key, or its L1 would serve a stale copy.
+		h.forgetLocal(key)
+	}
+	return ok, err
 }
 
 // watchers wakes waiters when another replica announces a key's change.

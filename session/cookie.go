@@ -122,11 +122,17 @@ func WriteChunked(w http.ResponseWriter, r *http.Request, name, value string, o 
 	return true
 }
 
-// ClearChunked expires every chunk of name present in r.
-func ClearChunked(w http.ResponseWriter, r *http.Request, name string, secure bool) {
+// ClearChunked expires every chunk of name present in r. The deletion
+// carries o's SameSite: a browser ignores a Lax deletion of a None cookie
+// inside a cross-site frame (front-channel logout).
+func ClearChunked(w http.ResponseWriter, r *http.Request, name string, o CookieOptions) {
 	for i := 0; i < MaxChunks; i++ {
 		if _, err := r.Cookie(ChunkName(name, i)); err == nil {
-			http.SetCookie(w, expired(ChunkName(name, i), secure))
+			c := expired(ChunkName(name, i), o.Secure)
+			if o.SameSite != 0 {
+				c.SameSite = o.SameSite
+			}
+			http.SetCookie(w, c)
 		}
 	}
 }

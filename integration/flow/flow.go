@@ -37,6 +37,11 @@ func (h headerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 			r.Header.Set(k, v)
 		}
 	}
+	// A browser sends Origin with every POST; a page's own form posts from
+	// the page's origin.
+	if r.Method == http.MethodPost && r.Header.Get("Origin") == "" {
+		r.Header.Set("Origin", r.URL.Scheme+"://"+r.URL.Host)
+	}
 	return h.base.RoundTrip(r)
 }
 
