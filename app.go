@@ -202,6 +202,8 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("oidc app: cache: %w", err)
 	}
 	a.caches = v.(*cacheSet)
+	// A kept set takes this config's bounds, with its contents.
+	a.caches.l1.SetLimits(cfg.L1MaxBytes, cfg.L1MaxEntries)
 	if reg := ctx.GetMetricsRegistry(); reg != nil {
 		if err := reg.Register(a.caches.coll); err != nil && !errors.As(err, &prometheus.AlreadyRegisteredError{}) {
 			a.logger.Warn("registering metrics", zap.Error(err))

@@ -1,6 +1,7 @@
 package caddyoidc
 
 import (
+	"context"
 	"encoding/json"
 	"strings"
 	"testing"
@@ -78,5 +79,28 @@ func TestIdPTimeoutMustFitTheLease(t *testing.T) {
 	err := h.attach(app)
 	if err == nil || !strings.Contains(err.Error(), "idp_timeout") || !strings.Contains(err.Error(), "refresh_lease") {
 		t.Errorf("idp_timeout 8s with refresh_lease 10s: %v", err)
+	}
+}
+
+// 17.2: a reload that changes the lease, the hand-off or the L1 bounds keeps
+// the cache set, its sessions and its revocations; the new bounds apply.
+func TestReloadKeepsTheCacheSetWhenOnlySettingsChange(t *testing.T) {
+	first := App{RefreshHandOff: caddy.Duration(30 * time.Second), Cache: &CacheConfig{L1MaxBytes: 8 << 20}}
+	if err := first.Provision(caddy.Context{}); err != nil {
+		t.Fatal(err)
+	}
+	defer first.Cleanup()
+	_ = first.caches.store.Set(context.Background(), "sess:kept", []byte("v"), time.Hour)
+	second := App{RefreshHandOff: caddy.Duration(31 * time.Second), RefreshLease: caddy.Duration(30 * time.Second),
+		Cache: &CacheConfig{L1MaxBytes: 4 << 20, L1MaxEntries: 5000}}
+	if err := second.Provision(caddy.Context{}); err != nil {
+		t.Fatal(err)
+	}
+	defer second.Cleanup()
+	if second.caches != first.caches {
+		t.Fatal("changing refresh_handoff, refresh_lease or the L1 bounds built a new cache set")
+	}
+	if _, found, _ := second.caches.store.Get(context.Background(), "sess:kept"); !found {
+		t.Error("the session stored before the reload is gone")
 	}
 }

@@ -25,8 +25,9 @@ const entryOverhead = 160
 type Memory struct {
 	seed     maphash.Seed
 	shards   [shardCount]shard
-	maxBytes int64 // per shard
-	maxItems int   // per shard
+	// Bounds per shard; atomic so that a reload can change them (SetLimits).
+	maxBytes atomic.Int64
+	maxItems atomic.Int64
 	stats    *Stats
 	// epoch is bumped by MarkUnverified; an entry is verified while its
 	// epoch is the current one.
@@ -71,7 +72,9 @@ func NewMemory(maxBytes int64, maxEntries int, stats *Stats) *Memory {
 	if stats == nil {
 		stats = new(Stats)
 	}
-	m := &Memory{seed: maphash.MakeSeed(), maxBytes: max(maxBytes/shardCount, 1), maxItems: max(maxEntries/shardCount, 1), stats: stats}
+	m := &Memory{seed: maphash.MakeSeed(), stats: stats}
+	m.maxBytes.Store(max(maxBytes/shardCount, 1))
+	m.maxItems.Store(int64(max(maxEntries/shardCount, 1)))
 	for i := range m.shards {
 		m.shards[i].items = make(map[string]*list.Element)
 		m.shards[i].stats = stats
@@ -179,16 +182,34 @@ func (m *Memory) insertLocked(s *shard, key string, value []byte, ttl time.Durat
 	if el, ok := s.items[key]; ok {
 		s.remove(el)
 	}
-	if sz > m.maxBytes {
+	maxBytes, maxItems := m.maxBytes.Load(), int(m.maxItems.Load())
+	if sz > maxBytes {
 		return // larger than a shard: never cached
 	}
 	e := &memEntry{key: key, value: value, expires: time.Now().Add(ttl), epoch: epoch}
 	s.items[key] = s.lru.PushFront(e)
 	s.bytes += sz
 	s.stats.addL1(sz, 1)
-	for s.bytes > m.maxBytes || len(s.items) > m.maxItems {
+	for s.bytes > maxBytes || len(s.items) > maxItems {
 		s.remove(s.lru.Back())
 		s.stats.Evictions.Add(1)
+	}
+}
+
+// SetLimits changes the bounds (a reload that changes l1_max_bytes or
+// l1_max_entries keeps the cache's contents) and evicts down to them.
+func (m *Memory) SetLimits(maxBytes int64, maxEntries int) {
+	mb, mi := max(maxBytes/shardCount, 1), max(maxEntries/shardCount, 1)
+	m.maxBytes.Store(mb)
+	m.maxItems.Store(int64(mi))
+	for i := range m.shards {
+		s := &m.shards[i]
+		s.mu.Lock()
+		for (s.bytes > mb || len(s.items) > mi) && s.lru.Len() > 0 {
+			s.remove(s.lru.Back())
+			s.stats.Evictions.Add(1)
+		}
+		s.mu.Unlock()
 	}
 }
 
