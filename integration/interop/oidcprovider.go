@@ -30,6 +30,11 @@ type OIDCProviderConfig struct {
 	RotateRefreshToken *bool                     `json:"rotateRefreshToken,omitempty"`
 	LoopbackFetch      *bool                     `json:"loopbackFetch,omitempty"`
 	Provider           map[string]any            `json:"provider,omitempty"`
+	// TLS serves HTTPS with this certificate and key (PEM files).
+	TLS *struct {
+		Cert string `json:"cert"`
+		Key  string `json:"key"`
+	} `json:"tls,omitempty"`
 }
 
 // Account is a user of oidc-provider's development login screen (which
@@ -219,10 +224,14 @@ func StartOIDCProvider(t testing.TB, cfg OIDCProviderConfig) *OIDCProvider {
 // Logs returns what the provider printed (warnings, errors).
 func (p *OIDCProvider) Logs() string { return p.logs.String() }
 
-// Stats fetches the provider's counters.
-func (p *OIDCProvider) Stats() (OIDCProviderStats, error) {
+// Stats fetches the provider's counters (over plain HTTP: a TLS run's
+// client trusts its own CA, see StatsWith).
+func (p *OIDCProvider) Stats() (OIDCProviderStats, error) { return p.StatsWith(http.DefaultClient) }
+
+// StatsWith fetches the provider's counters with client.
+func (p *OIDCProvider) StatsWith(client *http.Client) (OIDCProviderStats, error) {
 	var s OIDCProviderStats
-	resp, err := http.Get(p.Issuer + "/__interop/stats")
+	resp, err := client.Get(p.Issuer + "/__interop/stats")
 	if err != nil {
 		return s, err
 	}

@@ -23,6 +23,9 @@
 //                jwks_uri) to 127.0.0.0/8 and ::1 are allowed; oidc-provider
 //                refuses special-use addresses otherwise
 //   provider     any other top-level oidc-provider configuration, merged last
+//   tls          {"cert": "<PEM file>", "key": "<PEM file>"}: serve HTTPS (the
+//                issuer is then https://127.0.0.1:<port>); client certificates
+//                are requested, not required, for a later mTLS setup
 //
 // Test-only endpoints (on the same port, under /__interop/):
 //   GET /__interop/stats  grants answered per grant_type (ok / refused),
@@ -30,6 +33,7 @@
 //       and the latest refresh token issued per client (so a test can ask
 //       the IdP whether it is still active after a logout).
 import { createServer } from 'node:http';
+import { createServer as createTLSServer } from 'node:https';
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import Provider from 'oidc-provider';
@@ -68,9 +72,13 @@ const stats = {
 const accounts = cfg.accounts ?? {};
 const resources = cfg.resources ?? {};
 
-const server = createServer();
+const server = cfg.tls
+  ? createTLSServer({
+    cert: readFileSync(cfg.tls.cert), key: readFileSync(cfg.tls.key), requestCert: true, rejectUnauthorized: false,
+  })
+  : createServer();
 await new Promise((resolve) => { server.listen(cfg.port ?? 0, '127.0.0.1', resolve); });
-const issuer = `http://127.0.0.1:${server.address().port}`;
+const issuer = `${cfg.tls ? 'https' : 'http'}://127.0.0.1:${server.address().port}`;
 
 const features = merge({
   devInteractions: { enabled: true },
