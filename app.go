@@ -221,13 +221,16 @@ const revocationStartupWait = 10 * time.Second
 // processStart is when this process loaded its first oidc config.
 var processStart atomic.Int64
 
-// justStarted reports whether the process loaded its first config less
-// than revocationStartupWait ago.
-func (a *App) justStarted() bool {
-	if a.work == nil {
+// awaitingRevocations reports whether a session should wait for the
+// revocation set's first read of Valkey: only just after the process
+// started, and only while Valkey has not failed yet (a Valkey that is down
+// at start costs no outage: sessions are served, as during any outage).
+func (a *App) awaitingRevocations(revs *revocations) bool {
+	if a.work == nil || time.Now().UnixNano()-processStart.Load() >= int64(revocationStartupWait) {
 		return false
 	}
-	return time.Now().UnixNano()-processStart.Load() < int64(revocationStartupWait)
+	s := a.set()
+	return s.hybrid != nil && s.stats.ValkeyErrors.Load() == 0 && !revs.ready()
 }
 
 // hold marks work of this config in progress; call the returned func when

@@ -551,7 +551,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if sess == nil {
 		return h.challenge(w, r, "")
 	}
-	if h.app.justStarted() && !h.revs.ready() {
+	if h.app.awaitingRevocations(h.revs) {
 		// This process has not read the other replicas' logouts yet: a
 		// moment's wait rather than a logged-out session let in.
 		w.Header().Set("Retry-After", "2")

@@ -226,17 +226,6 @@ func (h *Handler) serveCallback(w http.ResponseWriter, r *http.Request) error {
 	if now.Sub(time.Unix(a.Created, 0)) > loginAttemptTTL {
 		return caddyhttp.Error(http.StatusBadRequest, errors.New("callback: login attempt expired"))
 	}
-	// The browser drops the attempt cookie, but a copy could be replayed
-	// with other codes: each attempt is used once, on every replica.
-	stateSum := sha256.Sum256([]byte(a.State))
-	first, err := h.app.addOnce(r.Context(), cache.Key(nsAttempt, h.ns+":"+hex.EncodeToString(stateSum[:16])), loginAttemptTTL)
-	if err != nil {
-		w.Header().Set("Retry-After", "5")
-		return caddyhttp.Error(http.StatusServiceUnavailable, fmt.Errorf("callback: %w", err))
-	}
-	if !first {
-		return caddyhttp.Error(http.StatusBadRequest, errors.New("callback: login attempt already used"))
-	}
 	if e := q.Get("error"); e != "" {
 		status := http.StatusBadRequest
 		if e == "access_denied" || e == "login_required" || e == "consent_required" || e == "interaction_required" {
@@ -258,6 +247,18 @@ func (h *Handler) serveCallback(w http.ResponseWriter, r *http.Request) error {
 	code := q.Get("code")
 	if code == "" {
 		return caddyhttp.Error(http.StatusBadRequest, errors.New("callback: missing code"))
+	}
+	// The browser drops the attempt cookie, but a copy could be replayed
+	// with other codes: each attempt reaches the token endpoint once, on
+	// every replica.
+	stateSum := sha256.Sum256([]byte(a.State))
+	first, err := h.app.addOnce(r.Context(), cache.Key(nsAttempt, h.ns+":"+hex.EncodeToString(stateSum[:16])), loginAttemptTTL)
+	if err != nil {
+		w.Header().Set("Retry-After", "5")
+		return caddyhttp.Error(http.StatusServiceUnavailable, fmt.Errorf("callback: %w", err))
+	}
+	if !first {
+		return caddyhttp.Error(http.StatusBadRequest, errors.New("callback: login attempt already used"))
 	}
 	tr, err := h.prov.Exchange(r.Context(), h.client, code, h.redirectURL(r), a.Verifier)
 	if err != nil {

@@ -298,12 +298,25 @@ func (h *Handler) refresh(ctx context.Context, s *session.Session) error {
 }
 
 // grant spends rt at the IdP and verifies what comes back.
-func (h *Handler) grant(ctx context.Context, rt, sub string) (*refreshResult, error) {
+func (h *Handler) grant(ctx context.Context, rt, sub string) (res *refreshResult, err error) {
+	start := time.Now()
+	defer func() {
+		outcome := "ok"
+		switch {
+		case err == nil:
+		case isDefinitive(err):
+			outcome = "refused"
+		default:
+			outcome = "failed"
+		}
+		h.logger.Info("refresh", zap.String("sub", sub), zap.String("outcome", outcome),
+			zap.Duration("took", time.Since(start)), zap.Error(err))
+	}()
 	tr, err := h.prov.Refresh(ctx, h.client, rt)
 	if err != nil {
 		return nil, err
 	}
-	res := &refreshResult{tokens: tr, at: time.Now()}
+	res = &refreshResult{tokens: tr, at: time.Now()}
 	if tr.IDToken != "" {
 		// Core §12.2: a refreshed ID token must be about the same user, from
 		// the same issuer (VerifyIDToken checks iss).

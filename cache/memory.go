@@ -23,8 +23,8 @@ const entryOverhead = 160
 // before the last MarkUnverified (the invalidation stream was lost and is
 // back) is "unverified" until L2 confirms it.
 type Memory struct {
-	seed     maphash.Seed
-	shards   [shardCount]shard
+	seed   maphash.Seed
+	shards [shardCount]shard
 	// Bounds per shard; atomic so that a reload can change them (SetLimits).
 	maxBytes atomic.Int64
 	maxItems atomic.Int64

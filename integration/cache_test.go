@@ -117,7 +117,7 @@ func TestValkeyOutageDegradesAndRecovers(t *testing.T) {
 	time.Sleep(1500 * time.Millisecond)
 
 	// A replica whose L1 never held the session answers 503, not a login.
-	d := newEnv(t, envOptions{oidc: "session_store cache", global: valkeyGlobal(srv.Addr)})
+	d := e.coldReplica(envOptions{oidc: "session_store cache", global: valkeyGlobal(srv.Addr)})
 	req, _ := http.NewRequest(http.MethodGet, d.caddyURL+"/cold", nil)
 	for _, ck := range cookies {
 		req.AddCookie(ck)

@@ -159,6 +159,16 @@ func newEnv(t testing.TB, o envOptions) *env {
 	return first
 }
 
+// coldReplica starts one more Caddy with o against the env's IdP: a replica
+// that has never seen the env's sessions (it cannot log in: the IdP does
+// not know its redirect URI).
+func (e *env) coldReplica(o envOptions) *env {
+	port := freePort(e.t)
+	d := &env{t: e.t, idp: e.idp, caddyURL: fmt.Sprintf("http://127.0.0.1:%d", port), admin: fmt.Sprintf("127.0.0.1:%d", freePort(e.t))}
+	d.start(caddyfileFor(d, port, e.idp.Issuer, startUpstream(e.t), o))
+	return d
+}
+
 func caddyfileFor(e *env, port int, issuer, upstream string, o envOptions) string {
 	return fmt.Sprintf(`{
 	admin %s
