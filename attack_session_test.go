@@ -610,3 +610,33 @@ func TestAttackBearerAfterLogout(t *testing.T) {
 		t.Errorf("a cached bearer token of a logged-out user: %d, want 401", code)
 	}
 }
+
+// 11.6 with end_session_method get (IdPs that accept only GET there): the
+// redirect names the client and the user, never the ID token.
+func TestEndSessionByGetCarriesNoIDToken(t *testing.T) {
+	idp := testidp.New()
+	defer idp.Close()
+	idp.SetDiscovery("end_session_endpoint", idp.Issuer+"/logout")
+	h := newTestHandler(t, idp, func(h *Handler) { h.EndSessionMethod = "get"; h.PostLogoutRedirectURI = "/bye" })
+	r := loggedIn(t, h, map[string]any{"sub": "u1"}, func(s *session.Session) { s.IDToken = "eyJ.secret-id-token.sig" })
+	lr := request("POST", "http://example.com/oauth2/logout")
+	lr.Header.Set("Origin", "http://example.com")
+	for _, c := range r.Cookies() {
+		lr.AddCookie(c)
+	}
+	w := httptest.NewRecorder()
+	if err := h.ServeHTTP(w, lr, &recordNext{}); err != nil {
+		t.Fatal(err)
+	}
+	loc, _ := url.Parse(w.Header().Get("Location"))
+	if w.Code != http.StatusFound || !strings.HasPrefix(loc.String(), idp.Issuer+"/logout?") {
+		t.Fatalf("logout: %d to %q, want a redirect to end_session", w.Code, loc)
+	}
+	q := loc.Query()
+	if strings.Contains(loc.String(), "secret-id-token") || q.Has("id_token_hint") {
+		t.Errorf("the ID token is in the end-session URL: %s", loc)
+	}
+	if q.Get("client_id") != "app" || q.Get("logout_hint") != "u1" || q.Get("post_logout_redirect_uri") != "http://example.com/bye" {
+		t.Errorf("end-session query %v", q)
+	}
+}

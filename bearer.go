@@ -152,7 +152,7 @@ func (h *Handler) checkAccessToken(ctx context.Context, token string, sum [32]by
 		}
 	}
 	ac, err := h.introspections.do(ctx, sum, func(ctx context.Context) (*provider.AccessClaims, error) {
-		return h.prov.Introspect(ctx, h.client, token, h.BearerAudience)
+		return h.prov.Introspect(ctx, h.client, token, h.BearerAudience, h.IntrospectionEndpoint)
 	})
 	if err != nil {
 		if errors.Is(err, provider.ErrInvalidToken) {

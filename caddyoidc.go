@@ -111,6 +111,17 @@ type Handler struct {
 	// tokens from the IdP (register <origin><path> as the client's
 	// backchannel_logout_uri). Default: /oauth2/backchannel_logout.
 	BackchannelLogoutPath string `json:"backchannel_logout_path,omitempty"`
+	// EndSessionMethod is how RP logout sends the browser to the IdP's
+	// end_session endpoint: "post", a self-submitting form carrying
+	// id_token_hint (the ID token never goes into a URL); or "get", a
+	// redirect with client_id and logout_hint but no ID token, for IdPs that
+	// accept only GET there (panva's oidc-provider by default). Default: post.
+	EndSessionMethod string `json:"end_session_method,omitempty"`
+	// IntrospectionEndpoint overrides the introspection endpoint of the
+	// discovery document, for IdPs that serve RFC 7662 elsewhere (Ory
+	// Hydra: its admin API's /admin/oauth2/introspect, which must stay
+	// private). Default: the discovery document's.
+	IntrospectionEndpoint string `json:"introspection_endpoint,omitempty"`
 	// FrontchannelLogoutPath is loaded by the IdP in an iframe with iss and
 	// sid (OpenID Connect Front-Channel Logout; register it as the client's
 	// frontchannel_logout_uri). Default: /oauth2/frontchannel_logout.
@@ -470,6 +481,16 @@ func (h *Handler) check(secrets []string) error {
 	}
 	if h.IdPTimeout > 0 && time.Duration(h.IdPTimeout) < 100*time.Millisecond {
 		return fmt.Errorf("oidc: idp_timeout %s is too short for any IdP call; use at least 100ms", time.Duration(h.IdPTimeout))
+	}
+	switch h.EndSessionMethod {
+	case "", "post", "get":
+	default:
+		return fmt.Errorf("oidc: end_session_method %q is unknown; use post or get", h.EndSessionMethod)
+	}
+	if e := h.IntrospectionEndpoint; e != "" {
+		if u, err := url.Parse(e); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			return fmt.Errorf("oidc: introspection_endpoint %q must be an absolute http(s) URL", e)
+		}
 	}
 	switch strings.ToLower(h.CookieSameSite) {
 	case "", "lax":

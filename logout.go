@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/caddy-oidc/caddy-oidc/session"
 )
 
 var confirmLogout = template.Must(template.New("logout").Parse(`<!doctype html>
@@ -141,6 +143,11 @@ func (h *Handler) logout(w http.ResponseWriter, r *http.Request) error {
 			if target != "" {
 				fields = append(fields, formField{"post_logout_redirect_uri", target})
 			}
+			if h.EndSessionMethod == "get" {
+				// A redirect puts its query in access logs and history:
+				// never the ID token, only who is logging out.
+				return h.endSessionRedirect(w, r, d.EndSessionEndpoint, sess, target)
+			}
 			return writeEndSessionForm(w, d.EndSessionEndpoint, fields)
 		}
 	}
@@ -148,6 +155,26 @@ func (h *Handler) logout(w http.ResponseWriter, r *http.Request) error {
 		target = "/"
 	}
 	http.Redirect(w, r, target, http.StatusFound)
+	return nil
+}
+
+// endSessionRedirect sends the browser to end_session by GET with client_id,
+// logout_hint and post_logout_redirect_uri (RP-Initiated Logout 1.0 §2),
+// for IdPs that refuse a POST there (panva's oidc-provider by default).
+func (h *Handler) endSessionRedirect(w http.ResponseWriter, r *http.Request, endpoint string, sess *session.Session, target string) error {
+	q := url.Values{"client_id": {h.ClientID}}
+	if sess != nil && sess.Subject() != "" {
+		q.Set("logout_hint", sess.Subject())
+	}
+	if target != "" {
+		q.Set("post_logout_redirect_uri", target)
+	}
+	sep := "?"
+	if strings.Contains(endpoint, "?") {
+		sep = "&"
+	}
+	w.Header().Set("Referrer-Policy", "no-referrer")
+	http.Redirect(w, r, endpoint+sep+q.Encode(), http.StatusFound)
 	return nil
 }
 

@@ -146,6 +146,18 @@ func (i *IdP) SetCodeDelay(d time.Duration) { i.store.codeDelay.Store(int64(d)) 
 // GrantsWaiting counts token grants (code or refresh) held by a delay now.
 func (i *IdP) GrantsWaiting() int64 { return i.store.waiting.Load() }
 
+// RevocationsReceived counts token revocations the IdP accepted (RFC 7009).
+func (i *IdP) RevocationsReceived() int64 { return i.store.revocations.Load() }
+
+// RevokeToken counts revocations, as RevocationsReceived reports them.
+func (s *store) RevokeToken(ctx context.Context, token, userID, clientID string) *oidc.Error {
+	err := s.Storage.RevokeToken(ctx, token, userID, clientID)
+	if err == nil {
+		s.revocations.Add(1)
+	}
+	return err
+}
+
 // SetTokenEndpointDown makes the token endpoint answer 503, as an IdP in
 // an outage would, while on.
 func (i *IdP) SetTokenEndpointDown(on bool) { i.store.tokenDown.Store(on) }
@@ -159,6 +171,7 @@ type store struct {
 	codeGrants, refreshGrants, refusedRefresh atomic.Int64
 	discoveryHits                             atomic.Int64
 	refreshDelay, codeDelay, waiting          atomic.Int64
+	revocations                               atomic.Int64
 	tokenDown                                 atomic.Bool
 	issuer                                    string
 	bcl                                       []string

@@ -65,7 +65,9 @@ var aliceClaims = map[string]any{
 // idpUnderTest is what the scenarios need of an IdP.
 type idpUnderTest struct {
 	name, snippet, issuer, clientID, clientSecret string
-	user                                          identity
+	// env has more {$VAR}s for its snippet.
+	env  map[string]string
+	user identity
 
 	// loginScreen is a selector on the IdP's login screen; login fills it
 	// in and submits; consent (if any) is the button of its consent screen.
@@ -271,6 +273,9 @@ func runSuite(t *testing.T, name string, start func(t *testing.T, caddyURLs []st
 	up := startUpstream(t)
 	snippet := filepath.Join(integrationDir(), "interop", "caddyfiles", idp.snippet)
 	env := map[string]string{"OIDC_ISSUER": idp.issuer, "OIDC_CLIENT_ID": idp.clientID, "OIDC_CLIENT_SECRET": idp.clientSecret}
+	for k, v := range idp.env {
+		env[k] = v
+	}
 	var replicas []*caddy
 	for _, p := range ports {
 		cfg := caddyConfig(p, freePort(t), snippet, valkey.Addr, up, "refresh_before "+refreshBefore)
@@ -835,6 +840,7 @@ func startHydra(t *testing.T, urls []string, accessTokens string) *idpUnderTest 
 	u := &idpUnderTest{
 		buildTook: buildTook,
 		name:      "hydra-" + accessTokens, snippet: "hydra.caddyfile", issuer: discoveredIssuer(t, h.Issuer), clientID: "demo", clientSecret: "demo-secret",
+		env:         map[string]string{"HYDRA_ADMIN": h.AdminURL},
 		user:        identity{sub: "alice-id", email: "alice@example.com", name: "Alice Liddell", groups: "admins,staff"},
 		loginScreen: "#username",
 		login: func(ctx context.Context) error {

@@ -77,7 +77,11 @@ var accessTokenTypes = []string{"access_token", "bearer", "dpop", "urn:ietf:para
 // given, not expired, and for one of audiences: its aud (string or list)
 // names one, or, lacking aud, its client_id is one. Anything else is
 // ErrInvalidToken; an IdP that cannot answer (5xx, 429) is ErrUnavailable.
-func (p *Provider) Introspect(ctx context.Context, c Client, token string, audiences []string) (*AccessClaims, error) {
+//
+// endpoint, when set, is used instead of the discovery document's. A
+// token without sub (client credentials) gets its client_id as subject,
+// as RFC 9068 §2.2 has it for JWT access tokens.
+func (p *Provider) Introspect(ctx context.Context, c Client, token string, audiences []string, endpoint string) (*AccessClaims, error) {
 	if len(audiences) == 0 {
 		return nil, fmt.Errorf("no accepted audience configured for introspected tokens: %w", ErrInvalidToken)
 	}
@@ -85,10 +89,13 @@ func (p *Provider) Introspect(ctx context.Context, c Client, token string, audie
 	if err != nil {
 		return nil, err
 	}
-	if d.IntrospectionEndpoint == "" {
-		return nil, fmt.Errorf("the IdP has no introspection endpoint for opaque tokens: %w", ErrInvalidToken)
+	if endpoint == "" {
+		endpoint = d.IntrospectionEndpoint
 	}
-	resp, err := p.postForm(ctx, d, d.IntrospectionEndpoint, c, url.Values{"token": {token}, "token_type_hint": {"access_token"}})
+	if endpoint == "" {
+		return nil, fmt.Errorf("the IdP has no introspection endpoint for opaque tokens (set introspection_endpoint): %w", ErrInvalidToken)
+	}
+	resp, err := p.postForm(ctx, d, endpoint, c, url.Values{"token": {token}, "token_type_hint": {"access_token"}})
 	if err != nil {
 		return nil, err
 	}
@@ -120,6 +127,13 @@ func (p *Provider) Introspect(ctx context.Context, c Client, token string, audie
 	}
 	if err := introspectedAudience(claims, audiences); err != nil {
 		return nil, err
+	}
+	if sub, _ := claims["sub"].(string); sub == "" {
+		cid, _ := claims["client_id"].(string)
+		if cid == "" {
+			return nil, fmt.Errorf("introspected token names neither sub nor client_id: %w", ErrInvalidToken)
+		}
+		claims["sub"] = cid
 	}
 	ac := &AccessClaims{Claims: claims}
 	if exp, ok := claims["exp"].(float64); ok {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -70,19 +71,19 @@ func TestIntrospectChecksKindAndAudience(t *testing.T) {
 			w.Header().Set("Content-Type", "application/json")
 			_, _ = w.Write([]byte(body))
 		})
-		_, err := p.Introspect(ctx, c, "opaque-token", audiences)
+		_, err := p.Introspect(ctx, c, "opaque-token", audiences, "")
 		return err
 	}
 	for _, body := range []string{
-		`{"active":true,"aud":"api"}`,
-		`{"active":true,"aud":["other","api2"]}`,
+		`{"active":true,"sub":"u","aud":"api"}`,
+		`{"active":true,"sub":"u","aud":["other","api2"]}`,
 		`{"active":true,"client_id":"api"}`,
-		`{"active":true,"aud":"api","token_type":"Bearer"}`,
-		`{"active":true,"aud":"api","token_type":"access_token"}`,
-		`{"active":true,"aud":"api","token_type":"DPoP"}`,
-		`{"active":true,"aud":"api","token_type":"urn:ietf:params:oauth:token-type:access_token"}`,
-		`{"active":true,"aud":"api","token_use":"access_token"}`,
-		`{"active":true,"aud":"api","iss":"` + idp.Issuer + `"}`,
+		`{"active":true,"sub":"u","aud":"api","token_type":"Bearer"}`,
+		`{"active":true,"sub":"u","aud":"api","token_type":"access_token"}`,
+		`{"active":true,"sub":"u","aud":"api","token_type":"DPoP"}`,
+		`{"active":true,"sub":"u","aud":"api","token_type":"urn:ietf:params:oauth:token-type:access_token"}`,
+		`{"active":true,"sub":"u","aud":"api","token_use":"access_token"}`,
+		`{"active":true,"sub":"u","aud":"api","iss":"` + idp.Issuer + `"}`,
 	} {
 		if err := introspect(body); err != nil {
 			t.Errorf("%s refused: %v", body, err)
@@ -112,8 +113,32 @@ func TestIntrospectChecksKindAndAudience(t *testing.T) {
 			}
 		})
 	}
-	if _, err := p.Introspect(ctx, c, "opaque-token", nil); !errors.Is(err, provider.ErrInvalidToken) {
+	if _, err := p.Introspect(ctx, c, "opaque-token", nil, ""); !errors.Is(err, provider.ErrInvalidToken) {
 		t.Errorf("no accepted audience: got %v, want ErrInvalidToken", err)
+	}
+	// A client-credentials token (oidc-provider) names no sub: its client is
+	// the subject; a token naming neither carries no identity at all.
+	idp.OnIntrospect(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte(`{"active":true,"aud":"api","client_id":"robot"}`))
+	})
+	if ac, err := p.Introspect(ctx, c, "opaque-token", audiences, ""); err != nil || ac.Claims["sub"] != "robot" {
+		t.Errorf("client-credentials token: %v, sub %v; want the client_id as sub", err, ac)
+	}
+	idp.OnIntrospect(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte(`{"active":true,"aud":"api"}`))
+	})
+	if err := introspect(`{"active":true,"aud":"api"}`); !errors.Is(err, provider.ErrInvalidToken) {
+		t.Errorf("a token with neither sub nor client_id: %v, want ErrInvalidToken", err)
+	}
+	// An endpoint set in the config wins over discovery's (Hydra's admin API).
+	var hit bool
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hit = true
+		_, _ = w.Write([]byte(`{"active":true,"sub":"u","aud":"api"}`))
+	}))
+	defer other.Close()
+	if _, err := p.Introspect(ctx, c, "opaque-token", audiences, other.URL+"/admin/oauth2/introspect"); err != nil || !hit {
+		t.Errorf("introspection_endpoint override: %v, hit %v", err, hit)
 	}
 }
 
@@ -142,7 +167,7 @@ func TestIdP429IsUnavailable(t *testing.T) {
 		}
 	}
 	idp.OnIntrospect(tooMany(`{"active":false}`))
-	if _, err := p.Introspect(ctx, c, "opaque", []string{"api"}); !errors.Is(err, provider.ErrUnavailable) {
+	if _, err := p.Introspect(ctx, c, "opaque", []string{"api"}, ""); !errors.Is(err, provider.ErrUnavailable) {
 		t.Errorf("introspection 429: got %v, want ErrUnavailable", err)
 	}
 	idp.OnUserInfo(tooMany(`{"sub":"user-1"}`))
