@@ -88,12 +88,11 @@ func Start(o Options) (*IdP, error) {
 	}
 	client := storage.WebClient(o.ClientID, o.ClientSecret, o.RedirectURIs...)
 	s := &store{
-		Storage:   storage.NewStorageWithClients(us, map[string]*storage.Client{o.ClientID: client}),
-		users:     us,
-		accessTTL: o.AccessTokenLifetime,
-		client:    &devClient{Client: client, postLogout: o.PostLogoutRedirectURIs},
-		issuer:    issuer,
-		bcl:       o.BackchannelLogoutURIs,
+		Storage: storage.NewStorageWithClients(us, map[string]*storage.Client{o.ClientID: client}),
+		users:   us,
+		client:  &devClient{Client: client, postLogout: o.PostLogoutRedirectURIs},
+		issuer:  issuer,
+		bcl:     o.BackchannelLogoutURIs,
 	}
 	router := exampleop.SetupServer(issuer, s, nil, false)
 	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -106,6 +105,7 @@ func Start(o Options) (*IdP, error) {
 		}
 		router.ServeHTTP(w, r)
 	})
+	s.accessTTL.Store(int64(o.AccessTokenLifetime))
 	idp := &IdP{Issuer: issuer, store: s, srv: &http.Server{Handler: handler, ReadHeaderTimeout: 5 * time.Second}}
 	go func() { _ = idp.srv.Serve(ln) }()
 	return idp, nil
@@ -139,6 +139,10 @@ func (i *IdP) BackchannelLogoutsSent() int64 { return i.store.backchannelSent.Lo
 // SetRefreshDelay makes every refresh grant wait d before it is answered.
 func (i *IdP) SetRefreshDelay(d time.Duration) { i.store.refreshDelay.Store(int64(d)) }
 
+// SetAccessTokenLifetime changes the lifetime of the access tokens issued
+// from now on.
+func (i *IdP) SetAccessTokenLifetime(d time.Duration) { i.store.accessTTL.Store(int64(d)) }
+
 // SetCodeDelay makes every authorization-code grant wait d before it is
 // answered (a login callback held at the IdP).
 func (i *IdP) SetCodeDelay(d time.Duration) { i.store.codeDelay.Store(int64(d)) }
@@ -165,7 +169,7 @@ func (i *IdP) SetTokenEndpointDown(on bool) { i.store.tokenDown.Store(on) }
 type store struct {
 	*storage.Storage
 	users     userStore
-	accessTTL time.Duration
+	accessTTL atomic.Int64 // time.Duration
 	client    *devClient
 
 	codeGrants, refreshGrants, refusedRefresh atomic.Int64
@@ -282,7 +286,7 @@ func (s *store) CreateAccessAndRefreshTokens(ctx context.Context, req op.TokenRe
 	default:
 		s.codeGrants.Add(1)
 	}
-	return id, rt, time.Now().Add(s.accessTTL), nil
+	return id, rt, time.Now().Add(time.Duration(s.accessTTL.Load())), nil
 }
 
 func (s *store) CreateAccessToken(ctx context.Context, req op.TokenRequest) (string, time.Time, error) {
@@ -290,7 +294,7 @@ func (s *store) CreateAccessToken(ctx context.Context, req op.TokenRequest) (str
 	if err == nil {
 		s.codeGrants.Add(1)
 	}
-	return id, time.Now().Add(s.accessTTL), err
+	return id, time.Now().Add(time.Duration(s.accessTTL.Load())), err
 }
 
 // TokenRequestByRefreshToken counts a reused refresh token as a refused grant.
