@@ -109,7 +109,11 @@ func (h *Handler) serveBearer(w http.ResponseWriter, r *http.Request, next caddy
 		w.Header().Set("WWW-Authenticate", `Bearer realm="`+h.realm()+`", error="insufficient_scope"`)
 		return caddyhttp.Error(http.StatusForbidden, fmt.Errorf("bearer %q is not allowed by the allow rules", claimString(claims["sub"])))
 	}
-	h.setIdentity(r, claims)
+	tokens := &session.Session{AccessToken: token}
+	if exp, ok := claims["exp"].(float64); ok {
+		tokens.AccessExpiry = int64(exp)
+	}
+	h.setIdentity(r, claims, tokens)
 	h.stripCookies(r)
 	return next.ServeHTTP(w, r)
 }

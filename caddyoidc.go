@@ -631,7 +631,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			return caddyhttp.Error(http.StatusInternalServerError, err)
 		}
 	}
-	h.setIdentity(r, sess.Claims)
+	h.setIdentity(r, sess.Claims, sess)
 	h.stripCookies(r)
 	return next.ServeHTTP(w, r)
 }

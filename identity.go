@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"github.com/caddyserver/caddy/v2"
+
+	"github.com/caddy-oidc/caddy-oidc/session"
 )
 
 const userPrefix = "http.auth.user."
@@ -55,7 +57,9 @@ func (l ClaimList) String() string { return strings.Join(l, ",") }
 
 // setIdentity makes the session's identity available as {http.auth.user.*}.
 // The values are computed when a placeholder is used, not per request.
-func (h *Handler) setIdentity(r *http.Request, claims map[string]any) {
+// tokens carries the session's current (refreshed) tokens for the token
+// placeholders; nil leaves them empty.
+func (h *Handler) setIdentity(r *http.Request, claims map[string]any, tokens *session.Session) {
 	repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	if !ok {
 		return
@@ -64,12 +68,12 @@ func (h *Handler) setIdentity(r *http.Request, claims map[string]any) {
 		if !strings.HasPrefix(key, userPrefix) {
 			return nil, false
 		}
-		return h.userPlaceholder(claims, key[len(userPrefix):])
+		return h.userPlaceholder(claims, tokens, key[len(userPrefix):])
 	})
 	for _, hr := range h.headers {
 		var v string
 		if hr.userKey != "" {
-			if val, ok := h.userPlaceholder(claims, hr.userKey); ok {
+			if val, ok := h.userPlaceholder(claims, tokens, hr.userKey); ok {
 				v = caddy.ToString(val)
 			}
 		} else {
@@ -81,8 +85,24 @@ func (h *Handler) setIdentity(r *http.Request, claims map[string]any) {
 	}
 }
 
-func (h *Handler) userPlaceholder(claims map[string]any, key string) (any, bool) {
+func (h *Handler) userPlaceholder(claims map[string]any, tokens *session.Session, key string) (any, bool) {
 	switch key {
+	case "access_token", "id_token", "access_token_expiry":
+		// The tokens reach the upstream only through placeholders the
+		// operator wrote; the module never logs them.
+		if tokens == nil {
+			return "", true
+		}
+		switch key {
+		case "access_token":
+			return tokens.AccessToken, true
+		case "id_token":
+			return tokens.IDToken, true
+		}
+		if tokens.AccessExpiry == 0 {
+			return "", true
+		}
+		return strconv.FormatInt(tokens.AccessExpiry, 10), true
 	case "id":
 		return claimString(claims["sub"]), true
 	case "email", "name":

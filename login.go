@@ -358,12 +358,23 @@ func (h *Handler) authorizationParams(loginHint string) url.Values {
 		q.Set("login_hint", loginHint)
 	}
 	scopes := h.Scopes
+	if slices.Contains(scopes, "offline_access") && !q.Has("prompt") {
+		// OpenID Connect Core §11: offline access needs consent, and
+		// certified IdPs issue no refresh token without prompt=consent.
+		q.Set("prompt", "consent")
+	}
 	if strings.TrimSuffix(h.Issuer, "/") == googleIssuer && slices.Contains(scopes, "offline_access") {
 		scopes = slices.DeleteFunc(slices.Clone(scopes), func(s string) bool { return s == "offline_access" })
 		q.Set("access_type", "offline")
 		if !q.Has("prompt") {
 			q.Set("prompt", "consent")
 		}
+	}
+	if q.Get("prompt") == "" {
+		// auth_param prompt "" asks for no prompt at all, even with
+		// offline_access (IdPs that issue refresh tokens without consent,
+		// such as Entra ID and Keycloak, would show a consent page).
+		q.Del("prompt")
 	}
 	q.Set("scope", strings.Join(scopes, " "))
 	return q
