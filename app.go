@@ -299,13 +299,74 @@ func (s liveStore) Add(ctx context.Context, key string, _ []byte, ttl time.Durat
 	return s.app.addOnce(ctx, key, ttl)
 }
 
-// via is how the coordinator reaches other replicas for this config.
+// via is how the coordinator reaches other replicas for this config. The
+// shared state is looked up on every call: a flight that outlives its
+// config (waiting on another replica's lease during a reload) talks to the
+// current cache set, never to a closed one.
 func (a *App) via() refresh.Via {
 	v := refresh.Via{Lease: time.Duration(a.RefreshLease), HandOff: time.Duration(a.RefreshHandOff)}
 	if s := a.set(); s.hybrid != nil {
-		v.Shared = s.hybrid
+		v.Shared = liveShared{a}
 	}
 	return v
+}
+
+// liveShared is refresh.Shared on the current cache set's Valkey.
+type liveShared struct{ app *App }
+
+func (s liveShared) hybrid() (*cache.Hybrid, error) {
+	if h := s.app.set().hybrid; h != nil {
+		return h, nil
+	}
+	return nil, cache.ErrUnavailable
+}
+
+func (s liveShared) TryLease(ctx context.Context, key, token string, ttl time.Duration) (bool, error) {
+	h, err := s.hybrid()
+	if err != nil {
+		return false, err
+	}
+	return h.TryLease(ctx, key, token, ttl)
+}
+
+func (s liveShared) RenewLease(ctx context.Context, key, token string, ttl time.Duration) (bool, error) {
+	h, err := s.hybrid()
+	if err != nil {
+		return false, err
+	}
+	return h.RenewLease(ctx, key, token, ttl)
+}
+
+func (s liveShared) ReleaseLease(ctx context.Context, key, token string) error {
+	h, err := s.hybrid()
+	if err != nil {
+		return err
+	}
+	return h.ReleaseLease(ctx, key, token)
+}
+
+func (s liveShared) Get(ctx context.Context, key string) ([]byte, bool, error) {
+	h, err := s.hybrid()
+	if err != nil {
+		return nil, false, err
+	}
+	return h.Get(ctx, key)
+}
+
+func (s liveShared) PublishLeased(ctx context.Context, lease, token, key string, value []byte, ttl time.Duration) (bool, error) {
+	h, err := s.hybrid()
+	if err != nil {
+		return false, err
+	}
+	return h.PublishLeased(ctx, lease, token, key, value, ttl)
+}
+
+func (s liveShared) Watch(key string) (<-chan struct{}, func()) {
+	h, err := s.hybrid()
+	if err != nil {
+		return make(chan struct{}), func() {} // polling finds the change
+	}
+	return h.Watch(key)
 }
 
 // addOnce records key for ttl and reports whether it was new, on every
@@ -486,4 +547,5 @@ var (
 	_ caddy.Destructor   = (*cacheSet)(nil)
 	_ cache.Store        = liveStore{}
 	_ cache.Adder        = liveStore{}
+	_ refresh.Shared     = liveShared{}
 )

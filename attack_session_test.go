@@ -8,6 +8,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -211,6 +212,7 @@ func TestAttackRefreshDropsNoClaims(t *testing.T) {
 	r := loggedIn(t, h, claims, func(s *session.Session) {
 		s.RefreshToken = "rt"
 		s.AccessExpiry = time.Now().Add(-time.Second).Unix()
+		s.FromUserInfo = []string{"email", "nickname"} // groups and sid came with the ID token
 	})
 	code, next, w := serve(h, withCookies(r, "/x"))
 	if code != 200 || grants.Load() != 1 {
@@ -638,5 +640,48 @@ func TestEndSessionByGetCarriesNoIDToken(t *testing.T) {
 	}
 	if q.Get("client_id") != "app" || q.Get("logout_hint") != "u1" || q.Get("post_logout_redirect_uri") != "http://example.com/bye" {
 		t.Errorf("end-session query %v", q)
+	}
+}
+
+// Review H1: a refreshed ID token that states the user's claims (Keycloak,
+// Entra, Okta) is the IdP's word: a group it no longer carries is gone,
+// and a new email never inherits the old one's verification.
+func TestAttackRefreshDropsRemovedClaims(t *testing.T) {
+	idp := testidp.New()
+	defer idp.Close()
+	h := newTestHandler(t, idp, func(h *Handler) { h.AllowGroups = []string{"admins"}; h.AllowUsers = []string{"new@example.com"} })
+	refreshWith := func(claims map[string]any) {
+		idp.OnToken(func(w http.ResponseWriter, r *http.Request) {
+			c := map[string]any{"iss": idp.Issuer, "sub": "u1", "aud": "app", "exp": time.Now().Add(time.Hour).Unix(), "iat": time.Now().Unix()}
+			maps.Copy(c, claims)
+			w.Header().Set("Content-Type", "application/json")
+			_ = json.NewEncoder(w).Encode(map[string]any{"access_token": "at2", "token_type": "Bearer", "expires_in": 300, "id_token": idp.Sign(c)})
+		})
+	}
+	n := 0
+	session := func() *http.Request {
+		n++ // each its own refresh token: a flight's result is handed to requests that carry the same one
+		return loggedIn(t, h, map[string]any{"sub": "u1", "sid": "s1", "groups": []any{"admins"}, "email": "old@example.com", "email_verified": true},
+			func(s *session.Session) { s.RefreshToken = fmt.Sprint("rt-", n); s.AccessExpiry = time.Now().Add(-time.Second).Unix() })
+	}
+	// The admin left every group: the refreshed ID token has no groups claim.
+	refreshWith(map[string]any{"name": "U One", "email": "old@example.com", "email_verified": true})
+	if code, next, _ := serve(h, withCookies(session(), "/x")); code != http.StatusForbidden {
+		t.Errorf("after the IdP removed the user's last group: %d (groups header %q), want 403", code, func() string {
+			if next.req != nil {
+				return next.req.Header.Get("X-Auth-Groups")
+			}
+			return ""
+		}())
+	}
+	// A new, unverified email must not pass allow_users on the old email's verification.
+	refreshWith(map[string]any{"email": "new@example.com"})
+	if code, _, _ := serve(h, withCookies(session(), "/x")); code != http.StatusForbidden {
+		t.Errorf("a refreshed unverified email passed allow_users: %d", code)
+	}
+	// A minimal refreshed token (sub only) keeps the claims: nothing was said.
+	refreshWith(nil)
+	if code, _, _ := serve(h, withCookies(session(), "/x")); code != 200 {
+		t.Errorf("a sub-only refreshed ID token took the groups away: %d", code)
 	}
 }

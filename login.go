@@ -281,6 +281,7 @@ func (h *Handler) serveCallback(w http.ResponseWriter, r *http.Request) error {
 		}
 		return caddyhttp.Error(http.StatusUnauthorized, fmt.Errorf("callback: %w", err))
 	}
+	var fromUserInfo []string
 	if h.UserInfo {
 		sub, _ := claims["sub"].(string)
 		extra, err := h.prov.UserInfo(r.Context(), tr.AccessToken, sub)
@@ -291,8 +292,13 @@ func (h *Handler) serveCallback(w http.ResponseWriter, r *http.Request) error {
 			h.logger.Warn("userinfo unavailable; the session has the ID token's claims only", zap.Error(err))
 		}
 		for k, v := range extra {
-			if _, has := claims[k]; !has {
+			if _, has := claims[k]; !has && !slices.Contains(session.ProtocolClaims, k) {
 				claims[k] = v
+				fromUserInfo = append(fromUserInfo, k)
+				if k == "email" {
+					// A UserInfo email is verified only by UserInfo's word.
+					setVerified(claims, extra)
+				}
 			}
 		}
 	}
@@ -312,6 +318,7 @@ func (h *Handler) serveCallback(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 	sess := session.New(claims, tr.IDToken, tr.AccessToken, tr.RefreshToken, tr.Expiry(now), now)
+	sess.FromUserInfo = fromUserInfo
 	if err := h.writeSession(w, r, sess, now); err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}

@@ -349,10 +349,7 @@ func (h *Handler) grant(ctx context.Context, rt, sub string) (res *refreshResult
 	return res, nil
 }
 
-// applyRefresh updates s with a refresh's outcome. Claims merge as Core
-// §12.2 intends: what the refreshed ID token (and UserInfo) carry replaces
-// the old values; claims they lack (UserInfo claims, groups, sid, when an
-// IdP's refreshed ID token has only sub and protocol claims) keep theirs.
+// applyRefresh updates s with a refresh's outcome.
 func (h *Handler) applyRefresh(s *session.Session, res *refreshResult) {
 	s.AccessToken = res.tokens.AccessToken
 	if res.tokens.RefreshToken != "" && res.tokens.RefreshToken != s.RefreshToken {
@@ -363,24 +360,98 @@ func (h *Handler) applyRefresh(s *session.Session, res *refreshResult) {
 	if exp := res.tokens.Expiry(res.at); !exp.IsZero() {
 		s.AccessExpiry = exp.Unix()
 	}
-	if res.claims == nil && len(res.userinfo) == 0 {
-		return
+	if claims, fromUI := refreshedClaims(s.Claims, s.FromUserInfo, res.claims, res.userinfo); claims != nil {
+		// The cached decoded session shares the old map: replace, never mutate.
+		s.Claims, s.FromUserInfo = claims, fromUI
 	}
-	merged := maps.Clone(s.Claims)
-	for k, v := range res.claims {
-		if !slices.Contains(session.ProtocolClaims, k) {
-			merged[k] = v
-		}
-	}
-	for k, v := range res.userinfo {
-		if _, inToken := res.claims[k]; !inToken {
-			merged[k] = v
-		}
-	}
-	// The cached decoded session shares the old map: replace, never mutate.
-	s.Claims = merged
 	if res.claims != nil {
 		s.IDToken = res.tokens.IDToken
+	}
+}
+
+// sessionClaims describe the login itself, not the user's attributes: a
+// refreshed ID token that lacks them does not take them away.
+var sessionClaims = []string{"sub", "sid", "auth_time", "acr", "amr"}
+
+// refreshedClaims are a session's claims after a refresh (nil: unchanged),
+// and the names of those UserInfo added. A refreshed ID token that says
+// anything about the user (Keycloak, Entra, Okta, Hydra) is the IdP's
+// current statement: the claims the earlier ID token carried and this one
+// does not (the user left their last group) are gone. One that carries only
+// sub and protocol claims, or none at all (panva's oidc-provider), leaves
+// them. UserInfo fetched again restates the claims it added at login: those
+// it no longer carries are gone; a failed UserInfo keeps them (degraded,
+// logged). Claims describing the login itself (sid, auth_time...) stay.
+func refreshedClaims(old map[string]any, oldFromUI []string, idClaims, userinfo map[string]any) (map[string]any, []string) {
+	full := false
+	for k := range idClaims {
+		if !slices.Contains(session.ProtocolClaims, k) && !slices.Contains(sessionClaims, k) {
+			full = true
+			break
+		}
+	}
+	refetched := len(userinfo) > 0
+	if idClaims == nil && !refetched {
+		return nil, oldFromUI
+	}
+	merged := maps.Clone(old)
+	if full {
+		// Drop what the earlier ID token said; keep the login's own claims
+		// and, unless UserInfo restates them below, what UserInfo said.
+		for k := range old {
+			if !slices.Contains(sessionClaims, k) && !slices.Contains(oldFromUI, k) {
+				delete(merged, k)
+			}
+		}
+	}
+	fromUI := oldFromUI
+	if refetched {
+		for _, k := range oldFromUI {
+			if _, still := userinfo[k]; !still {
+				if _, inToken := idClaims[k]; !inToken {
+					delete(merged, k)
+				}
+			}
+		}
+		fromUI = nil
+	}
+	overlay(merged, idClaims)
+	for k, v := range userinfo {
+		if _, inToken := idClaims[k]; inToken || slices.Contains(session.ProtocolClaims, k) {
+			continue
+		}
+		if _, inOld := old[k]; inOld && !slices.Contains(oldFromUI, k) && !full {
+			// The ID token carried it (at login): the ID token's word stands.
+			continue
+		}
+		merged[k] = v
+		fromUI = append(fromUI, k)
+		if k == "email" {
+			setVerified(merged, userinfo)
+		}
+	}
+	return merged, fromUI
+}
+
+// overlay copies src's user claims into dst. An email and its
+// email_verified always come from the same source: a new email never
+// inherits an earlier one's verification.
+func overlay(dst, src map[string]any) {
+	for k, v := range src {
+		if !slices.Contains(session.ProtocolClaims, k) {
+			dst[k] = v
+		}
+	}
+	if _, ok := src["email"]; ok {
+		setVerified(dst, src)
+	}
+}
+
+func setVerified(dst, src map[string]any) {
+	if v, ok := src["email_verified"]; ok {
+		dst["email_verified"] = v
+	} else {
+		delete(dst, "email_verified")
 	}
 }
 

@@ -313,7 +313,10 @@ func (c *Coordinator[T]) acrossReplicas(f *flight[T], id string, grant func(cont
 			if troubleSince.IsZero() {
 				troubleSince = now
 			}
-			if now.Sub(troubleSince) >= via.Lease {
+			// A leader renews its lease for as long as its grant runs
+			// (GrantTimeout at most): only after that and one more lease
+			// can no other replica still be spending the token.
+			if now.Sub(troubleSince) >= c.opts.GrantTimeout+via.Lease {
 				stop()
 				c.fallbacks.Add(1)
 				return c.spendAlone(f, sh, leaseKey, resultKey, token, grant, codec, via)
@@ -434,7 +437,7 @@ func (c *Coordinator[T]) publish(sh Shared, leaseKey, resultKey, token string, b
 			return ok
 		}
 		if lost.Load() || !time.Now().Add(backoff).Before(deadline) {
-			return !lost.Load()
+			return false // nothing was written
 		}
 		t := time.NewTimer(backoff)
 		<-t.C

@@ -21,8 +21,12 @@ type Session struct {
 	// LocalID names this session (random, 128 bits) so that logout can
 	// revoke it on every replica even as a stateless cookie.
 	LocalID string `json:"n,omitempty"`
-	// Claims are the ID token's claims, without the protocol ones (see ProtocolClaims).
+	// Claims are the ID token's claims, without the protocol ones (see
+	// ProtocolClaims), and those UserInfo added.
 	Claims map[string]any `json:"c"`
+	// FromUserInfo names the claims UserInfo added (the ID token lacked
+	// them): a refresh whose UserInfo no longer carries one removes it.
+	FromUserInfo []string `json:"u,omitempty"`
 	// IDToken is the raw ID token, kept as id_token_hint for logout.
 	IDToken      string `json:"i,omitempty"`
 	AccessToken  string `json:"a,omitempty"`
