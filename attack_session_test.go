@@ -662,7 +662,10 @@ func TestAttackRefreshDropsRemovedClaims(t *testing.T) {
 	session := func() *http.Request {
 		n++ // each its own refresh token: a flight's result is handed to requests that carry the same one
 		return loggedIn(t, h, map[string]any{"sub": "u1", "sid": "s1", "groups": []any{"admins"}, "email": "old@example.com", "email_verified": true},
-			func(s *session.Session) { s.RefreshToken = fmt.Sprint("rt-", n); s.AccessExpiry = time.Now().Add(-time.Second).Unix() })
+			func(s *session.Session) {
+				s.RefreshToken = fmt.Sprint("rt-", n)
+				s.AccessExpiry = time.Now().Add(-time.Second).Unix()
+			})
 	}
 	// The admin left every group: the refreshed ID token has no groups claim.
 	refreshWith(map[string]any{"name": "U One", "email": "old@example.com", "email_verified": true})
