@@ -210,6 +210,7 @@ type Handler struct {
 	bearers        *bearerCache
 	introspections *introspector
 	introNS        string
+	revocationKeys [][]byte
 	allowExpr      *claimExpression
 	client         provider.Client
 	callbackPath   string
@@ -318,6 +319,15 @@ func (h *Handler) configure(ctx caddy.Context, logger *zap.Logger) error {
 		return fmt.Errorf("oidc: session_secret: %w; generate one with: openssl rand -base64 48", err)
 	}
 	h.codec = codec
+	// Revocations in Valkey are sealed with a key of this issuer's routes.
+	h.revocationKeys = nil
+	for _, sec := range secrets {
+		k, err := session.DeriveKey(sec, "caddy-oidc revocation v1")
+		if err != nil {
+			return fmt.Errorf("oidc: session_secret: %w", err)
+		}
+		h.revocationKeys = append(h.revocationKeys, k)
+	}
 	h.route, h.ns = routeBinding(h.Issuer, h.ClientID), routeNamespace(h.Issuer, h.ClientID)
 	h.hostCookieName = "__Host-" + h.CookieName
 	h.decoded = session.NewDecodedCache(decodedSessionCacheSize)
@@ -388,6 +398,7 @@ func (h *Handler) attach(app *App) error {
 	h.stats, h.revs = app.caches.stats, app.caches.revs
 	// Revocations of this issuer must outlive this route's sessions.
 	noteLifetime(h.Issuer, time.Duration(h.SessionLifetime))
+	h.revs.noteMACKeys(h.Issuer, h.revocationKeys)
 	if lease := time.Duration(app.RefreshLease); lease > 0 && time.Duration(h.IdPTimeout) > lease/2 {
 		return fmt.Errorf("oidc: idp_timeout %s must be at most half of the oidc app's refresh_lease %s, so that a refresh grant ends while its lease holds: lower idp_timeout or raise refresh_lease",
 			time.Duration(h.IdPTimeout), lease)

@@ -2,9 +2,12 @@ package caddyoidc
 
 import (
 	"context"
+	"crypto/hmac"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"errors"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -94,7 +97,10 @@ type revocations struct {
 	mu        sync.RWMutex
 	m         map[revKey]revocation
 	lifetimes map[string]time.Duration // per issuer, the longest ever noted
-	longest   time.Duration            // over every issuer
+	// macKeys, per issuer, authenticate revocations in Valkey: derived from
+	// the session secrets of that issuer's routes; the first signs, all verify.
+	macKeys   map[string][][]byte
+	longest   time.Duration // over every issuer
 	lastPrune time.Time
 
 	count atomic.Int64 // len(m): the hot path skips the lock when 0
@@ -109,7 +115,7 @@ type revocations struct {
 	stopRun context.CancelFunc
 	runDone chan struct{}
 
-	refused, unshared logLimit
+	refused, unshared, forged logLimit
 	// synced is set by the first complete read of a Valkey: until then a
 	// process that just started does not know the other replicas' logouts.
 	synced atomic.Bool
@@ -121,7 +127,7 @@ type revocation struct{ at, expires int64 }
 
 func newRevocations() *revocations {
 	return &revocations{m: make(map[revKey]revocation), lifetimes: make(map[string]time.Duration),
-		soft: maxRevocations, hard: maxIdPRevocations, every: revocationPruneEvery}
+		macKeys: make(map[string][][]byte), soft: maxRevocations, hard: maxIdPRevocations, every: revocationPruneEvery}
 }
 
 func (r *revocations) logger() *zap.Logger { return caddy.Log().Named("oidc.revocations") }
@@ -491,7 +497,11 @@ func (a *attachment) write(ctx context.Context, k revKey) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, revocationWriteTimeout)
 	defer cancel()
-	v := strconv.FormatInt(rv.at, 10) + " " + strconv.FormatInt(rv.expires, 10)
+	v, ok := a.r.seal(k, rv)
+	if !ok {
+		a.done1(k, rv) // no route of this issuer here to vouch for it
+		return nil
+	}
 	ttl := max(time.Unix(rv.expires, 0).Sub(now), time.Second)
 	if err := a.h.SetShared(ctx, cache.Key(cache.NSRevocation, k.storeID()), []byte(v), ttl); err != nil {
 		return err
@@ -590,18 +600,31 @@ func (a *attachment) changed(key string) {
 // fetch reads k from Valkey into the set; it returns the stored
 // revocation's time (0 when absent or unreadable).
 func (a *attachment) fetch(ctx context.Context, k revKey, key string) int64 {
+	at, _ := a.fetchErr(ctx, k, key)
+	return at
+}
+
+// fetchErr is fetch that also reports a read that failed (not a missing or
+// refused value).
+func (a *attachment) fetchErr(ctx context.Context, k revKey, key string) (int64, error) {
 	v, found, err := a.h.GetShared(ctx, key)
 	if err != nil || !found {
-		return 0
-	}
-	at, exp, ok := parseRevocation(string(v))
-	if !ok {
-		return 0
+		return 0, err
 	}
 	r := a.r
+	at, exp, ok := r.open(k, string(v))
+	if !ok {
+		// Not written by a replica holding this issuer's session secret:
+		// whoever can write to Valkey cannot log users out or fill the set.
+		if ok, n := r.forged.allow(); ok {
+			r.logger().Warn("revocation in Valkey ignored: not sealed with this issuer's session secret", zap.String("kind", k.kind),
+				zap.String("issuer", k.issuer), zap.Int64("ignored_since_last_log", n))
+		}
+		return 0, nil
+	}
 	now := time.Now()
 	if at > now.Add(revocationFuture).Unix() {
-		return 0 // a revocation from the future would refuse logins to come
+		return 0, nil // a revocation from the future would refuse logins to come
 	}
 	r.mu.Lock()
 	// Valkey is not trusted for how long: no longer than a session can live here.
@@ -618,7 +641,7 @@ func (a *attachment) fetch(ctx context.Context, k revKey, key string) int64 {
 		// Another Valkey attached (a reload to a new cache config) gets it too.
 		r.markPending(a, []revKey{k})
 	}
-	return at
+	return at, nil
 }
 
 // resync runs when the announcement stream is (re)established: announcements
@@ -639,21 +662,54 @@ func (a *attachment) resync() {
 		a.r.logger().Warn("reading the revocation set from Valkey failed; keeping what is known", zap.Error(err))
 		return
 	}
+	// Many round trips at once: a large set must be read well within the
+	// deadline, and the start-up wait ends only on a complete read.
 	stored := make(map[revKey]int64, len(keys))
-	for _, key := range keys {
-		k, ok := parseRevKey(key)
-		if !ok {
-			continue
-		}
-		fctx, fcancel := context.WithTimeout(ctx, revocationWriteTimeout)
-		stored[k] = a.fetch(fctx, k, key)
-		fcancel()
+	var mu sync.Mutex
+	var failed atomic.Int64
+	work := make(chan string)
+	var wg sync.WaitGroup
+	for range revocationReaders {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for key := range work {
+				k, ok := parseRevKey(key)
+				if !ok {
+					continue
+				}
+				fctx, fcancel := context.WithTimeout(ctx, revocationWriteTimeout)
+				at, err := a.fetchErr(fctx, k, key)
+				fcancel()
+				if err != nil {
+					failed.Add(1)
+					continue
+				}
+				mu.Lock()
+				stored[k] = at
+				mu.Unlock()
+			}
+		}()
 	}
+	for _, key := range keys {
+		work <- key
+	}
+	close(work)
+	wg.Wait()
 	a.r.prune()
-	if complete {
+	if complete && failed.Load() == 0 {
 		a.queueAll(stored)
 		a.r.synced.Store(true)
+		return
 	}
+	// Incomplete: read again later rather than take a part for the whole.
+	a.r.logger().Warn("reading the revocation set from Valkey was incomplete; reading it again in 10s",
+		zap.Int("keys", len(keys)), zap.Int64("failed", failed.Load()), zap.Bool("all_nodes", complete))
+	time.AfterFunc(10*time.Second, func() {
+		if a.active() {
+			a.resync()
+		}
+	})
 }
 
 // ready reports whether the set knows the logouts of the other replicas:
@@ -686,6 +742,75 @@ func (a *attachment) queueAll(stored map[revKey]int64) {
 	}
 }
 
+// noteMACKeys registers the revocation keys of a route of issuer.
+func noteMACKeys(issuer string, keys [][]byte) { processRevocations.noteMACKeys(issuer, keys) }
+
+func (r *revocations) noteMACKeys(issuer string, keys [][]byte) {
+	r.mu.Lock()
+	added := false
+	for _, k := range keys {
+		if !slices.ContainsFunc(r.macKeys[issuer], func(have []byte) bool { return hmac.Equal(have, k) }) {
+			r.macKeys[issuer] = append(r.macKeys[issuer], k)
+			added = true
+		}
+	}
+	r.mu.Unlock()
+	if added {
+		// Entries a new key vouches for were ignored until now.
+		r.resyncAll()
+	}
+}
+
+// resyncAll re-reads every attached Valkey in the background.
+func (r *revocations) resyncAll() {
+	for _, a := range r.attachments() {
+		if a.active() && a.hy != nil && a.hy.Healthy() {
+			go a.resync()
+		}
+	}
+}
+
+func revocationMAC(key []byte, k revKey, payload string) string {
+	m := hmac.New(sha256.New, key)
+	m.Write([]byte(k.storeID() + "\x00" + payload))
+	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
+}
+
+// seal is the Valkey value of rv: its times and a MAC over them and its key.
+func (r *revocations) seal(k revKey, rv revocation) (string, bool) {
+	r.mu.RLock()
+	keys := r.macKeys[k.issuer]
+	r.mu.RUnlock()
+	if len(keys) == 0 {
+		return "", false
+	}
+	payload := strconv.FormatInt(rv.at, 10) + " " + strconv.FormatInt(rv.expires, 10)
+	return payload + " " + revocationMAC(keys[0], k, payload), true
+}
+
+// open verifies a Valkey value against every key of the issuer.
+func (r *revocations) open(k revKey, v string) (at, expires int64, ok bool) {
+	i := strings.LastIndexByte(v, ' ')
+	if i < 0 {
+		return 0, 0, false
+	}
+	payload, mac := v[:i], v[i+1:]
+	r.mu.RLock()
+	keys := r.macKeys[k.issuer]
+	r.mu.RUnlock()
+	verified := false
+	for _, key := range keys {
+		if hmac.Equal([]byte(revocationMAC(key, k, payload)), []byte(mac)) {
+			verified = true
+			break
+		}
+	}
+	if !verified {
+		return 0, 0, false
+	}
+	return parseRevocation(payload)
+}
+
 func parseRevocation(v string) (at, expires int64, ok bool) {
 	a, e, found := strings.Cut(v, " ")
 	if !found {
@@ -695,6 +820,9 @@ func parseRevocation(v string) (at, expires int64, ok bool) {
 	expires, err2 := strconv.ParseInt(e, 10, 64)
 	return at, expires, err1 == nil && err2 == nil && at > 0 && expires > at
 }
+
+// revocationReaders is how many revocations a resync reads at once.
+const revocationReaders = 32
 
 // logLimit lets one log line through per 10 s and counts the rest, for
 // anything a request can trigger.

@@ -2,6 +2,7 @@ package caddyoidc
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -15,6 +16,7 @@ import (
 	"github.com/caddy-oidc/caddy-oidc/cache"
 	"github.com/caddy-oidc/caddy-oidc/internal/redistest"
 	"github.com/caddy-oidc/caddy-oidc/internal/testidp"
+	"github.com/caddy-oidc/caddy-oidc/session"
 )
 
 // pollUntil waits (bounded) for cond.
@@ -91,6 +93,10 @@ func TestRevocationLandsWhateverHappensToTheRequest(t *testing.T) {
 	a, b := newTestReplica(t, srv.Addr), newTestReplica(t, srv.Addr)
 	ra, rb := a.caches.revs, b.caches.revs
 	const iss = "https://idp.example/lands"
+	// What a route of iss registers (its session secret's revocation key).
+	for _, rs := range []*revocations{ra, rb} {
+		rs.noteMACKeys(iss, [][]byte{[]byte("test-revocation-key-0123456789abcdef")})
+	}
 	known := func(rs *revocations, id string) func() bool {
 		return func() bool { _, ok := rs.get(revKey{revokeSID, iss, id}); return ok }
 	}
@@ -117,6 +123,7 @@ func TestRevocationLandsWhateverHappensToTheRequest(t *testing.T) {
 	// Valkey came back empty: both revocations are written back to it, so a
 	// replica started now learns them.
 	c := newTestReplica(t, srv.Addr)
+	c.caches.revs.noteMACKeys(iss, [][]byte{[]byte("test-revocation-key-0123456789abcdef")})
 	revPoll(t, 20*time.Second, "a new replica learns both revocations from the restarted Valkey", func() bool {
 		return known(c.caches.revs, "dropped")() && known(c.caches.revs, "outage")()
 	})
@@ -296,4 +303,41 @@ func TestRevocationSetReadyOnceValkeyWasRead(t *testing.T) {
 	}
 	srv.Restart()
 	revPoll(t, 20*time.Second, "ready once Valkey is read", set.revs.ready)
+}
+
+// Review M1: whoever can write to Valkey cannot log a user out (or fill the
+// set): a revocation not sealed with a session secret of its issuer's
+// routes is ignored; one written by a replica of the same routes lands.
+func TestAttackForgedRevocationInValkey(t *testing.T) {
+	srv := redistest.Start(t)
+	idp := testidp.New()
+	defer idp.Close()
+	a, b := newTestReplica(t, srv.Addr), newTestReplica(t, srv.Addr)
+	ha := onReplica(t, newTestHandler(t, idp, nil), a)
+	hb := onReplica(t, newTestHandler(t, idp, nil), b)
+	raw := rawValkey(t, srv.Addr)
+	ctx := context.Background()
+	now := time.Now().Unix()
+	for _, v := range []string{fmt.Sprintf("%d %d", now+60, now+3600), fmt.Sprintf("%d %d AAAA", now+60, now+3600)} {
+		key := "rev:sub:" + idp.Issuer + "|victim"
+		_ = raw.Do(ctx, raw.B().Set().Key("caddy-oidc:"+key).Value(v).Build()).Error()
+		_ = raw.Do(ctx, raw.B().Publish().Channel("caddy-oidc:invalidate").Message("forger|"+key).Build()).Error()
+	}
+	// A genuine logout on b, announced after the forgeries.
+	if err := hb.revs.revoke(ctx, revokeSubject, idp.Issuer, "marker", time.Now(), time.Hour, fromIdP); err != nil {
+		t.Fatal(err)
+	}
+	revPoll(t, 10*time.Second, "replica a learns the genuine logout", func() bool {
+		_, ok := ha.revs.get(revKey{revokeSubject, idp.Issuer, "marker"})
+		return ok
+	})
+	a.caches.revs.resyncAll()
+	revPoll(t, 10*time.Second, "replica a re-reads Valkey", func() bool { return a.caches.revs.ready() })
+	if _, ok := ha.revs.get(revKey{revokeSubject, idp.Issuer, "victim"}); ok {
+		t.Fatal("a forged revocation written straight into Valkey was taken")
+	}
+	r := loggedIn(t, ha, map[string]any{"sub": "victim"}, func(s *session.Session) { s.Created = now - 10 })
+	if code, _, _ := serve(ha, withCookies(r, "/x")); code != 200 {
+		t.Errorf("the victim's session after the forgery: %d, want 200", code)
+	}
 }

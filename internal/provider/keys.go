@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/lestrrat-go/jwx/v2/jwk"
@@ -112,8 +113,11 @@ func (p *Provider) signingKey(ctx context.Context, jwksURL, kid, alg string, fro
 	if res == keyFound {
 		return k, nil
 	}
+	var looked atomic.Bool
 	set, err = p.keys.refetch(ctx, jwksURL, func(now time.Time) bool {
-		return p.budget.allow(kid, fromTokenEndpoint, now)
+		ok := p.budget.allow(kid, fromTokenEndpoint, now)
+		looked.Store(ok)
+		return ok
 	})
 	if err != nil {
 		return nil, err
@@ -128,6 +132,11 @@ func (p *Provider) signingKey(ctx context.Context, jwksURL, kid, alg string, fro
 		return nil, fmt.Errorf("the IdP's key %q does not fit algorithm %s: %w", clip(kid), alg, ErrInvalidToken)
 	case fromTokenEndpoint:
 		return nil, fmt.Errorf("no key with id %q for %s in the IdP's JWKS yet: %w", clip(kid), alg, ErrUnavailable)
+	case !looked.Load():
+		// The refetch budget was spent (maybe by junk tokens): the key may
+		// be the IdP's newest. Not a verdict on the token: try again soon
+		// (a logout token answered 400 would be lost for good).
+		return nil, fmt.Errorf("no key with id %q for %s in the IdP's JWKS, and its keys were fetched too recently to look again: %w", clip(kid), alg, ErrUnavailable)
 	}
 	return nil, fmt.Errorf("no key with id %q for %s in the IdP's JWKS: %w", clip(kid), alg, ErrInvalidToken)
 }
