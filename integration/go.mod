@@ -1,6 +1,6 @@
 module github.com/caddy-oidc/caddy-oidc/integration
 
-go 1.26.8
+go 1.26.0
 
 replace github.com/caddy-oidc/caddy-oidc => ../
 
@@ -43,7 +43,7 @@ require (
 	go.opentelemetry.io/otel v1.46.0 // indirect
 	go.opentelemetry.io/otel/metric v1.46.0 // indirect
 	go.opentelemetry.io/otel/trace v1.46.0 // indirect
-	golang.org/x/image v0.30.0 // indirect
+	golang.org/x/image v0.45.0 // indirect
 	golang.org/x/oauth2 v0.38.0 // indirect
 	golang.org/x/sys v0.48.0 // indirect
 )
