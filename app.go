@@ -90,6 +90,9 @@ type App struct {
 	cacheKey    string
 	logger      *zap.Logger
 	work        *appWork
+	// l1Limits are this config's L1 bounds, applied when it starts (a
+	// reload that fails must not shrink the running config's cache).
+	l1Limits [2]int64
 }
 
 // appWork is what a config's requests do with its app: inflight counts
@@ -202,8 +205,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("oidc app: cache: %w", err)
 	}
 	a.caches = v.(*cacheSet)
-	// A kept set takes this config's bounds, with its contents.
-	a.caches.l1.SetLimits(cfg.L1MaxBytes, cfg.L1MaxEntries)
+	a.l1Limits = [2]int64{cfg.L1MaxBytes, int64(cfg.L1MaxEntries)}
 	if reg := ctx.GetMetricsRegistry(); reg != nil {
 		if err := reg.Register(a.caches.coll); err != nil && !errors.As(err, &prometheus.AlreadyRegisteredError{}) {
 			a.logger.Warn("registering metrics", zap.Error(err))
@@ -475,6 +477,10 @@ func newCacheSet(c CacheConfig) (*cacheSet, error) {
 // Valkey is down and the cache connects when it comes up.
 func (a *App) Start() error {
 	if a.caches != nil {
+		if a.l1Limits[0] > 0 {
+			// A kept set takes this config's bounds, with its contents.
+			a.caches.l1.SetLimits(a.l1Limits[0], int(a.l1Limits[1]))
+		}
 		if a.caches.hybrid != nil {
 			a.caches.hybrid.Start()
 		}

@@ -307,7 +307,8 @@ func TestAttackExcludeBypassVariants(t *testing.T) {
 		"/public//../admin", "//public/x", "/public/./../admin", "/public/%2e%2e/admin", "/public/%2E./admin",
 		"/public/..%2fadmin", "/public/x%2F..%2F..%2Fadmin", "/public/x%5c..%5cadmin", "/public/x%23/../../admin",
 		"/admin%23.css", "/admin%3f.css", "/public/x%3f/../../admin", "/public/%252e%252e/admin", "/healthz;x",
-		"/public/..\\admin",
+		"/public/..\\admin", "/public/..%20/admin", "/public/.../admin", "/public/.. /admin",
+		"/public/%c0%ae%c0%ae/admin", "/public/%E2%80%A5/admin", "/public/\u2025/admin",
 	} {
 		r := httptest.NewRequest("GET", "http://example.com/", nil).WithContext(request("GET", "/").Context())
 		r.RequestURI = p
@@ -579,6 +580,8 @@ func TestAttackIDTokenAsBearer(t *testing.T) {
 		"with nonce":   idp.Sign(idp.Claims("app", "n-123")),
 		"with at_hash": idp.Sign(func() map[string]any { c := idp.Claims("app", ""); delete(c, "nonce"); c["at_hash"] = "x"; return c }()),
 		"typed":        idp.SignTyped("id_token+jwt", func() map[string]any { c := idp.Claims("app", ""); delete(c, "nonce"); return c }()),
+		// A refreshed ID token (Entra v2): no nonce, no at_hash, aud the client.
+		"refreshed": idp.Sign(func() map[string]any { c := idp.Claims("app", ""); delete(c, "nonce"); return c }()),
 	} {
 		r := apiRequest(request("GET", "/api"))
 		r.Header.Set("Authorization", "Bearer "+tok)
@@ -610,6 +613,11 @@ func TestAttackBearerAfterLogout(t *testing.T) {
 	}
 	if code := call(); code != http.StatusUnauthorized {
 		t.Errorf("a cached bearer token of a logged-out user: %d, want 401", code)
+	}
+	// A token that does not say when it was issued may predate the logout.
+	tok = idp.Sign(accessClaims(idp, func(c map[string]any) { c["sub"] = sub; delete(c, "iat") }))
+	if code := call(); code != http.StatusUnauthorized {
+		t.Errorf("a bearer token without iat of a logged-out user: %d, want 401", code)
 	}
 }
 
@@ -686,5 +694,50 @@ func TestAttackRefreshDropsRemovedClaims(t *testing.T) {
 	refreshWith(nil)
 	if code, _, _ := serve(h, withCookies(session(), "/x")); code != 200 {
 		t.Errorf("a sub-only refreshed ID token took the groups away: %d", code)
+	}
+}
+
+// Review L3: a request refused by the module (403, 503) goes on to Caddy's
+// handle_errors routes, which may proxy it: the module's cookies are gone
+// from it by then.
+func TestAttackCookiesNeverReachErrorRoutes(t *testing.T) {
+	idp := testidp.New()
+	defer idp.Close()
+	h := newTestHandler(t, idp, func(h *Handler) { h.AllowGroups = []string{"admins"} })
+	r := withCookies(loggedIn(t, h, map[string]any{"sub": "u"}, nil), "/x")
+	r.Header.Add("Cookie", "theme=dark")
+	if code, _, _ := serve(h, r); code != http.StatusForbidden {
+		t.Fatalf("%d", code)
+	}
+	if c := r.Header.Get("Cookie"); strings.Contains(c, DefaultCookieName) || !strings.Contains(c, "theme=dark") {
+		t.Errorf("after a 403 the request handed to handle_errors has Cookie %q", c)
+	}
+}
+
+// Review M4: new random tokens are introspected at a bounded rate: past
+// the burst they get 503 at once, without a call to the IdP.
+func TestAttackIntrospectionRateIsBounded(t *testing.T) {
+	idp := testidp.New()
+	defer idp.Close()
+	idp.SetDiscovery("introspection_endpoint", idp.Issuer+"/introspect")
+	h := newTestHandler(t, idp, func(h *Handler) { h.Bearer = true })
+	var calls atomic.Int64
+	idp.OnIntrospect(func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		_, _ = w.Write([]byte(`{"active":false}`))
+	})
+	busy := 0
+	for i := range 200 {
+		r := apiRequest(request("GET", "/api"))
+		r.Header.Set("Authorization", fmt.Sprint("Bearer random-", i))
+		if code, _, _ := serve(h, r); code == http.StatusServiceUnavailable {
+			busy++
+		}
+	}
+	if n := calls.Load(); n > introspectionBurst+10 {
+		t.Errorf("200 random tokens in a burst made %d introspection calls, want about %d at most", n, introspectionBurst)
+	}
+	if busy == 0 {
+		t.Error("no random token was turned away")
 	}
 }

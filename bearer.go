@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -79,7 +80,34 @@ func (c *bearerCache) put(k [32]byte, e bearerEntry) {
 const (
 	introspectionNegativeTTL = 30 * time.Second
 	introspectionConcurrency = 8
+	// introspectionRate and introspectionBurst bound the introspections of
+	// tokens this route has not seen (per second): beyond them a new token
+	// gets 503 at once, and the IdP's rate limit is never ours to trip.
+	introspectionRate  = 20
+	introspectionBurst = 40
 )
+
+// tokenBucket allows rate events a second, burst at once. Not safe for
+// concurrent use: callers hold a lock.
+type tokenBucket struct {
+	rate, burst float64
+	tokens      float64
+	last        time.Time
+}
+
+func (b *tokenBucket) take(now time.Time) bool {
+	if b.last.IsZero() {
+		b.tokens = b.burst
+	} else {
+		b.tokens = min(b.burst, b.tokens+now.Sub(b.last).Seconds()*b.rate)
+	}
+	b.last = now
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
+}
 
 // serveBearer authenticates an API request by its access token.
 func (h *Handler) serveBearer(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, token string) error {
@@ -127,7 +155,8 @@ func (h *Handler) refuseBearer(w http.ResponseWriter, err error) error {
 // bearerRevoked applies the revocation set to an access token: a logout
 // (back-channel by sid or sub) ends the tokens issued before it too.
 func (h *Handler) bearerRevoked(claims map[string]any) bool {
-	issued := time.Now().Unix()
+	// A token that does not say when it was issued may predate any logout.
+	var issued int64
 	if iat, ok := claims["iat"].(float64); ok {
 		issued = int64(iat)
 	}
@@ -140,7 +169,11 @@ func (h *Handler) bearerRevoked(claims map[string]any) bool {
 // IdP once per token.
 func (h *Handler) checkAccessToken(ctx context.Context, token string, sum [32]byte) (*provider.AccessClaims, error) {
 	if provider.IsJWT(token) {
-		return h.prov.VerifyAccessToken(ctx, token, h.BearerAudience, time.Duration(h.ClockSkew))
+		ac, err := h.prov.VerifyAccessToken(ctx, token, h.BearerAudience, time.Duration(h.ClockSkew))
+		if err == nil && looksLikeIDToken(ac.Claims, h.ClientID) {
+			return nil, fmt.Errorf("the token is for this client and grants no scope: an ID token, not an access token: %w", provider.ErrInvalidToken)
+		}
+		return ac, err
 	}
 	if h.introspections.refused(sum, time.Now()) {
 		return nil, fmt.Errorf("the IdP said recently that this token is not active: %w", provider.ErrInvalidToken)
@@ -174,6 +207,27 @@ func (h *Handler) checkAccessToken(ctx context.Context, token string, sum [32]by
 	return ac, nil
 }
 
+// looksLikeIDToken tells an ID token that lacks nonce and at_hash (a
+// refreshed one) from an access token: its audience is this client, and it
+// grants no scope (access tokens say what they grant: scope or scp).
+func looksLikeIDToken(claims map[string]any, clientID string) bool {
+	if _, ok := claims["scope"]; ok {
+		return false
+	}
+	if _, ok := claims["scp"]; ok {
+		return false
+	}
+	switch aud := claims["aud"].(type) {
+	case string:
+		return aud == clientID
+	case []any:
+		return slices.Contains(aud, any(clientID))
+	case []string:
+		return slices.Contains(aud, clientID)
+	}
+	return false
+}
+
 type introspected struct {
 	Claims map[string]any `json:"c"`
 	Exp    int64          `json:"x"`
@@ -189,6 +243,7 @@ var errIntrospectionBusy = errors.New("too many token introspections in progress
 // tokens never become shared entries).
 type introspector struct {
 	sem     chan struct{}
+	bucket  tokenBucket
 	mu      sync.Mutex
 	flights map[[32]byte]*introspection
 	refusal *bearerCache
@@ -202,6 +257,7 @@ type introspection struct {
 
 func newIntrospector() *introspector {
 	return &introspector{sem: make(chan struct{}, introspectionConcurrency),
+		bucket:  tokenBucket{rate: introspectionRate, burst: introspectionBurst},
 		flights: make(map[[32]byte]*introspection), refusal: newBearerCache(bearerCacheSize)}
 }
 
@@ -219,6 +275,10 @@ func (in *introspector) do(ctx context.Context, sum [32]byte, call func(context.
 	in.mu.Lock()
 	f, ok := in.flights[sum]
 	if !ok {
+		if !in.bucket.take(time.Now()) {
+			in.mu.Unlock()
+			return nil, errIntrospectionBusy
+		}
 		f = &introspection{done: make(chan struct{})}
 		in.flights[sum] = f
 	}
@@ -236,7 +296,7 @@ func (in *introspector) do(ctx context.Context, sum [32]byte, call func(context.
 			defer cancel()
 			select {
 			case in.sem <- struct{}{}:
-			case <-time.After(2 * time.Second):
+			case <-time.After(100 * time.Millisecond):
 				f.err = errIntrospectionBusy
 				return
 			}

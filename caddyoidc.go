@@ -50,6 +50,9 @@ const (
 // cookies: about 5 KB each for a typical session, so a few MB at most.
 const decodedSessionCacheSize = 1024
 
+// maxConcurrentExchanges bounds a route's code exchanges in flight.
+const maxConcurrentExchanges = 32
+
 // DefaultScopes are requested when `scopes` is not set.
 var DefaultScopes = []string{"openid", "profile", "email"}
 
@@ -209,6 +212,7 @@ type Handler struct {
 	decoded        *session.DecodedCache
 	bearers        *bearerCache
 	introspections *introspector
+	exchanges      chan struct{} // bounds concurrent code exchanges
 	introNS        string
 	revocationKeys [][]byte
 	allowExpr      *claimExpression
@@ -333,6 +337,7 @@ func (h *Handler) configure(ctx caddy.Context, logger *zap.Logger) error {
 	h.decoded = session.NewDecodedCache(decodedSessionCacheSize)
 	h.bearers = newBearerCache(bearerCacheSize)
 	h.introspections = newIntrospector()
+	h.exchanges = make(chan struct{}, maxConcurrentExchanges)
 	if h.AllowExpression != "" {
 		expr, err := compileClaimExpression(h.AllowExpression)
 		if err != nil {
@@ -552,6 +557,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	// Identity headers are the module's to set: a client-sent copy must never
 	// reach the upstream, on any path.
 	h.stripIdentityHeaders(r)
+	// Nor the module's cookies: error paths hand this request to
+	// handle_errors routes, which may proxy it.
+	defer h.stripCookies(r)
 	switch r.URL.Path {
 	case h.callbackPath:
 		return h.serveCallback(w, r)

@@ -31,20 +31,26 @@ func plainPath(p string) bool {
 	}
 	for i := 0; i < len(p); i++ {
 		switch c := p[i]; {
-		case c < 0x20 || c == 0x7f:
+		case c < 0x20 || c >= 0x7f:
+			// Controls, and anything beyond ASCII: lookalike dots (U+2025)
+			// and overlong forms some stacks normalise into "..".
 			return false
 		case c == '%':
 			if i+2 >= len(p) {
 				return false
 			}
-			switch strings.ToLower(p[i+1 : i+3]) {
-			case "2f", "5c", "2e", "23", "3f", "25", "3b", "00":
+			switch h := strings.ToLower(p[i+1 : i+3]); {
+			case h == "2f", h == "5c", h == "2e", h == "23", h == "3f", h == "25", h == "3b", h == "00", h == "20":
+				return false
+			case h[0] >= '8': // an encoded byte beyond ASCII
 				return false
 			}
 		}
 	}
 	for seg := range strings.SplitSeq(p, "/") {
-		if seg == "." || seg == ".." {
+		// ".", "..", and what Windows file servers read as them ("...",
+		// ".. ", ". .").
+		if seg != "" && strings.Trim(seg, ". ") == "" {
 			return false
 		}
 	}

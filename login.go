@@ -260,6 +260,17 @@ func (h *Handler) serveCallback(w http.ResponseWriter, r *http.Request) error {
 	if !first {
 		return caddyhttp.Error(http.StatusBadRequest, errors.New("callback: login attempt already used"))
 	}
+	// Anyone can start logins and send codes: a bounded number of code
+	// exchanges run at once, so a flood cannot drive the token endpoint.
+	select {
+	case h.exchanges <- struct{}{}:
+		defer func() { <-h.exchanges }()
+	case <-time.After(time.Second):
+		w.Header().Set("Retry-After", "2")
+		return caddyhttp.Error(http.StatusServiceUnavailable, errors.New("callback: too many logins completing at once"))
+	case <-r.Context().Done():
+		return caddyhttp.Error(http.StatusServiceUnavailable, r.Context().Err())
+	}
 	tr, err := h.prov.Exchange(r.Context(), h.client, code, h.redirectURL(r), a.Verifier)
 	if err != nil {
 		if errors.Is(err, provider.ErrUnavailable) {
