@@ -2,6 +2,7 @@ package caddyoidc
 
 import (
 	"fmt"
+	"math"
 	"strconv"
 
 	"github.com/caddyserver/caddy/v2"
@@ -314,7 +315,7 @@ func (c *CacheConfig) set(field, v string) error {
 		c.Timeout = caddy.Duration(dur)
 	case "l1_max_bytes":
 		n, err := humanize.ParseBytes(v)
-		if err != nil || n == 0 {
+		if err != nil || n == 0 || n > math.MaxInt64 {
 			return fmt.Errorf("%q is not a size (e.g. 64MiB)", v)
 		}
 		c.L1MaxBytes = int64(n)

@@ -165,6 +165,7 @@ func TestGlobalOptionErrors(t *testing.T) {
 		"unknown backend":   {"{\n oidc {\n cache disk\n }\n}\n", `cache backend "disk" is unknown`},
 		"memory with addr":  {"{\n oidc {\n cache memory {\n address x:1\n }\n }\n}\n", "cache memory takes only"},
 		"bad size":          {"{\n oidc {\n cache valkey {\n address a:1\n l1_max_bytes lots\n }\n }\n}\n", "l1_max_bytes"},
+		"size past int64":   {"{\n oidc {\n cache valkey {\n address a:1\n l1_max_bytes 9EiB\n }\n }\n}\n", "l1_max_bytes"},
 		"bad db":            {"{\n oidc {\n cache valkey {\n address a:1\n db -1\n }\n }\n}\n", "db"},
 		"unknown option":    {"{\n oidc {\n colour blue\n }\n}\n", `unrecognized oidc global option "colour"`},
 		"unknown cache sub": {"{\n oidc {\n cache valkey {\n address a:1\n pool 3\n }\n }\n}\n", `unrecognized cache subdirective "pool"`},
