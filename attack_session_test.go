@@ -202,7 +202,7 @@ func TestAttackRefreshDropsNoClaims(t *testing.T) {
 	})
 	idp.OnUserInfo(func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("Authorization") != "Bearer at2" {
-			http.Error(w, "wrong token", 401)
+			http.Error(w, "wrong token", http.StatusUnauthorized)
 			return
 		}
 		w.Header().Set("Content-Type", "application/json")

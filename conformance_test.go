@@ -162,7 +162,7 @@ func TestRPConformance(t *testing.T) {
 				tc.setup(e)
 			}
 			got := func() string {
-				w0, err := func() (int, error) {
+				w0, _ := func() (int, error) {
 					r := request("GET", "/conformance")
 					rec := newRecorder()
 					err := e.h.ServeHTTP(rec, r, &recordNext{})

@@ -168,7 +168,7 @@ func (w *writeback) failed(key string, seq uint64, now time.Time) {
 	if p := w.m[key]; p != nil && p.seq == seq {
 		p.tries++
 		d := min(retryMin<<min(p.tries, 10), retryMax)
-		p.next = now.Add(d/2 + rand.N(d/2+1)) // jitter: replicas do not retry in step
+		p.next = now.Add(d/2 + rand.N(d/2+1)) //nolint:gosec // G404: jitter, so replicas do not retry in step; nothing secret
 	}
 	w.mu.Unlock()
 }

@@ -65,7 +65,7 @@ func (c *Codec) Seal(purpose string, plaintext []byte) string {
 	buf := make([]byte, 1+ns, 1+ns+len(plaintext)+aead.Overhead())
 	buf[0] = formatV1
 	rand.Read(buf[1 : 1+ns])
-	buf = aead.Seal(buf, buf[1:1+ns], plaintext, []byte(purpose))
+	buf = aead.Seal(buf, buf[1:1+ns], plaintext, []byte(purpose)) //nolint:gosec // G407: the nonce was just filled by crypto/rand
 	return base64.RawURLEncoding.EncodeToString(buf)
 }
 
