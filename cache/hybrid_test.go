@@ -68,7 +68,9 @@ func TestHybridSharesAndInvalidatesAcrossReplicas(t *testing.T) {
 	}
 	waitFor(t, func() bool { _, ok, _ := b.Get(ctx, "sess:x"); return !ok })
 	// The TTL reaches Valkey.
-	a.Set(ctx, "sess:ttl", []byte("v"), 1500*time.Millisecond)
+	if err := a.Set(ctx, "sess:ttl", []byte("v"), 1500*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
 	c, _ := valkey.NewClient(valkey.ClientOption{InitAddress: []string{addr}, DisableCache: true})
 	defer c.Close()
 	if ms, _ := c.Do(ctx, c.B().Pttl().Key(prefix+"sess:ttl").Build()).AsInt64(); ms <= 0 || ms > 1500 {

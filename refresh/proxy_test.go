@@ -43,7 +43,7 @@ func newProxy(t *testing.T, upstream string) *proxy {
 			p.mu.Unlock()
 			p.wg.Add(2)
 			go func() { defer p.wg.Done(); p.relay(u, c, true); u.Close() }()
-			go func() { defer p.wg.Done(); io.Copy(c, u); c.Close() }()
+			go func() { defer p.wg.Done(); _, _ = io.Copy(c, u); c.Close() }()
 		}
 	}()
 	t.Cleanup(func() {
