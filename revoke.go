@@ -743,8 +743,6 @@ func (a *attachment) queueAll(stored map[revKey]int64) {
 }
 
 // noteMACKeys registers the revocation keys of a route of issuer.
-func noteMACKeys(issuer string, keys [][]byte) { processRevocations.noteMACKeys(issuer, keys) }
-
 func (r *revocations) noteMACKeys(issuer string, keys [][]byte) {
 	r.mu.Lock()
 	added := false
