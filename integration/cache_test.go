@@ -98,7 +98,7 @@ func TestValkeyOutageDegradesAndRecovers(t *testing.T) {
 				if err != nil {
 					continue
 				}
-				io.Copy(io.Discard, resp.Body)
+				_, _ = io.Copy(io.Discard, resp.Body)
 				resp.Body.Close()
 				cleared := false
 				for _, sc := range resp.Cookies() {
@@ -294,7 +294,7 @@ func TestHundredReloadsKeepConnectionsAndL1(t *testing.T) {
 			}
 			mu.Unlock()
 			if err == nil {
-				io.Copy(io.Discard, resp.Body)
+				_, _ = io.Copy(io.Discard, resp.Body)
 				resp.Body.Close()
 			}
 		}

@@ -176,7 +176,7 @@ func TestClusterMasterDownKeepsWarmSessions(t *testing.T) {
 		if err != nil {
 			return 0, err
 		}
-		io.Copy(io.Discard, resp.Body)
+		_, _ = io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
 		return resp.StatusCode, nil
 	}
@@ -256,7 +256,7 @@ func TestClusterMasterDownKeepsWarmSessions(t *testing.T) {
 			t.Logf("a login during the outage failed: %v", err)
 			continue
 		}
-		io.Copy(io.Discard, lr.Body)
+		_, _ = io.Copy(io.Discard, lr.Body)
 		lr.Body.Close()
 		if lr.StatusCode != http.StatusOK {
 			t.Logf("a login during the outage answered %d", lr.StatusCode)

@@ -32,7 +32,7 @@ func TestAttackUnderscoreHeaderThroughFastCGI(t *testing.T) {
 				}
 			}
 			sort.Strings(seen)
-			fmt.Fprint(w, strings.Join(seen, "|"))
+			_, _ = fmt.Fprint(w, strings.Join(seen, "|"))
 		}))
 	}()
 	t.Cleanup(func() { l.Close() })

@@ -13,8 +13,7 @@ import (
 func TestLoginReachesUpstreamWithIdentity(t *testing.T) {
 	e := newEnv(t, envOptions{})
 	c := e.browser()
-	resp := e.login(c, "/app/page?x=1&y=2", "alice", "alice-password")
-	got := readEcho(t, resp)
+	got := readEcho(t, e.login(c, "/app/page?x=1&y=2", "alice", "alice-password"))
 	if got.Path != "/app/page" || got.Query != "x=1&y=2" {
 		t.Errorf("landed on %s?%s, want the page first asked for", got.Path, got.Query)
 	}
@@ -254,7 +253,7 @@ func TestRefreshSharesOneGrant(t *testing.T) {
 				t.Error(err)
 				return
 			}
-			io.Copy(io.Discard, resp.Body)
+			_, _ = io.Copy(io.Discard, resp.Body)
 			resp.Body.Close()
 			codes[i] = resp.StatusCode
 		}()

@@ -52,7 +52,7 @@ func burst(t *testing.T, replicas []*env, cookies []*http.Cookie, n int) (status
 			d := time.Since(t0)
 			code := -1
 			if err == nil {
-				io.Copy(io.Discard, resp.Body)
+				_, _ = io.Copy(io.Discard, resp.Body)
 				resp.Body.Close()
 				code = resp.StatusCode
 			}
@@ -199,7 +199,7 @@ func TestTwoHundredSessionsRefreshAcrossReplicas(t *testing.T) {
 					bad.Add(1)
 					return
 				}
-				io.Copy(io.Discard, resp.Body)
+				_, _ = io.Copy(io.Discard, resp.Body)
 				resp.Body.Close()
 				if resp.StatusCode == http.StatusOK {
 					ok.Add(1)

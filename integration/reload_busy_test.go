@@ -118,7 +118,7 @@ func TestReloadWhileLoginCallbackInFlight(t *testing.T) {
 	}
 	done := make(chan result, 1)
 	go func() {
-		resp, err := flow.Submit(c, e.idp.Issuer, form, "alice", "alice-password")
+		resp, err := flow.Submit(c, e.idp.Issuer, form, "alice", "alice-password") //nolint:bodyclose // readEcho closes it after the reload
 		done <- result{resp, err}
 	}()
 	waitUntil(t, 5*time.Second, "the code exchange to reach the IdP", func() bool { return e.idp.GrantsWaiting() > 0 })
@@ -174,8 +174,10 @@ func TestFiftyReloadsUnderLoad(t *testing.T) {
 	if resp.StatusCode != http.StatusFound && resp.StatusCode != http.StatusOK {
 		t.Fatalf("logout: %d", resp.StatusCode)
 	}
-	if resp := e.get(carol, "/after-logout", map[string]string{"Accept": "application/json"}); resp.StatusCode != http.StatusUnauthorized {
-		t.Fatalf("after logout the session still answers %d", resp.StatusCode)
+	after := e.get(carol, "/after-logout", map[string]string{"Accept": "application/json"})
+	after.Body.Close()
+	if after.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("after logout the session still answers %d", after.StatusCode)
 	}
 
 	readEcho(t, e.get(jars[0], "/warm", nil))
@@ -216,7 +218,7 @@ func TestFiftyReloadsUnderLoad(t *testing.T) {
 					failures.Store(err.Error(), true)
 					continue
 				}
-				io.Copy(io.Discard, resp.Body)
+				_, _ = io.Copy(io.Discard, resp.Body)
 				resp.Body.Close()
 				if resp.StatusCode == 200 {
 					ok.Add(1)

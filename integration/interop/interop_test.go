@@ -181,9 +181,9 @@ func tableText() string {
 			if !ok {
 				o = "not run"
 			}
-			fmt.Fprintf(w, "  %s\t%s\n", s, o)
+			_, _ = fmt.Fprintf(w, "  %s\t%s\n", s, o) // into a bytes.Buffer: cannot fail
 		}
-		w.Flush()
+		_ = w.Flush()
 	}
 	return b.String()
 }

@@ -209,7 +209,7 @@ func StartOIDCProvider(t testing.TB, cfg OIDCProviderConfig) *OIDCProvider {
 				ready <- hello.Issuer
 				break
 			}
-			p.logs.Write(append(sc.Bytes(), '\n'))
+			_, _ = p.logs.Write(append(sc.Bytes(), '\n')) // a SyncBuffer: cannot fail
 		}
 		_, _ = io.Copy(p.logs, stdout)
 	}()

@@ -281,7 +281,7 @@ func run(s *scenario, d time.Duration, conc int, procs map[string]*exec.Cmd) {
 					fails.Add(1)
 					continue
 				}
-				io.Copy(io.Discard, resp.Body)
+				_, _ = io.Copy(io.Discard, resp.Body)
 				resp.Body.Close()
 				lat = append(lat, time.Since(t0))
 				if resp.StatusCode != http.StatusOK {

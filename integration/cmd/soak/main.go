@@ -120,7 +120,7 @@ func main() {
 					failed.Add(1)
 					continue
 				}
-				io.Copy(io.Discard, resp.Body)
+				_, _ = io.Copy(io.Discard, resp.Body)
 				resp.Body.Close()
 				if resp.StatusCode == http.StatusOK {
 					ok.Add(1)
