@@ -436,9 +436,14 @@ func TestAttackRandomBearerTokensBoundIntrospection(t *testing.T) {
 	bearer := func(token string) int {
 		r := apiRequest(request("GET", "/api"))
 		r.Header.Set("Authorization", "Bearer "+token)
+		// Many sources: the per-client rate is another test's.
+		vars := map[string]any{caddyhttp.ClientIPVarKey: "10.0.0." + token}
+		r = r.WithContext(context.WithValue(r.Context(), caddyhttp.VarsCtxKey, vars))
 		code, _, _ := serve(h, r)
 		return code
 	}
+	var releaseOnce sync.Once
+	defer releaseOnce.Do(func() { close(release) })
 	// 30 concurrent requests with one token, 30 with distinct ones.
 	var wg sync.WaitGroup
 	codes := make(chan int, 60)
@@ -452,7 +457,7 @@ func TestAttackRandomBearerTokensBoundIntrospection(t *testing.T) {
 	}
 	// Let the calls pile up at the bound, then answer them all.
 	waitFor(t, func() bool { return running.Load() >= introspectionConcurrency })
-	close(release)
+	releaseOnce.Do(func() { close(release) })
 	wg.Wait()
 	close(codes)
 	for c := range codes {
@@ -739,5 +744,36 @@ func TestAttackIntrospectionRateIsBounded(t *testing.T) {
 	}
 	if busy == 0 {
 		t.Error("no random token was turned away")
+	}
+}
+
+// Review M4: one source flooding random tokens uses up its own rate, not the
+// route's: a valid token from another client is still introspected.
+func TestAttackIntrospectionFloodFromOneClient(t *testing.T) {
+	idp := testidp.New()
+	defer idp.Close()
+	idp.SetDiscovery("introspection_endpoint", idp.Issuer+"/introspect")
+	h := newTestHandler(t, idp, func(h *Handler) { h.Bearer = true })
+	idp.OnIntrospect(func(w http.ResponseWriter, r *http.Request) {
+		_ = r.ParseForm()
+		w.Header().Set("Content-Type", "application/json")
+		if r.PostForm.Get("token") == "valid-token" {
+			_, _ = fmt.Fprintf(w, `{"active":true,"sub":"svc","client_id":"app","exp":%d}`, time.Now().Add(time.Hour).Unix())
+			return
+		}
+		_, _ = w.Write([]byte(`{"active":false}`))
+	})
+	from := func(ip, token string) int {
+		r := apiRequest(request("GET", "/api"))
+		r.Header.Set("Authorization", "Bearer "+token)
+		r = r.WithContext(context.WithValue(r.Context(), caddyhttp.VarsCtxKey, map[string]any{caddyhttp.ClientIPVarKey: ip}))
+		code, _, _ := serve(h, r)
+		return code
+	}
+	for i := range 500 {
+		from("203.0.113.9", fmt.Sprint("random-", i))
+	}
+	if code := from("198.51.100.7", "valid-token"); code != 200 {
+		t.Errorf("a valid token from another client during the flood: %d, want 200", code)
 	}
 }

@@ -85,6 +85,11 @@ const (
 	// gets 503 at once, and the IdP's rate limit is never ours to trip.
 	introspectionRate  = 20
 	introspectionBurst = 40
+	// Per client address (Caddy's client_ip, trusted proxies applied), so
+	// one source flooding random tokens does not use up the route's rate.
+	introspectionClientRate  = 2
+	introspectionClientBurst = 5
+	introspectionClients     = 10_000
 )
 
 // tokenBucket allows rate events a second, burst at once. Not safe for
@@ -244,6 +249,7 @@ var errIntrospectionBusy = errors.New("too many token introspections in progress
 type introspector struct {
 	sem     chan struct{}
 	bucket  tokenBucket
+	clients map[string]*tokenBucket // bounded: introspectionClients
 	mu      sync.Mutex
 	flights map[[32]byte]*introspection
 	refusal *bearerCache
@@ -258,6 +264,7 @@ type introspection struct {
 func newIntrospector() *introspector {
 	return &introspector{sem: make(chan struct{}, introspectionConcurrency),
 		bucket:  tokenBucket{rate: introspectionRate, burst: introspectionBurst},
+		clients: make(map[string]*tokenBucket),
 		flights: make(map[[32]byte]*introspection), refusal: newBearerCache(bearerCacheSize)}
 }
 
@@ -270,12 +277,30 @@ func (in *introspector) refuse(sum [32]byte, now time.Time) {
 	in.refusal.put(sum, bearerEntry{expires: now.Add(introspectionNegativeTTL)})
 }
 
+// clientBucket is the rate bucket of the request's client; in.mu is held.
+func (in *introspector) clientBucket(ctx context.Context) *tokenBucket {
+	ip, _ := caddyhttp.GetVar(ctx, caddyhttp.ClientIPVarKey).(string)
+	b, ok := in.clients[ip]
+	if !ok {
+		if len(in.clients) >= introspectionClients {
+			for k := range in.clients { // an arbitrary one makes room
+				delete(in.clients, k)
+				break
+			}
+		}
+		b = &tokenBucket{rate: introspectionClientRate, burst: introspectionClientBurst}
+		in.clients[ip] = b
+	}
+	return b
+}
+
 // do runs call once for concurrent requests of one token, within the bound.
 func (in *introspector) do(ctx context.Context, sum [32]byte, call func(context.Context) (*provider.AccessClaims, error)) (*provider.AccessClaims, error) {
 	in.mu.Lock()
 	f, ok := in.flights[sum]
 	if !ok {
-		if !in.bucket.take(time.Now()) {
+		now := time.Now()
+		if !in.clientBucket(ctx).take(now) || !in.bucket.take(now) {
 			in.mu.Unlock()
 			return nil, errIntrospectionBusy
 		}
