@@ -214,13 +214,12 @@ func (h *Handler) checkAccessToken(ctx context.Context, token string, sum [32]by
 
 // looksLikeIDToken tells an ID token that lacks nonce and at_hash (a
 // refreshed one) from an access token: its audience is this client, and it
-// grants no scope (access tokens say what they grant: scope or scp).
+// has none of what access tokens carry (RFC 9068: client_id; scope or scp).
 func looksLikeIDToken(claims map[string]any, clientID string) bool {
-	if _, ok := claims["scope"]; ok {
-		return false
-	}
-	if _, ok := claims["scp"]; ok {
-		return false
+	for _, c := range []string{"scope", "scp", "client_id"} {
+		if _, ok := claims[c]; ok {
+			return false
+		}
 	}
 	switch aud := claims["aud"].(type) {
 	case string:
