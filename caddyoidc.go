@@ -231,6 +231,8 @@ type Handler struct {
 	// route's keys in the shared cache.
 	route, ns      string
 	hostCookieName string
+	plainCookieAAD string
+	hostCookieAAD  string
 	logger         *zap.Logger
 	warned         *warnings
 }
@@ -334,6 +336,7 @@ func (h *Handler) configure(ctx caddy.Context, logger *zap.Logger) error {
 	}
 	h.route, h.ns = routeBinding(h.Issuer, h.ClientID), routeNamespace(h.Issuer, h.ClientID)
 	h.hostCookieName = "__Host-" + h.CookieName
+	h.plainCookieAAD, h.hostCookieAAD = h.bind(purposeCookie+h.CookieName), h.bind(purposeCookie+h.hostCookieName)
 	h.decoded = session.NewDecodedCache(decodedSessionCacheSize)
 	h.bearers = newBearerCache(bearerCacheSize)
 	h.introspections = newIntrospector()

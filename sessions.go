@@ -56,6 +56,19 @@ func routeNamespace(issuer, clientID string) string {
 	return hex.EncodeToString(sum[:8])
 }
 
+// cookieAAD is the associated data of the session cookie called name:
+// precomputed for the two names a route uses (it is on every request of a
+// cache-kept session).
+func (h *Handler) cookieAAD(name string) string {
+	switch name {
+	case h.CookieName:
+		return h.plainCookieAAD
+	case h.hostCookieName:
+		return h.hostCookieAAD
+	}
+	return h.bind(purposeCookie + name)
+}
+
 // bind is the associated data for sealing a value of purpose (which ends
 // with the key or cookie name it is stored under) on this route.
 func (h *Handler) bind(purpose string) string { return h.route + purpose }
@@ -106,7 +119,9 @@ func (h *Handler) cacheStore() bool { return h.SessionStore == "cache" }
 // route's namespace.
 func (h *Handler) storeKey(id string) string {
 	sum := sha256.Sum256([]byte(id))
-	return cache.Key(cache.NSSession, h.ns+":"+hex.EncodeToString(sum[:]))
+	// One concatenation (cache.Key's form): this runs on every request of a
+	// cache-kept session.
+	return cache.NSSession + ":" + h.ns + ":" + hex.EncodeToString(sum[:])
 }
 
 // cookieSessionID returns the id of the cache-kept session the request's
@@ -117,7 +132,7 @@ func (h *Handler) cookieSessionID(r *http.Request) (string, bool) {
 	if !ok {
 		return "", false
 	}
-	pt, _, err := h.codec.Open(h.bind(purposeCookie+name), v)
+	pt, _, err := h.codec.Open(h.cookieAAD(name), v)
 	if err != nil {
 		return "", false
 	}
@@ -159,7 +174,7 @@ func (h *Handler) openSession(ctx context.Context, name, v string) (*session.Ses
 	if s, ok := h.decoded.Get(name, v); ok {
 		return s, false, nil
 	}
-	pt, rotated, err := h.codec.Open(h.bind(purposeCookie+name), v)
+	pt, rotated, err := h.codec.Open(h.cookieAAD(name), v)
 	if err != nil {
 		return nil, false, nil
 	}
@@ -223,7 +238,7 @@ func (h *Handler) writeSession(w http.ResponseWriter, r *http.Request, s *sessio
 	remaining := time.Unix(s.Created, 0).Add(time.Duration(h.SessionLifetime)).Sub(now)
 	opts := h.cookieOptions(r, max(int(remaining/time.Second), 1))
 	if !h.cacheStore() && s.ID == "" {
-		if session.WriteChunked(w, r, name, h.codec.Seal(h.bind(purposeCookie+name), pt), opts) {
+		if session.WriteChunked(w, r, name, h.codec.Seal(h.cookieAAD(name), pt), opts) {
 			return nil
 		}
 		h.warnOnce(&h.warned.oversize, "a session is too large for cookies; keeping it in the oidc app's cache with only its id in the cookie (with the memory cache it lives in this process only: configure valkey for several replicas)",
@@ -238,7 +253,7 @@ func (h *Handler) writeSession(w http.ResponseWriter, r *http.Request, s *sessio
 	if err := h.store.Set(r.Context(), key, []byte(h.codec.Seal(h.bind(purposeSessionValue+key), pt)), max(remaining, time.Second)); err != nil {
 		h.logger.Warn("session kept in this process only: the shared cache is unavailable", zap.Error(err))
 	}
-	session.WriteChunked(w, r, name, h.codec.Seal(h.bind(purposeCookie+name), []byte(cacheIDPrefix+s.ID)), opts)
+	session.WriteChunked(w, r, name, h.codec.Seal(h.cookieAAD(name), []byte(cacheIDPrefix+s.ID)), opts)
 	return nil
 }
 
