@@ -777,3 +777,78 @@ func TestAttackIntrospectionFloodFromOneClient(t *testing.T) {
 		t.Errorf("a valid token from another client during the flood: %d, want 200", code)
 	}
 }
+
+// Second review, 1: a secret rotated out of the config stops vouching for
+// revocations, and new ones are sealed with the newest config's secret.
+func TestRevocationKeysFollowTheConfig(t *testing.T) {
+	r := newRevocations()
+	const iss = "https://idp.example/rotation"
+	a, b := []byte("key-of-secret-a-0123456789abcdef"), []byte("key-of-secret-b-0123456789abcdef")
+	k := revKey{revokeSubject, iss, "u"}
+	rv := revocation{at: time.Now().Unix(), expires: time.Now().Add(time.Hour).Unix()}
+	r.noteMACKeys(iss, [][]byte{a}) // config 1
+	sealedA, _ := r.seal(k, rv)
+	r.noteMACKeys(iss, [][]byte{b, a}) // config 2: rotation, A still listed
+	r.forgetMACKeys(iss, [][]byte{a})  // config 1 cleaned up
+	if _, _, ok := r.open(k, sealedA); !ok {
+		t.Error("during the rotation a revocation sealed with the older secret was refused")
+	}
+	sealedB, _ := r.seal(k, rv)
+	r.noteMACKeys(iss, [][]byte{b})      // config 3: A removed
+	r.forgetMACKeys(iss, [][]byte{b, a}) // config 2 cleaned up
+	if _, _, ok := r.open(k, sealedA); ok {
+		t.Error("a revocation sealed with a secret removed from the config still opens")
+	}
+	if _, _, ok := r.open(k, sealedB); !ok {
+		t.Error("a revocation sealed with the current secret was refused")
+	}
+	onlyB := newRevocations()
+	onlyB.noteMACKeys(iss, [][]byte{b})
+	if now, _ := r.seal(k, rv); func() bool { _, _, ok := onlyB.open(k, now); return !ok }() {
+		t.Error("new revocations are not sealed with the newest config's secret")
+	}
+}
+
+// Second review, 2: email_verified only ever comes with its own email.
+func TestEmailVerifiedPairing(t *testing.T) {
+	old := map[string]any{"sub": "u", "email": "old@corp.example", "email_verified": true}
+	// A refreshed ID token with a new, unverified email; UserInfo vouches for the old one.
+	got, _ := refreshedClaims(old, []string{"email"}, map[string]any{"sub": "u", "email": "b@evil.example"},
+		map[string]any{"sub": "u", "email": "old@corp.example", "email_verified": true})
+	if got["email"] != "b@evil.example" || got["email_verified"] != nil {
+		t.Errorf("email %v with email_verified %v, want the ID token's email unverified", got["email"], got["email_verified"])
+	}
+	// A sub-only refreshed ID token and UserInfo with email_verified but another source's email.
+	got, _ = refreshedClaims(map[string]any{"sub": "u", "email": "new@evil.example"}, nil, map[string]any{"sub": "u"},
+		map[string]any{"sub": "u", "email_verified": true})
+	if got["email_verified"] != nil {
+		t.Errorf("email_verified taken from UserInfo for an email UserInfo did not give: %v", got)
+	}
+}
+
+// Second review, 4: an access token for this client obtained by another
+// client (Entra app-only: roles, azp the caller) is not an ID token; an
+// ID token of this client is one.
+func TestLooksLikeIDToken(t *testing.T) {
+	for _, c := range []struct {
+		claims map[string]any
+		want   bool
+	}{
+		{map[string]any{"aud": []string{"app"}, "azp": "daemon", "roles": []any{"read"}}, false},
+		{map[string]any{"aud": []string{"app"}, "azp": "app"}, true},
+		{map[string]any{"aud": "app"}, true},
+		{map[string]any{"aud": "app", "scp": "read"}, false},
+		{map[string]any{"aud": "api"}, false},
+	} {
+		if got := looksLikeIDToken(c.claims, "app"); got != c.want {
+			t.Errorf("%v: %v, want %v", c.claims, got, c.want)
+		}
+	}
+	// Rate limits group an IPv6 client by its /64.
+	ctx := func(ip string) context.Context {
+		return context.WithValue(context.Background(), caddyhttp.VarsCtxKey, map[string]any{caddyhttp.ClientIPVarKey: ip})
+	}
+	if clientKey(ctx("2001:db8::1")) != clientKey(ctx("2001:db8::ffff:2")) || clientKey(ctx("192.0.2.1")) == clientKey(ctx("192.0.2.2")) {
+		t.Error("IPv6 clients are not grouped by /64, or IPv4 ones are grouped")
+	}
+}

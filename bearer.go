@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -101,17 +102,22 @@ type tokenBucket struct {
 }
 
 func (b *tokenBucket) take(now time.Time) bool {
+	if !b.has(now) {
+		return false
+	}
+	b.tokens--
+	return true
+}
+
+// has refills the bucket and reports whether one event may pass.
+func (b *tokenBucket) has(now time.Time) bool {
 	if b.last.IsZero() {
 		b.tokens = b.burst
 	} else {
 		b.tokens = min(b.burst, b.tokens+now.Sub(b.last).Seconds()*b.rate)
 	}
 	b.last = now
-	if b.tokens < 1 {
-		return false
-	}
-	b.tokens--
-	return true
+	return b.tokens >= 1
 }
 
 // serveBearer authenticates an API request by its access token.
@@ -202,6 +208,7 @@ func (h *Handler) checkAccessToken(ctx context.Context, token string, sum [32]by
 		}
 		return nil, err
 	}
+	h.introspections.vouch(ctx)
 	exp := time.Now().Add(bearerCacheMaxTTL)
 	if !ac.Expiry.IsZero() && ac.Expiry.Before(exp) {
 		exp = ac.Expiry
@@ -213,23 +220,32 @@ func (h *Handler) checkAccessToken(ctx context.Context, token string, sum [32]by
 }
 
 // looksLikeIDToken tells an ID token that lacks nonce and at_hash (a
-// refreshed one) from an access token: its audience is this client, and it
-// has none of what access tokens carry (RFC 9068: client_id; scope or scp).
+// refreshed one) from an access token: it has none of what access tokens
+// carry (RFC 9068: client_id; scope or scp), and it was issued to this
+// client as its own audience (azp absent or this client): what an ID token
+// of this route is. An access token for this client obtained by another
+// one (Entra's app-only tokens: roles, azp the caller) is not one.
 func looksLikeIDToken(claims map[string]any, clientID string) bool {
 	for _, c := range []string{"scope", "scp", "client_id"} {
 		if _, ok := claims[c]; ok {
 			return false
 		}
 	}
+	azp, hasAzp := claims["azp"].(string)
+	var auds []string
 	switch aud := claims["aud"].(type) {
 	case string:
-		return aud == clientID
-	case []any:
-		return slices.Contains(aud, any(clientID))
+		auds = []string{aud}
 	case []string:
-		return slices.Contains(aud, clientID)
+		auds = aud
+	case []any:
+		for _, a := range aud {
+			if s, ok := a.(string); ok {
+				auds = append(auds, s)
+			}
+		}
 	}
-	return false
+	return slices.Contains(auds, clientID) && (!hasAzp || azp == clientID)
 }
 
 type introspected struct {
@@ -249,6 +265,10 @@ type introspector struct {
 	sem     chan struct{}
 	bucket  tokenBucket
 	clients map[string]*tokenBucket // bounded: introspectionClients
+	// vouched are clients whose tokens the IdP recently called active:
+	// the route's rate does not apply to them, so a flood from elsewhere
+	// does not lock out the API's real callers (their own rate does).
+	vouched map[string]time.Time // bounded: introspectionClients
 	mu      sync.Mutex
 	flights map[[32]byte]*introspection
 	refusal *bearerCache
@@ -264,6 +284,7 @@ func newIntrospector() *introspector {
 	return &introspector{sem: make(chan struct{}, introspectionConcurrency),
 		bucket:  tokenBucket{rate: introspectionRate, burst: introspectionBurst},
 		clients: make(map[string]*tokenBucket),
+		vouched: make(map[string]time.Time),
 		flights: make(map[[32]byte]*introspection), refusal: newBearerCache(bearerCacheSize)}
 }
 
@@ -276,9 +297,35 @@ func (in *introspector) refuse(sum [32]byte, now time.Time) {
 	in.refusal.put(sum, bearerEntry{expires: now.Add(introspectionNegativeTTL)})
 }
 
-// clientBucket is the rate bucket of the request's client; in.mu is held.
-func (in *introspector) clientBucket(ctx context.Context) *tokenBucket {
-	ip, _ := caddyhttp.GetVar(ctx, caddyhttp.ClientIPVarKey).(string)
+// clientKey names the request's client for rate limits: its address as
+// Caddy sees it (trusted proxies applied), an IPv6 one by its /64 (one
+// host holds a whole /64).
+func clientKey(ctx context.Context) string {
+	s, _ := caddyhttp.GetVar(ctx, caddyhttp.ClientIPVarKey).(string)
+	ip, err := netip.ParseAddr(s)
+	if err != nil || ip.Is4() || ip.Is4In6() {
+		return s
+	}
+	p, _ := ip.Prefix(64)
+	return p.String()
+}
+
+// vouch marks client as a caller of real tokens for a while.
+func (in *introspector) vouch(ctx context.Context) {
+	client := clientKey(ctx)
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if _, ok := in.vouched[client]; !ok && len(in.vouched) >= introspectionClients {
+		for k := range in.vouched {
+			delete(in.vouched, k)
+			break
+		}
+	}
+	in.vouched[client] = time.Now().Add(10 * time.Minute)
+}
+
+// clientBucket is the rate bucket of client; in.mu is held.
+func (in *introspector) clientBucket(ip string) *tokenBucket {
 	b, ok := in.clients[ip]
 	if !ok {
 		if len(in.clients) >= introspectionClients {
@@ -299,10 +346,14 @@ func (in *introspector) do(ctx context.Context, sum [32]byte, call func(context.
 	f, ok := in.flights[sum]
 	if !ok {
 		now := time.Now()
-		if !in.clientBucket(ctx).take(now) || !in.bucket.take(now) {
+		client := clientKey(ctx)
+		cb := in.clientBucket(client)
+		good := now.Before(in.vouched[client])
+		if !cb.has(now) || !good && !in.bucket.take(now) {
 			in.mu.Unlock()
 			return nil, errIntrospectionBusy
 		}
+		cb.take(now)
 		f = &introspection{done: make(chan struct{})}
 		in.flights[sum] = f
 	}

@@ -215,6 +215,7 @@ type Handler struct {
 	exchanges      chan struct{} // bounds concurrent code exchanges
 	introNS        string
 	revocationKeys [][]byte
+	macNoted       bool
 	allowExpr      *claimExpression
 	client         provider.Client
 	callbackPath   string
@@ -407,6 +408,7 @@ func (h *Handler) attach(app *App) error {
 	// Revocations of this issuer must outlive this route's sessions.
 	noteLifetime(h.Issuer, time.Duration(h.SessionLifetime))
 	h.revs.noteMACKeys(h.Issuer, h.revocationKeys)
+	h.macNoted = true
 	if lease := time.Duration(app.RefreshLease); lease > 0 && time.Duration(h.IdPTimeout) > lease/2 {
 		return fmt.Errorf("oidc: idp_timeout %s must be at most half of the oidc app's refresh_lease %s, so that a refresh grant ends while its lease holds: lower idp_timeout or raise refresh_lease",
 			time.Duration(h.IdPTimeout), lease)
@@ -548,6 +550,11 @@ func (h *Handler) check(secrets []string) error {
 func (h *Handler) Cleanup() error {
 	if h.prov != nil && h.app != nil {
 		h.app.releaseProvider(h.Issuer, time.Duration(h.IdPTimeout))
+	}
+	if h.macNoted {
+		// A secret rotated out of the config stops vouching for revocations.
+		h.revs.forgetMACKeys(h.Issuer, h.revocationKeys)
+		h.macNoted = false
 	}
 	return nil
 }

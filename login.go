@@ -303,7 +303,7 @@ func (h *Handler) serveCallback(w http.ResponseWriter, r *http.Request) error {
 			h.logger.Warn("userinfo unavailable; the session has the ID token's claims only", zap.Error(err))
 		}
 		for k, v := range extra {
-			if _, has := claims[k]; !has && !slices.Contains(session.ProtocolClaims, k) {
+			if _, has := claims[k]; !has && !slices.Contains(session.ProtocolClaims, k) && k != "email_verified" {
 				claims[k] = v
 				fromUserInfo = append(fromUserInfo, k)
 				if k == "email" {

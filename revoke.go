@@ -99,7 +99,10 @@ type revocations struct {
 	lifetimes map[string]time.Duration // per issuer, the longest ever noted
 	// macKeys, per issuer, authenticate revocations in Valkey: derived from
 	// the session secrets of that issuer's routes; the first signs, all verify.
-	macKeys   map[string][][]byte
+	macKeys map[string][]*macKey
+	// signer, per issuer, is the key new revocations are sealed with: the
+	// current secret of the route attached last (the newest config's).
+	signer    map[string][]byte
 	longest   time.Duration // over every issuer
 	lastPrune time.Time
 
@@ -127,7 +130,7 @@ type revocation struct{ at, expires int64 }
 
 func newRevocations() *revocations {
 	return &revocations{m: make(map[revKey]revocation), lifetimes: make(map[string]time.Duration),
-		macKeys: make(map[string][][]byte), soft: maxRevocations, hard: maxIdPRevocations, every: revocationPruneEvery}
+		macKeys: make(map[string][]*macKey), signer: make(map[string][]byte), soft: maxRevocations, hard: maxIdPRevocations, every: revocationPruneEvery}
 }
 
 func (r *revocations) logger() *zap.Logger { return caddy.Log().Named("oidc.revocations") }
@@ -742,20 +745,56 @@ func (a *attachment) queueAll(stored map[revKey]int64) {
 	}
 }
 
-// noteMACKeys registers the revocation keys of a route of issuer.
+// macKey is a revocation key and how many attached routes hold it.
+type macKey struct {
+	key  []byte
+	refs int
+}
+
+// noteMACKeys registers the revocation keys of a route of issuer (its
+// session secrets'; the first seals); forgetMACKeys takes them back when
+// the route is cleaned up, so a secret rotated out stops being trusted.
 func (r *revocations) noteMACKeys(issuer string, keys [][]byte) {
+	if len(keys) == 0 {
+		return
+	}
 	r.mu.Lock()
 	added := false
 	for _, k := range keys {
-		if !slices.ContainsFunc(r.macKeys[issuer], func(have []byte) bool { return hmac.Equal(have, k) }) {
-			r.macKeys[issuer] = append(r.macKeys[issuer], k)
-			added = true
+		i := slices.IndexFunc(r.macKeys[issuer], func(have *macKey) bool { return hmac.Equal(have.key, k) })
+		if i >= 0 {
+			r.macKeys[issuer][i].refs++
+			continue
 		}
+		r.macKeys[issuer] = append(r.macKeys[issuer], &macKey{key: k, refs: 1})
+		added = true
 	}
+	r.signer[issuer] = keys[0]
 	r.mu.Unlock()
 	if added {
 		// Entries a new key vouches for were ignored until now.
 		r.resyncAll()
+	}
+}
+
+func (r *revocations) forgetMACKeys(issuer string, keys [][]byte) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, k := range keys {
+		list := r.macKeys[issuer]
+		i := slices.IndexFunc(list, func(have *macKey) bool { return hmac.Equal(have.key, k) })
+		if i < 0 {
+			continue
+		}
+		if list[i].refs--; list[i].refs == 0 {
+			r.macKeys[issuer] = slices.Delete(list, i, i+1)
+		}
+	}
+	if s := r.signer[issuer]; s != nil && !slices.ContainsFunc(r.macKeys[issuer], func(have *macKey) bool { return hmac.Equal(have.key, s) }) {
+		delete(r.signer, issuer)
+		if list := r.macKeys[issuer]; len(list) > 0 {
+			r.signer[issuer] = list[len(list)-1].key
+		}
 	}
 }
 
@@ -777,13 +816,13 @@ func revocationMAC(key []byte, k revKey, payload string) string {
 // seal is the Valkey value of rv: its times and a MAC over them and its key.
 func (r *revocations) seal(k revKey, rv revocation) (string, bool) {
 	r.mu.RLock()
-	keys := r.macKeys[k.issuer]
+	key := r.signer[k.issuer]
 	r.mu.RUnlock()
-	if len(keys) == 0 {
+	if key == nil {
 		return "", false
 	}
 	payload := strconv.FormatInt(rv.at, 10) + " " + strconv.FormatInt(rv.expires, 10)
-	return payload + " " + revocationMAC(keys[0], k, payload), true
+	return payload + " " + revocationMAC(key, k, payload), true
 }
 
 // open verifies a Valkey value against every key of the issuer.
@@ -798,7 +837,7 @@ func (r *revocations) open(k revKey, v string) (at, expires int64, ok bool) {
 	r.mu.RUnlock()
 	verified := false
 	for _, key := range keys {
-		if hmac.Equal([]byte(revocationMAC(key, k, payload)), []byte(mac)) {
+		if hmac.Equal([]byte(revocationMAC(key.key, k, payload)), []byte(mac)) {
 			verified = true
 			break
 		}

@@ -432,8 +432,8 @@ func refreshedClaims(old map[string]any, oldFromUI []string, idClaims, userinfo 
 	}
 	overlay(merged, idClaims)
 	for k, v := range userinfo {
-		if _, inToken := idClaims[k]; inToken || slices.Contains(session.ProtocolClaims, k) {
-			continue
+		if _, inToken := idClaims[k]; inToken || slices.Contains(session.ProtocolClaims, k) || k == "email_verified" {
+			continue // email_verified goes only with its email (setVerified)
 		}
 		if _, inOld := old[k]; inOld && !slices.Contains(oldFromUI, k) && !full {
 			// The ID token carried it (at login): the ID token's word stands.
@@ -453,7 +453,7 @@ func refreshedClaims(old map[string]any, oldFromUI []string, idClaims, userinfo 
 // inherits an earlier one's verification.
 func overlay(dst, src map[string]any) {
 	for k, v := range src {
-		if !slices.Contains(session.ProtocolClaims, k) {
+		if !slices.Contains(session.ProtocolClaims, k) && k != "email_verified" {
 			dst[k] = v
 		}
 	}
