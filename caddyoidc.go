@@ -125,6 +125,10 @@ type Handler struct {
 	// Hydra: its admin API's /admin/oauth2/introspect, which must stay
 	// private). Default: the discovery document's.
 	IntrospectionEndpoint string `json:"introspection_endpoint,omitempty"`
+	// UserInfoPath answers GET with the session's identity as JSON (what
+	// the upstream would see, and when the session ends; never a token),
+	// or 401 without a session: for single-page apps. Default: off.
+	UserInfoPath string `json:"userinfo_path,omitempty"`
 	// FrontchannelLogoutPath is loaded by the IdP in an iframe with iss and
 	// sid (OpenID Connect Front-Channel Logout; register it as the client's
 	// frontchannel_logout_uri). Default: /oauth2/frontchannel_logout.
@@ -467,6 +471,9 @@ func (h *Handler) check(secrets []string) error {
 	}
 	h.callbackPath = ru.Path
 	paths := map[string]string{"logout_path": h.LogoutPath, "backchannel_logout_path": h.BackchannelLogoutPath, "frontchannel_logout_path": h.FrontchannelLogoutPath}
+	if h.UserInfoPath != "" {
+		paths["userinfo_path"] = h.UserInfoPath
+	}
 	seen := map[string]string{}
 	for field, p := range paths {
 		if other, dup := seen[p]; dup {
@@ -579,6 +586,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return h.serveBackchannelLogout(w, r)
 	case h.FrontchannelLogoutPath:
 		return h.serveFrontchannelLogout(w, r)
+	case h.UserInfoPath:
+		if h.UserInfoPath != "" {
+			return h.serveSessionInfo(w, r)
+		}
 	}
 	if h.excluded(r) {
 		h.stripCookies(r)

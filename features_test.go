@@ -1,10 +1,12 @@
 package caddyoidc
 
 import (
+	"encoding/json"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -85,3 +87,36 @@ func TestOfflineAccessAsksForConsent(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// Issue 12.4: userinfo_path tells a single-page app who is logged in and
+// until when, with no token in it; 401 without a session; off by default.
+func TestSessionInfoEndpoint(t *testing.T) {
+	idp := testidp.New()
+	defer idp.Close()
+	h := newTestHandler(t, idp, func(h *Handler) { h.UserInfoPath = "/oauth2/userinfo" })
+	r := loggedIn(t, h, map[string]any{"sub": "u1", "email": "u1@example.com", "groups": []any{"staff"}}, func(s *session.Session) {
+		s.AccessToken, s.RefreshToken = "secret-access-token", "secret-refresh-token"
+	})
+	code, next, w := serve(h, withCookies(r, "/oauth2/userinfo"))
+	if code != 200 || next.called {
+		t.Fatalf("session info: %d (passed on: %v)", code, next.called)
+	}
+	body := w.Body.String()
+	var info sessionInfo
+	if err := json.Unmarshal([]byte(body), &info); err != nil {
+		t.Fatal(err)
+	}
+	if info.Subject != "u1" || info.Email != "u1@example.com" || len(info.Groups) != 1 || info.ExpiresAt <= time.Now().Unix() {
+		t.Errorf("session info %+v", info)
+	}
+	if strings.Contains(body, "secret-") || strings.Contains(body, "idt") {
+		t.Errorf("a token in the session info: %s", body)
+	}
+	if code, _, _ := serve(h, apiRequest(request("GET", "/oauth2/userinfo"))); code != http.StatusUnauthorized {
+		t.Errorf("without a session: %d, want 401", code)
+	}
+	off := newTestHandler(t, idp, nil)
+	if _, next, _ := serve(off, withCookies(loggedIn(t, off, map[string]any{"sub": "u1"}, nil), "/oauth2/userinfo")); !next.called {
+		t.Error("without userinfo_path the path is the upstream's")
+	}
+}
