@@ -47,6 +47,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		end_session_method       post|get
 //		introspection_endpoint   <url>
 //		userinfo_path            <path>
+//		health_path              <path>
 //		logout_path              <path>
 //		post_logout_redirect_uri <path|url>
 //		backchannel_logout_path  <path>
@@ -79,7 +80,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		field := d.Val()
 		switch field {
 		case "issuer", "client_id", "client_secret", "redirect_uri", "session_store",
-			"logout_path", "post_logout_redirect_uri", "backchannel_logout_path", "frontchannel_logout_path", "cookie_name", "cookie_samesite", "end_session_method", "introspection_endpoint", "userinfo_path",
+			"logout_path", "post_logout_redirect_uri", "backchannel_logout_path", "frontchannel_logout_path", "cookie_name", "cookie_samesite", "end_session_method", "introspection_endpoint", "userinfo_path", "health_path",
 			"allow_expression", "groups_claim", "roles_claim",
 			"client_auth_method", "client_private_key", "client_key_id", "client_key_alg":
 			if !d.NextArg() {
@@ -163,7 +164,7 @@ func (h *Handler) stringField(name string) *string {
 		"client_key_id": &h.ClientKeyID, "client_key_alg": &h.ClientKeyAlg,
 		"cookie_name": &h.CookieName, "cookie_samesite": &h.CookieSameSite,
 		"end_session_method": &h.EndSessionMethod, "introspection_endpoint": &h.IntrospectionEndpoint,
-		"userinfo_path": &h.UserInfoPath,
+		"userinfo_path": &h.UserInfoPath, "health_path": &h.HealthPath,
 	}[name]
 }
 

@@ -125,6 +125,11 @@ type Handler struct {
 	// Hydra: its admin API's /admin/oauth2/introspect, which must stay
 	// private). Default: the discovery document's.
 	IntrospectionEndpoint string `json:"introspection_endpoint,omitempty"`
+	// HealthPath answers 200 when the IdP's discovery document and keys
+	// are loaded and the shared cache is reachable, else 503, with the
+	// reason as JSON: a readiness probe for load balancers and Kubernetes.
+	// It needs no session. Default: off.
+	HealthPath string `json:"health_path,omitempty"`
 	// UserInfoPath answers GET with the session's identity as JSON (what
 	// the upstream would see, and when the session ends; never a token),
 	// or 401 without a session: for single-page apps. Default: off.
@@ -474,6 +479,9 @@ func (h *Handler) check(secrets []string) error {
 	if h.UserInfoPath != "" {
 		paths["userinfo_path"] = h.UserInfoPath
 	}
+	if h.HealthPath != "" {
+		paths["health_path"] = h.HealthPath
+	}
 	seen := map[string]string{}
 	for field, p := range paths {
 		if other, dup := seen[p]; dup {
@@ -589,6 +597,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	case h.UserInfoPath:
 		if h.UserInfoPath != "" {
 			return h.serveSessionInfo(w, r)
+		}
+	case h.HealthPath:
+		if h.HealthPath != "" {
+			return h.serveHealth(w, r)
 		}
 	}
 	if h.excluded(r) {

@@ -120,3 +120,24 @@ func TestSessionInfoEndpoint(t *testing.T) {
 		t.Error("without userinfo_path the path is the upstream's")
 	}
 }
+
+// Issue 12.10: health_path says whether the route can serve: 200 with the
+// IdP's discovery and keys loaded, 503 (with the reason) while they cannot
+// be had; no session needed.
+func TestHealthPath(t *testing.T) {
+	idp := testidp.New()
+	defer idp.Close()
+	h := newTestHandler(t, idp, func(h *Handler) { h.HealthPath = "/healthz/oidc" })
+	code, next, w := serve(h, request("GET", "/healthz/oidc"))
+	if code != 200 || next.called || !strings.Contains(w.Body.String(), `"ready":true`) {
+		t.Fatalf("IdP up: %d %s", code, w.Body.String())
+	}
+	down := testidp.New()
+	defer down.Close()
+	down.OnJWKS(func(w http.ResponseWriter, r *http.Request) { http.Error(w, "down", http.StatusServiceUnavailable) })
+	hd := newTestHandler(t, down, func(h *Handler) { h.HealthPath = "/healthz/oidc" })
+	code, _, w = serve(hd, request("GET", "/healthz/oidc"))
+	if code != http.StatusServiceUnavailable || !strings.Contains(w.Body.String(), `"idp":"unavailable"`) {
+		t.Errorf("IdP keys unavailable: %d %s, want 503", code, w.Body.String())
+	}
+}

@@ -201,3 +201,15 @@ func (p *Provider) expectedIssuer(d *Discovery, claims map[string]any) string {
 	}
 	return strings.Replace(d.Issuer, "{tenantid}", tid, 1)
 }
+
+// Ready fetches (or finds) the discovery document and the key set, through
+// the same shared, backed-off fetches requests use: nil when both are
+// loaded, for readiness probes.
+func (p *Provider) Ready(ctx context.Context) error {
+	d, err := p.Discovery(ctx)
+	if err != nil {
+		return err
+	}
+	_, err = p.keys.get(ctx, d.JWKSURI)
+	return err
+}
