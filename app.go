@@ -235,15 +235,19 @@ func (a *App) awaitingRevocations(revs *revocations) bool {
 	return s.hybrid != nil && s.stats.ValkeyErrors.Load() == 0 && !revs.ready()
 }
 
-// hold marks work of this config in progress; call the returned func when
-// it ends.
-func (a *App) hold() func() {
-	w := a.work
-	if w == nil {
-		return func() {}
+// hold marks work of this config in progress, until release.
+func (a *App) hold() {
+	if a.work != nil {
+		a.work.inflight.Add(1)
 	}
-	w.inflight.Add(1)
-	return func() { w.inflight.Add(-1) }
+}
+
+// release ends what hold began. Two methods, not a returned closure: this
+// runs on every request and must not allocate.
+func (a *App) release() {
+	if a.work != nil {
+		a.work.inflight.Add(-1)
+	}
 }
 
 // set returns the cache set requests use: this config's, or once it was

@@ -480,13 +480,7 @@ func TestAttackRandomBearerTokensBoundIntrospection(t *testing.T) {
 // waitFor polls cond (bounded) instead of sleeping a fixed time.
 func waitFor(t testing.TB, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not reached in 10s")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	revPoll(t, 10*time.Second, "condition", cond)
 }
 
 // 16.8: behind a TLS-terminating proxy that Caddy trusts, cookies are Secure

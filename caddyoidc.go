@@ -577,8 +577,8 @@ func (h *Handler) Cleanup() error {
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	// The app's shared state outlives this request, even across a reload.
-	done := h.app.hold()
-	defer done()
+	h.app.hold()
+	defer h.app.release()
 	// Identity headers are the module's to set: a client-sent copy must never
 	// reach the upstream, on any path.
 	h.stripIdentityHeaders(r)

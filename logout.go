@@ -211,20 +211,10 @@ func (h *Handler) postLogoutURL(r *http.Request) string {
 // Origin/Referer. Prefetches and subresources (an <img> on a page of this
 // origin) are not.
 func (h *Handler) sameOriginNavigation(r *http.Request) bool {
-	if isPrefetch(r) {
-		return false
-	}
 	if m := r.Header.Get("Sec-Fetch-Mode"); m != "" && m != "navigate" {
 		return false
 	}
-	switch r.Header.Get("Sec-Fetch-Site") {
-	case "same-origin", "none":
-		return true
-	case "":
-	default:
-		return false
-	}
-	return h.originHeadersMatch(r)
+	return h.sameOriginPost(r)
 }
 
 // sameOriginPost reports whether a POST comes from this origin. Without

@@ -19,16 +19,26 @@ import (
 	"github.com/caddy-oidc/caddy-oidc/session"
 )
 
-// pollUntil waits (bounded) for cond.
+// revPoll waits (bounded) for cond, checking it every 10 ms.
 func revPoll(t testing.TB, d time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(d)
+	deadline := time.After(d)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
 	for !cond() {
-		if time.Now().After(deadline) {
+		select {
+		case <-deadline:
 			t.Fatalf("%s: not within %s", what, d)
+		case <-tick.C:
 		}
-		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// advance moves a synctest bubble's fake clock on by d: the controllable
+// clock of the timer tests (no real time passes).
+func advance(d time.Duration) {
+	<-time.After(d)
+	synctest.Wait()
 }
 
 // persistentValkey keeps its data over Kill and Restart, as a production
@@ -264,14 +274,12 @@ func TestRevocationsArePrunedOnATimer(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		time.Sleep(5 * time.Minute)
-		synctest.Wait()
+		advance(5 * time.Minute)
 		if n := rs.len(); n != 3 {
 			t.Errorf("%d revocations after 5 minutes, want all 3", n)
 		}
 		// Lifetime (10m) plus the margin for clock skew (1m), plus one timer tick.
-		time.Sleep(6*time.Minute + revocationPruneEvery)
-		synctest.Wait()
+		advance(6*time.Minute + revocationPruneEvery)
 		if n := rs.len(); n != 0 {
 			t.Errorf("%d revocations after they expired, want 0", n)
 		}

@@ -300,8 +300,8 @@ func (h *Handler) refresh(ctx context.Context, s *session.Session) error {
 	sum := sha256.Sum256([]byte(flight))
 	codec := newRefreshCodec(h.codec, h.bind(purposeHandOff+hex.EncodeToString(sum[:])), sub)
 	grant := func(gctx context.Context) (*refreshResult, error) {
-		done := h.app.hold()
-		defer done()
+		h.app.hold()
+		defer h.app.release()
 		return h.grant(gctx, rt, sub)
 	}
 	res, err := h.app.coordinator.Do(ctx, flight, grant, codec, h.app.via())

@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -33,50 +31,6 @@ func keysOnEachMaster(t *testing.T, cl *redistest.Cluster, prefix, ns string) []
 		t.Fatal("could not find a key on every master")
 	}
 	return keys
-}
-
-// numsub is the number of subscribers of channel on the node at addr (pub/sub
-// subscriptions are per node in a cluster).
-func numsub(addr, channel string) int {
-	out, err := redistest.CLI(addr, "PUBSUB", "NUMSUB", channel)
-	if err != nil {
-		return -1
-	}
-	f := strings.Fields(out)
-	if len(f) < 2 {
-		return -1
-	}
-	n, _ := strconv.Atoi(f[len(f)-1])
-	return n
-}
-
-// forceSubscriptionsOnto kills the pub/sub connections on every node but
-// victim until all n subscribers of channel are on victim.
-func forceSubscriptionsOnto(t *testing.T, cl *redistest.Cluster, victim int, channel string, n int) {
-	t.Helper()
-	for range 100 {
-		if numsub(cl.Addrs[victim], channel) == n {
-			return
-		}
-		for i, a := range cl.Addrs {
-			if i != victim {
-				_, _ = redistest.CLI(a, "CLIENT", "KILL", "TYPE", "pubsub")
-			}
-		}
-		// Wait until every subscriber is back somewhere before trying again.
-		deadline := time.Now().Add(5 * time.Second)
-		for time.Now().Before(deadline) {
-			total := 0
-			for _, a := range cl.Addrs {
-				total += max(numsub(a, channel), 0)
-			}
-			if total == n {
-				break
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
-	t.Fatalf("could not move the %d subscriptions onto node %d", n, victim)
 }
 
 // Issue 15 items 1 and 2 on a real cluster: one master dies.
@@ -107,7 +61,7 @@ func TestHybridClusterOneMasterDown(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	forceSubscriptionsOnto(t, cl, victim, h.channel, 2)
+	cl.ForceSubscriptionsOnto(victim, h.channel, 2)
 	waitFor(t, func() bool { return h.Healthy() && w.Healthy() })
 	for _, k := range sess { // into h's L1, verified
 		if v, ok, err := h.Get(ctx, k); err != nil || !ok || string(v) != "v1" {

@@ -40,11 +40,17 @@ func TestLeaseIsFenced(t *testing.T) {
 	}
 
 	// a's heartbeat keeps the lease past its first ttl.
-	deadline := time.Now().Add(2 * ttl)
-	for time.Now().Before(deadline) {
+	beat := time.NewTicker(ttl / 3) // the heartbeat's period
+	defer beat.Stop()
+	end := time.After(2 * ttl)
+	for renewing := true; renewing; {
 		got, err = a.RenewLease(ctx, lease, "tok-a", ttl)
 		mustBe("a renews its lease", got, err, true)
-		time.Sleep(ttl / 3) // the heartbeat's period, not a wait for a condition
+		select {
+		case <-end:
+			renewing = false
+		case <-beat.C:
+		}
 	}
 	got, err = b.TryLease(ctx, lease, "tok-b", ttl)
 	mustBe("b takes a lease kept by heartbeats", got, err, false)
@@ -86,11 +92,14 @@ func TestLeaseIsFenced(t *testing.T) {
 // waitUntil polls cond (bounded) instead of sleeping a guessed time.
 func waitUntil(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.After(10 * time.Second)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
 	for !cond() {
-		if time.Now().After(deadline) {
+		select {
+		case <-deadline:
 			t.Fatalf("timed out waiting for %s", what)
+		case <-tick.C:
 		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }

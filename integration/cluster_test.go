@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"net/url"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -29,64 +28,6 @@ func clusterSessKeys(cl *redistest.Cluster) map[int][]string {
 		out[i] = strings.Fields(s)
 	}
 	return out
-}
-
-func clusterNumsub(addr, channel string) int {
-	out, err := redistest.CLI(addr, "PUBSUB", "NUMSUB", channel)
-	if err != nil {
-		return -1
-	}
-	f := strings.Fields(out)
-	if len(f) < 2 {
-		return -1
-	}
-	n, _ := strconv.Atoi(f[len(f)-1])
-	return n
-}
-
-// clusterForceSubscriptions kills the pub/sub connections on every node
-// but victim until all n subscribers of channel are on victim (each
-// replica re-subscribes on another node when its connection is killed).
-func clusterForceSubscriptions(t *testing.T, cl *redistest.Cluster, victim int, channel string, n int) {
-	t.Helper()
-	for range 60 {
-		if clusterNumsub(cl.Addrs[victim], channel) == n {
-			return
-		}
-		for i, a := range cl.Addrs {
-			if i != victim {
-				_, _ = redistest.CLI(a, "CLIENT", "KILL", "TYPE", "pubsub")
-			}
-		}
-		clusterWait(t, 10*time.Second, "every replica subscribed again", func() bool {
-			total := 0
-			for _, a := range cl.Addrs {
-				total += max(clusterNumsub(a, channel), 0)
-			}
-			return total == n
-		})
-	}
-	t.Fatalf("could not move the %d subscriptions onto the victim", n)
-}
-
-// clusterWait polls cond (bounded) and fails the test if it stays false.
-func clusterWait(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	if !clusterPoll(d, cond) {
-		t.Fatalf("%s: not within %s", what, d)
-	}
-}
-
-// clusterPoll polls cond for at most d and reports whether it came true.
-func clusterPoll(d time.Duration, cond func() bool) bool {
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return true
 }
 
 // oidcMetrics returns the caddy_oidc_valkey_* and write-back/stale lines of
@@ -163,7 +104,7 @@ func TestClusterMasterDownKeepsWarmSessions(t *testing.T) {
 	victim := cl.MasterOf(sessKey)
 	t.Logf("session key on master %d (%s)", victim, cl.Addrs[victim])
 
-	clusterForceSubscriptions(t, cl, victim, channel, len(reps))
+	cl.ForceSubscriptionsOnto(victim, channel, len(reps))
 	get := func(r *env, path string, cks []*http.Cookie) (int, error) {
 		req, _ := http.NewRequest(http.MethodGet, r.caddyURL+path, nil)
 		for _, ck := range cks {
@@ -216,7 +157,7 @@ func TestClusterMasterDownKeepsWarmSessions(t *testing.T) {
 			}
 		}()
 	}
-	clusterWait(t, 5*time.Second, "load on every replica", func() bool {
+	waitUntil(t, 5*time.Second, "load on every replica", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(results[0]) > 5 && len(results[1]) > 5
@@ -227,11 +168,11 @@ func TestClusterMasterDownKeepsWarmSessions(t *testing.T) {
 	close(killed)
 	// Every replica's stream was on the victim: each comes back on a
 	// surviving master while the session's master is still down.
-	clusterWait(t, 20*time.Second, "every replica's stream back on a surviving master", func() bool {
+	waitUntil(t, 20*time.Second, "every replica's stream back on a surviving master", func() bool {
 		total := 0
 		for i, a := range cl.Addrs {
 			if i != victim {
-				total += max(clusterNumsub(a, channel), 0)
+				total += max(redistest.NumSub(a, channel), 0)
 			}
 		}
 		return total == len(reps)
@@ -288,7 +229,7 @@ func TestClusterMasterDownKeepsWarmSessions(t *testing.T) {
 	cl.WaitOK()
 	// Recovery: the cold replica serves the first session, and every
 	// replica serves the session written during the outage.
-	recovered := clusterPoll(30*time.Second, func() bool {
+	recovered := redistest.Poll(30*time.Second, func() bool {
 		for _, r := range reps {
 			if s, _ := get(r, "/recovered", cookies); s != http.StatusOK {
 				return false

@@ -229,11 +229,5 @@ func TestLogoutPutsNoTokenInTheAccessLog(t *testing.T) {
 // pollLog waits (bounded) for cond.
 func pollLog(t *testing.T, d time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s", what, d)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitUntil(t, d, what, cond)
 }

@@ -19,15 +19,11 @@ import (
 	"github.com/caddy-oidc/caddy-oidc/internal/redistest"
 )
 
-// waitUntil polls cond every 10 ms for at most d.
+// waitUntil polls cond for at most d and fails the test if it stays false.
 func waitUntil(t *testing.T, d time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(10 * time.Millisecond)
+	if !redistest.Poll(d, cond) {
+		t.Fatalf("timed out after %s waiting for %s", d, what)
 	}
 }
 
@@ -257,9 +253,7 @@ func TestFiftyReloadsUnderLoad(t *testing.T) {
 		goroutinesAfter, connsAfter = goroutines(t, e.admin), valkeyClients(t, srv.Addr)
 		return connsAfter <= connsBefore+1 && goroutinesAfter <= goroutinesBefore+10
 	}
-	for deadline := time.Now().Add(90 * time.Second); !settled() && time.Now().Before(deadline); {
-		time.Sleep(100 * time.Millisecond)
-	}
+	redistest.Poll(90*time.Second, settled)
 	for _, c := range jars {
 		c.CloseIdleConnections()
 	}

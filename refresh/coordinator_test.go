@@ -125,7 +125,7 @@ func TestOneGrantForConcurrentCallers(t *testing.T) {
 		}
 		// Past the hand-off window, the token is spent again (it is the
 		// caller's job not to come back with a spent token that late).
-		time.Sleep(local.HandOff + time.Millisecond)
+		advance(local.HandOff + time.Millisecond)
 		_, _ = c.Do(context.Background(), "rt-1", grant, nil, local) // only the grant count matters
 		if calls.Load() != 3 {
 			t.Errorf("after the hand-off window: %d grants, want 3", calls.Load())
@@ -142,7 +142,7 @@ func TestErrorsAreHeldByKind(t *testing.T) {
 		}
 		// The leader: only what the follower gets is checked.
 		_, _ = c.Do(context.Background(), "bad", fail(errDefinitive), nil, local)
-		time.Sleep(500 * time.Millisecond) // past ErrorHold, within HandOff
+		advance(500 * time.Millisecond) // past ErrorHold, within HandOff
 		if _, err := c.Do(context.Background(), "bad", fail(errDefinitive), nil, local); !errors.Is(err, errDefinitive) || calls.Load() != 1 {
 			t.Errorf("definitive error not handed to a follower: %v after %d grants", err, calls.Load())
 		}
@@ -153,7 +153,7 @@ func TestErrorsAreHeldByKind(t *testing.T) {
 		if calls.Load() != 1 {
 			t.Errorf("a transient error was not held for ErrorHold: %d grants, want 1", calls.Load())
 		}
-		time.Sleep(150 * time.Millisecond) // past ErrorHold
+		advance(150 * time.Millisecond) // past ErrorHold
 		_, _ = c.Do(context.Background(), "down", fail(errors.New("timeout")), nil, local)
 		if calls.Load() != 2 {
 			t.Errorf("a transient error was held past ErrorHold: %d grants, want 2", calls.Load())
@@ -220,10 +220,10 @@ func TestReloadJoinsTheFlight(t *testing.T) {
 		var wg sync.WaitGroup
 		var got [2]string
 		wg.Go(func() { got[0], _ = c.Do(context.Background(), "rt", idp.grant("rt", "old"), textCodec, oldVia) })
-		time.Sleep(time.Second) // the reload, mid-grant
+		advance(time.Second) // the reload, mid-grant
 		wg.Go(func() { got[1], _ = c.Do(context.Background(), "rt", idp.grant("rt", "new"), textCodec, newVia) })
 		wg.Wait()
-		time.Sleep(5 * time.Second)
+		advance(5 * time.Second)
 		late, err := c.Do(context.Background(), "rt", idp.grant("rt", "late"), textCodec, newVia)
 		if idp.attempts.Load() != 1 || got[0] != "tokens-from-old" || got[1] != got[0] || late != got[0] || err != nil {
 			t.Errorf("%d grants; old config %q, new config %q, late %q %v; want 1 grant shared by all", idp.attempts.Load(), got[0], got[1], late, err)
@@ -264,7 +264,7 @@ func TestSlowGrantKeepsTheLease(t *testing.T) {
 			}
 		}
 		burst("first")
-		time.Sleep(lease * 6 / 5) // a second burst once the lease would have run out
+		advance(lease * 6 / 5) // a second burst once the lease would have run out
 		burst("second")
 		wg.Wait()
 		var adopted int64
@@ -349,7 +349,7 @@ func TestLongLeaseHolderIsNeverRaced(t *testing.T) {
 		if !errors.Is(err, ErrPending) || idp.attempts.Load() != 1 {
 			t.Errorf("b past its wait bound: %v after %d grants, want ErrPending and a's grant only", err, idp.attempts.Load())
 		}
-		time.Sleep(10 * time.Second) // a's grant ends and is published
+		advance(10 * time.Second) // a's grant ends and is published
 		if v, err := b.Do(context.Background(), "rt", idp.grant("rt", "b"), textCodec, Via{Shared: rb, Lease: lease}); v != "tokens-from-a" || err != nil || idp.attempts.Load() != 1 {
 			t.Errorf("b's next caller: %q %v after %d grants, want a's result", v, err, idp.attempts.Load())
 		}
@@ -370,7 +370,7 @@ func TestLostLeaseIsNotPublished(t *testing.T) {
 			_, err := cs[0].Do(context.Background(), "rt", slow.grant("rt", "a"), textCodec, via(0))
 			aDone <- err
 		}()
-		time.Sleep(lease + 100*time.Millisecond)
+		advance(lease + 100*time.Millisecond)
 		v, err := cs[1].Do(context.Background(), "rt", fast.grant("rt", "b"), textCodec, via(1))
 		if err != nil || v != "tokens-from-b" {
 			t.Fatalf("b after a's lease ran out: %q %v", v, err)

@@ -191,3 +191,7 @@ func (r *fakeReplica) Watch(key string) (<-chan struct{}, func()) {
 }
 
 var _ Shared = (*fakeReplica)(nil)
+
+// advance moves a synctest bubble's fake clock on by d: the controllable
+// clock of the coordinator tests (no real time passes).
+func advance(d time.Duration) { <-time.After(d) }

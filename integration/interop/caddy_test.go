@@ -107,6 +107,8 @@ func startCaddy(t *testing.T, port int, cfg string, env map[string]string) *cadd
 	// with the upstream's echo (a bare dial could reach another process
 	// that took the port).
 	deadline := time.Now().Add(30 * time.Second)
+	poll := time.NewTicker(50 * time.Millisecond)
+	defer poll.Stop()
 	for time.Now().Before(deadline) {
 		select {
 		case <-exited:
@@ -116,7 +118,7 @@ func startCaddy(t *testing.T, port int, cfg string, env map[string]string) *cadd
 		if r, err := apiGet(c.URL+"/bye", nil, nil); err == nil && r.Code == http.StatusOK && r.Echo.Path == "/bye" {
 			return c
 		}
-		time.Sleep(50 * time.Millisecond)
+		<-poll.C
 	}
 	t.Fatalf("caddy did not start:\n%s", c.logs.String())
 	return nil

@@ -159,6 +159,8 @@ func StartHydra(t testing.TB, bin string, o HydraOptions) *Hydra {
 		}
 	})
 	deadline := time.Now().Add(60 * time.Second)
+	poll := time.NewTicker(50 * time.Millisecond)
+	defer poll.Stop()
 	for {
 		resp, err := http.Get(h.AdminURL + "/health/ready")
 		if err == nil {
@@ -170,7 +172,7 @@ func StartHydra(t testing.TB, bin string, o HydraOptions) *Hydra {
 		if time.Now().After(deadline) {
 			t.Fatalf("hydra did not become ready:\n%s", tail(h.logs.String(), 8<<10))
 		}
-		time.Sleep(50 * time.Millisecond)
+		<-poll.C
 	}
 	return h
 }

@@ -435,6 +435,7 @@ func runSuite(t *testing.T, name string, start func(t *testing.T, caddyURLs []st
 		// The IdP told the first replica; the second learns it through Valkey.
 		for _, r := range []*caddy{replicas[1], replicas[0]} {
 			deadline := time.Now().Add(5 * time.Second)
+			poll := time.NewTicker(20 * time.Millisecond)
 			for {
 				res, err := apiGet(r.URL+"/api", ck, nil)
 				if res.Code == http.StatusUnauthorized {
@@ -443,8 +444,9 @@ func runSuite(t *testing.T, name string, start func(t *testing.T, caddyURLs []st
 				if time.Now().After(deadline) {
 					s.Fatalf("the session on %s survived the IdP's logout: %v %v", r.URL, res, err)
 				}
-				time.Sleep(20 * time.Millisecond)
+				<-poll.C
 			}
+			poll.Stop()
 		}
 	})
 
@@ -617,6 +619,8 @@ func browserLogin(ctx context.Context, idp *idpUnderTest, target string, needLog
 // waitLocation polls the browser's location until ok says so (20 s at most).
 func waitLocation(ctx context.Context, ok func(string) bool) (string, error) {
 	deadline := time.Now().Add(20 * time.Second)
+	poll := time.NewTicker(50 * time.Millisecond)
+	defer poll.Stop()
 	var loc string
 	for {
 		l, err := chromedp.Run(ctx, chromedp.Location())
@@ -629,7 +633,7 @@ func waitLocation(ctx context.Context, ok func(string) bool) (string, error) {
 		if time.Now().After(deadline) {
 			return loc, fmt.Errorf("timed out at %s", loc)
 		}
-		time.Sleep(50 * time.Millisecond)
+		<-poll.C
 	}
 }
 

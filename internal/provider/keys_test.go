@@ -34,12 +34,16 @@ func setupClock(t *testing.T) (*testidp.IdP, *provider.Provider, *clock) {
 // eventually polls cond (bounded) until it holds.
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
-		if cond() {
-			return
+	deadline := time.After(5 * time.Second)
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		select {
+		case <-deadline:
+			t.Fatalf("timed out waiting for %s", what)
+		case <-tick.C:
 		}
 	}
-	t.Fatalf("timed out waiting for %s", what)
 }
 
 // failingJWKS makes the IdP's JWKS endpoint answer 503 while down is set.

@@ -244,3 +244,61 @@ func StartSentinel(t testing.TB, master *Server) string {
 	t.Fatal("the sentinel did not come up")
 	return ""
 }
+
+// Poll checks cond every 20 ms for at most d and reports whether it came
+// true: a bounded wait on a condition, never a guessed sleep.
+func Poll(d time.Duration, cond func() bool) bool {
+	deadline := time.After(d)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		select {
+		case <-deadline:
+			return false
+		case <-tick.C:
+		}
+	}
+	return true
+}
+
+// NumSub is the number of subscribers of channel on the node at addr
+// (-1 when the node cannot answer).
+func NumSub(addr, channel string) int {
+	out, err := CLI(addr, "PUBSUB", "NUMSUB", channel)
+	if err != nil {
+		return -1
+	}
+	f := strings.Fields(out)
+	if len(f) < 2 {
+		return -1
+	}
+	n, _ := strconv.Atoi(f[len(f)-1])
+	return n
+}
+
+// ForceSubscriptionsOnto kills the pub/sub connections on every node but
+// victim until all n subscribers of channel are on victim (a client
+// re-subscribes on another node when its connection is killed).
+func (c *Cluster) ForceSubscriptionsOnto(victim int, channel string, n int) {
+	c.t.Helper()
+	for range 60 {
+		if NumSub(c.Addrs[victim], channel) == n {
+			return
+		}
+		for i, a := range c.Addrs {
+			if i != victim {
+				_, _ = CLI(a, "CLIENT", "KILL", "TYPE", "pubsub")
+			}
+		}
+		if !Poll(10*time.Second, func() bool {
+			total := 0
+			for _, a := range c.Addrs {
+				total += max(NumSub(a, channel), 0)
+			}
+			return total == n
+		}) {
+			c.t.Fatalf("the %d subscribers of %s did not come back", n, channel)
+		}
+	}
+	c.t.Fatalf("could not move the %d subscriptions onto node %d", n, victim)
+}
