@@ -97,8 +97,9 @@ func TestRefreshBurstsOneGrantPerSession(t *testing.T) {
 					combos = append(combos, &combo{replicas: r, requests: n, cookies: e.loginCookies(t, "alice")})
 				}
 			}
-			time.Sleep(3200 * time.Millisecond)           // every session's access token now needs a refresh
-			e.idp.SetAccessTokenLifetime(5 * time.Minute) // and a refreshed one does not, however long the bursts take
+			time.Sleep(3200 * time.Millisecond) // every session's access token now needs a refresh
+			// and a refreshed one does not, however long the bursts take.
+			e.idp.SetAccessTokenLifetime(5 * time.Minute)
 			for _, c := range combos {
 				before, refusedBefore := e.idp.RefreshGrants(), e.idp.RefusedRefreshGrants()
 				statuses, lat := burst(t, e.replicas[:c.replicas], c.cookies, c.requests)
