@@ -590,12 +590,16 @@ func browserLogin(ctx context.Context, idp *idpUnderTest, target string, needLog
 	}
 	var loggedIn, consented bool
 	var stepErr error
+	var filledAt time.Time
 	_, err := waitLocation(ctx, func(loc string) bool {
 		switch {
 		case loc == target:
 			return true
-		case !loggedIn && present(idp.loginScreen):
-			loggedIn = true
+		// The login screen still there well after it was filled in: the
+		// submission was lost (a page that had not settled); a user fills
+		// it in again.
+		case (!loggedIn || time.Since(filledAt) > 3*time.Second) && present(idp.loginScreen):
+			loggedIn, filledAt = true, time.Now()
 			stepErr = idp.login(ctx)
 			return stepErr != nil
 		case idp.consent != "" && !consented && present(idp.consent):
