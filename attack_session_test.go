@@ -59,10 +59,10 @@ func TestAttackSessionOfAnotherRouteSameSecret(t *testing.T) {
 	defer other.Close()
 	for _, store := range []string{"cookie", "cache"} {
 		t.Run(store, func(t *testing.T) {
-			a := newTestHandler(t, idp, func(h *Handler) { h.SessionStore = store })
+			a := newTestHandler(t, idp, func(h *Handler) { h.Session.Store = store })
 			app := a.app
-			otherClient := newTestHandlerOn(t, app, idp, func(h *Handler) { h.SessionStore = store; h.ClientID = "other-app" })
-			otherIssuer := newTestHandlerOn(t, app, other, func(h *Handler) { h.SessionStore = store })
+			otherClient := newTestHandlerOn(t, app, idp, func(h *Handler) { h.Session.Store = store; h.Client.ID = "other-app" })
+			otherIssuer := newTestHandlerOn(t, app, other, func(h *Handler) { h.Session.Store = store })
 			r := loggedIn(t, a, map[string]any{"sub": "victim"}, nil)
 			if code, next, _ := serve(a, withCookies(r, "/x")); code != 200 || !next.called {
 				t.Fatalf("route A refused its own session: %d", code)
@@ -79,12 +79,12 @@ func TestAttackSessionOfAnotherRouteSameSecret(t *testing.T) {
 // newTestHandlerOn provisions a handler on an existing app (routes of one Caddy).
 func newTestHandlerOn(t testing.TB, app *App, idp *testidp.IdP, mod func(h *Handler)) *Handler {
 	t.Helper()
-	h := &Handler{Issuer: idp.Issuer, ClientID: "app", ClientSecret: "s3cret", SessionSecret: []string{testSecret},
+	h := &Handler{Issuer: idp.Issuer, Client: ClientConfig{ID: "app", Secret: "s3cret"}, Session: SessionConfig{Secrets: []string{testSecret}},
 		Header: map[string]string{"X-Auth-Email": "{http.auth.user.email}"}}
 	if mod != nil {
 		mod(h)
 	}
-	if err := h.configure(caddy.Context{}, nopLogger()); err != nil {
+	if err := h.provision(caddy.Context{}, nopLogger()); err != nil {
 		t.Fatal(err)
 	}
 	if err := h.attach(app); err != nil {
@@ -100,22 +100,22 @@ func newTestHandlerOn(t testing.TB, app *App, idp *testidp.IdP, mod func(h *Hand
 func TestAttackValkeyValueMovedToAnotherKey(t *testing.T) {
 	idp := testidp.New()
 	defer idp.Close()
-	h := newTestHandler(t, idp, func(h *Handler) { h.SessionStore = "cache" })
+	h := newTestHandler(t, idp, func(h *Handler) { h.Session.Store = "cache" })
 	victim := loggedIn(t, h, map[string]any{"sub": "victim", "email": "victim@example.com"}, nil)
 	attacker := loggedIn(t, h, map[string]any{"sub": "attacker"}, nil)
 	// The victim's session is opened once, so it sits in the decoded cache.
 	if code, _, _ := serve(h, withCookies(victim, "/x")); code != 200 {
 		t.Fatalf("victim: %d", code)
 	}
-	victimID, _ := h.cookieSessionID(victim)
-	attackerID, _ := h.cookieSessionID(attacker)
+	victimID, _ := h.sessions.CacheID(victim)
+	attackerID, _ := h.sessions.CacheID(attacker)
 	ctx := context.Background()
-	v, found, err := h.store.Get(ctx, h.storeKey(victimID))
+	v, found, err := h.shared.Get(ctx, session.Key(h.ns, victimID))
 	if err != nil || !found {
 		t.Fatal("victim's session not in the store")
 	}
 	// The attacker writes the victim's sealed value under their own key.
-	if err := h.store.Set(ctx, h.storeKey(attackerID), v, time.Hour); err != nil {
+	if err := h.shared.Set(ctx, session.Key(h.ns, attackerID), v, time.Hour); err != nil {
 		t.Fatal(err)
 	}
 	code, next, _ := serve(h, withCookies(attacker, "/x"))
@@ -155,8 +155,8 @@ func TestAttackUnverifiedEmailAndUnicodeFolding(t *testing.T) {
 	idp := testidp.New()
 	defer idp.Close()
 	h := newTestHandler(t, idp, func(h *Handler) {
-		h.AllowDomains = []string{"example.com"}
-		h.AllowUsers = []string{"kim@partner.test"}
+		h.Allow.Domains = []string{"example.com"}
+		h.Allow.Users = []string{"kim@partner.test"}
 	})
 	cases := []struct {
 		name   string
@@ -178,7 +178,7 @@ func TestAttackUnverifiedEmailAndUnicodeFolding(t *testing.T) {
 		}
 	}
 	off := false
-	lax := newTestHandler(t, idp, func(h *Handler) { h.AllowDomains = []string{"example.com"}; h.RequireEmailVerified = &off })
+	lax := newTestHandler(t, idp, func(h *Handler) { h.Allow.Domains = []string{"example.com"}; h.Allow.RequireEmailVerified = &off })
 	if code, _, _ := serve(lax, withCookies(loggedIn(t, lax, map[string]any{"sub": "1", "email": "a@example.com"}, nil), "/x")); code != 200 {
 		t.Errorf("require_email_verified false: %d, want 200", code)
 	}
@@ -190,7 +190,7 @@ func TestAttackUnverifiedEmailAndUnicodeFolding(t *testing.T) {
 func TestAttackRefreshDropsNoClaims(t *testing.T) {
 	idp := testidp.New()
 	defer idp.Close()
-	h := newTestHandler(t, idp, func(h *Handler) { h.AllowGroups = []string{"staff"}; h.UserInfo = true })
+	h := newTestHandler(t, idp, func(h *Handler) { h.Allow.Groups = []string{"staff"}; h.Login.UserInfo = true })
 	var grants atomic.Int64
 	idp.OnToken(func(w http.ResponseWriter, r *http.Request) {
 		grants.Add(1)
@@ -229,9 +229,10 @@ func TestAttackRefreshDropsNoClaims(t *testing.T) {
 	for _, c := range w.Result().Cookies() {
 		re.AddCookie(c)
 	}
-	s, _, err := h.loadSession(re, time.Now())
-	if err != nil || s == nil {
-		t.Fatalf("re-issued session: %v", err)
+	loaded := h.sessions.Load(re, time.Now())
+	s := loaded.Session
+	if !loaded.Usable() {
+		t.Fatalf("re-issued session: %v", loaded.Refusal)
 	}
 	if s.SID() != "idp-session" || s.Claims["nickname"] != "fresh" || s.RefreshToken != "rt2" {
 		t.Errorf("re-issued session: sid %q nickname %v refresh token %q", s.SID(), s.Claims["nickname"], s.RefreshToken)
@@ -336,8 +337,7 @@ func TestAttackUnderscoreIdentityHeaders(t *testing.T) {
 	defer idp.Close()
 	h := newTestHandler(t, idp, func(h *Handler) {
 		h.Exclude = []string{"/public/*"}
-		h.Bearer = true
-		h.BearerAudience = []string{"api"}
+		h.Bearer = &BearerConfig{Audience: []string{"api"}}
 	})
 	forge := func(r *http.Request) *http.Request {
 		for _, name := range []string{"X_Auth_Email", "x_auth_email", "X.Auth.Email", "X-Auth_Email", "X_AUTH_EMAIL"} {
@@ -420,7 +420,7 @@ func TestAttackRandomBearerTokensBoundIntrospection(t *testing.T) {
 	idp := testidp.New()
 	defer idp.Close()
 	idp.SetDiscovery("introspection_endpoint", idp.Issuer+"/introspect")
-	h := newTestHandler(t, idp, func(h *Handler) { h.Bearer = true })
+	h := newTestHandler(t, idp, func(h *Handler) { h.Bearer = &BearerConfig{} })
 	var calls, running, peak atomic.Int64
 	release := make(chan struct{})
 	idp.OnIntrospect(func(w http.ResponseWriter, r *http.Request) {
@@ -514,9 +514,9 @@ func TestForwardedProtoFromTrustedProxiesOnly(t *testing.T) {
 func TestReloginDeletesPreviousCacheSession(t *testing.T) {
 	idp := testidp.New()
 	defer idp.Close()
-	h := newTestHandler(t, idp, func(h *Handler) { h.SessionStore = "cache" })
+	h := newTestHandler(t, idp, func(h *Handler) { h.Session.Store = "cache" })
 	old := loggedIn(t, h, map[string]any{"sub": "u"}, nil)
-	oldID, _ := h.cookieSessionID(old)
+	oldID, _ := h.sessions.CacheID(old)
 	attempt, q := startLogin(t, h, "/")
 	idp.OnToken(testidp.TokenResponse(idp.Sign(idp.Claims("app", q.Get("nonce"))), nil))
 	r := request("GET", "/oauth2/callback?"+url.Values{"code": {"c"}, "state": {q.Get("state")}}.Encode())
@@ -527,7 +527,7 @@ func TestReloginDeletesPreviousCacheSession(t *testing.T) {
 	if code, _, _ := serve(h, r); code != http.StatusFound {
 		t.Fatalf("login: %d", code)
 	}
-	if _, found, _ := h.store.Get(context.Background(), h.storeKey(oldID)); found {
+	if _, found, _ := h.shared.Get(context.Background(), session.Key(h.ns, oldID)); found {
 		t.Error("the previous session is still in the cache after a new login")
 	}
 }
@@ -545,8 +545,8 @@ func TestAttackIntrospectionCachedForAnotherRoute(t *testing.T) {
 	idp := testidp.New()
 	defer idp.Close()
 	idp.SetDiscovery("introspection_endpoint", idp.Issuer+"/introspect")
-	a := newTestHandler(t, idp, func(h *Handler) { h.Bearer = true; h.BearerAudience = []string{"api-a"} })
-	b := newTestHandlerOn(t, a.app, idp, func(h *Handler) { h.Bearer = true; h.BearerAudience = []string{"api-b"} })
+	a := newTestHandler(t, idp, func(h *Handler) { h.Bearer = &BearerConfig{Audience: []string{"api-a"}} })
+	b := newTestHandlerOn(t, a.app, idp, func(h *Handler) { h.Bearer = &BearerConfig{Audience: []string{"api-b"}} })
 	idp.OnIntrospect(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = fmt.Fprintf(w, `{"active":true,"sub":"svc","aud":"api-a","token_type":"Bearer","exp":%d}`, time.Now().Add(time.Hour).Unix())
@@ -574,7 +574,7 @@ func TestAttackIntrospectionCachedForAnotherRoute(t *testing.T) {
 func TestAttackIDTokenAsBearer(t *testing.T) {
 	idp := testidp.New()
 	defer idp.Close()
-	h := newTestHandler(t, idp, func(h *Handler) { h.Bearer = true })
+	h := newTestHandler(t, idp, func(h *Handler) { h.Bearer = &BearerConfig{} })
 	for name, tok := range map[string]string{
 		"with nonce":   idp.Sign(idp.Claims("app", "n-123")),
 		"with at_hash": idp.Sign(func() map[string]any { c := idp.Claims("app", ""); delete(c, "nonce"); c["at_hash"] = "x"; return c }()),
@@ -595,7 +595,7 @@ func TestAttackIDTokenAsBearer(t *testing.T) {
 func TestAttackBearerAfterLogout(t *testing.T) {
 	idp := testidp.New()
 	defer idp.Close()
-	h := newTestHandler(t, idp, func(h *Handler) { h.Bearer = true; h.BearerAudience = []string{"api"} })
+	h := newTestHandler(t, idp, func(h *Handler) { h.Bearer = &BearerConfig{Audience: []string{"api"}} })
 	sub := fmt.Sprintf("svc-%d", time.Now().UnixNano())
 	tok := idp.Sign(accessClaims(idp, func(c map[string]any) { c["sub"] = sub; c["iat"] = time.Now().Add(-time.Minute).Unix() }))
 	call := func() int {
@@ -626,7 +626,7 @@ func TestEndSessionByGetCarriesNoIDToken(t *testing.T) {
 	idp := testidp.New()
 	defer idp.Close()
 	idp.SetDiscovery("end_session_endpoint", idp.Issuer+"/logout")
-	h := newTestHandler(t, idp, func(h *Handler) { h.EndSessionMethod = "get"; h.PostLogoutRedirectURI = "/bye" })
+	h := newTestHandler(t, idp, func(h *Handler) { h.Logout.EndSessionMethod = "get"; h.Logout.PostLogoutRedirectURI = "/bye" })
 	r := loggedIn(t, h, map[string]any{"sub": "u1"}, func(s *session.Session) { s.IDToken = "eyJ.secret-id-token.sig" })
 	lr := request("POST", "http://example.com/oauth2/logout")
 	lr.Header.Set("Origin", "http://example.com")
@@ -656,7 +656,7 @@ func TestEndSessionByGetCarriesNoIDToken(t *testing.T) {
 func TestAttackRefreshDropsRemovedClaims(t *testing.T) {
 	idp := testidp.New()
 	defer idp.Close()
-	h := newTestHandler(t, idp, func(h *Handler) { h.AllowGroups = []string{"admins"}; h.AllowUsers = []string{"new@example.com"} })
+	h := newTestHandler(t, idp, func(h *Handler) { h.Allow.Groups = []string{"admins"}; h.Allow.Users = []string{"new@example.com"} })
 	refreshWith := func(claims map[string]any) {
 		idp.OnToken(func(w http.ResponseWriter, r *http.Request) {
 			c := map[string]any{"iss": idp.Issuer, "sub": "u1", "aud": "app", "exp": time.Now().Add(time.Hour).Unix(), "iat": time.Now().Unix()}
@@ -702,7 +702,7 @@ func TestAttackRefreshDropsRemovedClaims(t *testing.T) {
 func TestAttackCookiesNeverReachErrorRoutes(t *testing.T) {
 	idp := testidp.New()
 	defer idp.Close()
-	h := newTestHandler(t, idp, func(h *Handler) { h.AllowGroups = []string{"admins"} })
+	h := newTestHandler(t, idp, func(h *Handler) { h.Allow.Groups = []string{"admins"} })
 	r := withCookies(loggedIn(t, h, map[string]any{"sub": "u"}, nil), "/x")
 	r.Header.Add("Cookie", "theme=dark")
 	if code, _, _ := serve(h, r); code != http.StatusForbidden {
@@ -719,7 +719,7 @@ func TestAttackIntrospectionRateIsBounded(t *testing.T) {
 	idp := testidp.New()
 	defer idp.Close()
 	idp.SetDiscovery("introspection_endpoint", idp.Issuer+"/introspect")
-	h := newTestHandler(t, idp, func(h *Handler) { h.Bearer = true })
+	h := newTestHandler(t, idp, func(h *Handler) { h.Bearer = &BearerConfig{} })
 	var calls atomic.Int64
 	idp.OnIntrospect(func(w http.ResponseWriter, r *http.Request) {
 		calls.Add(1)
@@ -747,7 +747,7 @@ func TestAttackIntrospectionFloodFromOneClient(t *testing.T) {
 	idp := testidp.New()
 	defer idp.Close()
 	idp.SetDiscovery("introspection_endpoint", idp.Issuer+"/introspect")
-	h := newTestHandler(t, idp, func(h *Handler) { h.Bearer = true })
+	h := newTestHandler(t, idp, func(h *Handler) { h.Bearer = &BearerConfig{} })
 	idp.OnIntrospect(func(w http.ResponseWriter, r *http.Request) {
 		_ = r.ParseForm()
 		w.Header().Set("Content-Type", "application/json")

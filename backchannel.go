@@ -18,6 +18,7 @@ import (
 
 	"github.com/caddy-oidc/caddy-oidc/cache"
 	"github.com/caddy-oidc/caddy-oidc/internal/provider"
+	"github.com/caddy-oidc/caddy-oidc/session"
 )
 
 // maxLogoutBody bounds a back-channel logout request: a logout token is a
@@ -50,7 +51,7 @@ func (h *Handler) serveBackchannelLogout(w http.ResponseWriter, r *http.Request)
 	if raw == "" {
 		return jsonError(w, http.StatusBadRequest, "invalid_request", "missing logout_token")
 	}
-	lt, err := h.prov.VerifyLogoutToken(r.Context(), raw, h.ClientID, time.Duration(h.ClockSkew), logoutTokenMaxAge)
+	lt, err := h.rp.VerifyLogoutToken(r.Context(), raw, logoutTokenMaxAge)
 	if err != nil {
 		if errors.Is(err, provider.ErrUnavailable) {
 			w.Header().Set("Retry-After", "10")
@@ -78,7 +79,7 @@ func (h *Handler) serveBackchannelLogout(w http.ResponseWriter, r *http.Request)
 			at = t
 		}
 	}
-	if err := h.revs.revoke(r.Context(), kind, h.Issuer, id, at, time.Duration(h.SessionLifetime), fromIdP); err != nil {
+	if err := h.revs.revoke(r.Context(), kind, h.Issuer, id, at, time.Duration(h.Session.Lifetime), fromIdP); err != nil {
 		// The set is full (logged by it): the IdP may retry later.
 		w.Header().Set("Retry-After", "60")
 		return jsonError(w, http.StatusServiceUnavailable, "temporarily_unavailable", "the logout could not be recorded")
@@ -138,9 +139,10 @@ func (h *Handler) serveFrontchannelLogout(w http.ResponseWriter, r *http.Request
 	q := r.URL.Query()
 	iss, sid := q.Get("iss"), q.Get("sid")
 	now := time.Now()
-	sess, _, err := h.loadSession(r, now)
+	loaded := h.sessions.Load(r, now)
+	sess := loaded.Session
 	switch {
-	case err != nil:
+	case loaded.Refusal == session.Unavailable:
 		// The session cannot be read, so its sid cannot be compared: no logout.
 		if ok, n := fcRefusedLog.allow(); ok {
 			h.logger.Info("front-channel logout not applied: the session store is unavailable", zap.Int64("refused_since_last_log", n))
@@ -156,11 +158,11 @@ func (h *Handler) serveFrontchannelLogout(w http.ResponseWriter, r *http.Request
 			}
 			h.logger.Info("front-channel logout ignored", zap.String("reason", why), zap.Int64("ignored_since_last_log", n))
 		}
-	case h.revs.ended(h.Issuer, sess):
-		h.endSession(w, r, sess) // a copy of a cookie already logged out
+	case loaded.Refusal == session.Revoked:
+		h.sessions.Clear(w, r, sess) // a copy of a cookie already logged out
 	default:
-		h.endSession(w, r, sess)
-		if err := h.revs.revoke(r.Context(), revokeSession, h.Issuer, sess.LocalID, now, time.Duration(h.SessionLifetime), fromSession); err != nil {
+		h.sessions.Clear(w, r, sess)
+		if err := h.revs.revoke(r.Context(), revokeSession, h.Issuer, sess.LocalID, now, time.Duration(h.Session.Lifetime), fromSession); err != nil {
 			h.logger.Warn("front-channel logout: copies of this session's cookie stay valid", zap.String("sub", sess.Subject()), zap.Error(err))
 		}
 		h.logger.Info("logout", zap.String("kind", "frontchannel"), zap.String("sub", sess.Subject()))

@@ -44,12 +44,12 @@ func TestBackchannelLogout(t *testing.T) {
 	for _, store := range []string{"cookie", "cache"} {
 		t.Run(store, func(t *testing.T) {
 			app := newTestApp(t)
-			h := newTestHandler(t, idp, func(h *Handler) { h.SessionStore = store })
+			h := newTestHandler(t, idp, func(h *Handler) { h.Session.Store = store })
 			_ = h.Cleanup()
 			if err := h.attach(app); err != nil {
 				t.Fatal(err)
 			}
-			other := newTestHandler(t, idp, func(h *Handler) { h.SessionStore = store }) // another route instance, same app
+			other := newTestHandler(t, idp, func(h *Handler) { h.Session.Store = store }) // another route instance, same app
 			_ = other.Cleanup()
 			_ = other.attach(app)
 

@@ -144,7 +144,7 @@ func (h *Handler) serveBearer(w http.ResponseWriter, r *http.Request, next caddy
 	if h.bearerRevoked(claims) {
 		return h.refuseBearer(w, errors.New("the access token's user or IdP session was logged out"))
 	}
-	if !h.allowed(claims) {
+	if !h.Allow.allows(claims) {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="`+h.realm()+`", error="insufficient_scope"`)
 		return caddyhttp.Error(http.StatusForbidden, fmt.Errorf("bearer %q is not allowed by the allow rules", claimString(claims["sub"])))
 	}
@@ -153,7 +153,7 @@ func (h *Handler) serveBearer(w http.ResponseWriter, r *http.Request, next caddy
 		tokens.AccessExpiry = int64(exp)
 	}
 	h.setIdentity(r, claims, tokens)
-	h.stripCookies(r)
+	h.sessions.StripCookies(r)
 	return next.ServeHTTP(w, r)
 }
 
@@ -180,8 +180,8 @@ func (h *Handler) bearerRevoked(claims map[string]any) bool {
 // IdP once per token.
 func (h *Handler) checkAccessToken(ctx context.Context, token string, sum [32]byte) (*provider.AccessClaims, error) {
 	if provider.IsJWT(token) {
-		ac, err := h.prov.VerifyAccessToken(ctx, token, h.BearerAudience, time.Duration(h.ClockSkew))
-		if err == nil && looksLikeIDToken(ac.Claims, h.ClientID) {
+		ac, err := h.rp.VerifyAccessToken(ctx, token)
+		if err == nil && looksLikeIDToken(ac.Claims, h.Client.ID) {
 			return nil, fmt.Errorf("the token is for this client and grants no scope: an ID token, not an access token: %w", provider.ErrInvalidToken)
 		}
 		return ac, err
@@ -191,7 +191,7 @@ func (h *Handler) checkAccessToken(ctx context.Context, token string, sum [32]by
 	}
 	key := cache.Key(cache.NSToken, h.introNS+":"+hex.EncodeToString(sum[:]))
 	aad := h.bind(purposeIntrospection + key)
-	if b, found, err := h.store.Get(ctx, key); err == nil && found {
+	if b, found, err := h.shared.Get(ctx, key); err == nil && found {
 		if pt, _, err := h.codec.Open(aad, string(b)); err == nil {
 			var ac introspected
 			if json.Unmarshal(pt, &ac) == nil && time.Now().Before(time.Unix(ac.Exp, 0)) {
@@ -200,7 +200,7 @@ func (h *Handler) checkAccessToken(ctx context.Context, token string, sum [32]by
 		}
 	}
 	ac, err := h.introspections.do(ctx, sum, func(ctx context.Context) (*provider.AccessClaims, error) {
-		return h.prov.Introspect(ctx, h.client, token, h.BearerAudience, h.IntrospectionEndpoint)
+		return h.rp.Introspect(ctx, token)
 	})
 	if err != nil {
 		if errors.Is(err, provider.ErrInvalidToken) {
@@ -214,7 +214,7 @@ func (h *Handler) checkAccessToken(ctx context.Context, token string, sum [32]by
 		exp = ac.Expiry
 	}
 	if b, err := json.Marshal(introspected{Claims: ac.Claims, Exp: exp.Unix()}); err == nil {
-		_ = h.store.Set(context.WithoutCancel(ctx), key, []byte(h.codec.Seal(aad, b)), time.Until(exp))
+		_ = h.shared.Set(context.WithoutCancel(ctx), key, []byte(h.codec.Seal(aad, b)), time.Until(exp))
 	}
 	return ac, nil
 }

@@ -35,7 +35,7 @@ func bearerRequest(h *Handler, token string) (*httptest.ResponseRecorder, *recor
 func TestBearerJWT(t *testing.T) {
 	idp := testidp.New()
 	defer idp.Close()
-	h := newTestHandler(t, idp, func(h *Handler) { h.Bearer = true; h.BearerAudience = []string{"api"} })
+	h := newTestHandler(t, idp, func(h *Handler) { h.Bearer = &BearerConfig{Audience: []string{"api"}} })
 
 	w, next, err := bearerRequest(h, idp.Sign(accessClaims(idp, nil)))
 	if err != nil || !next.called {
@@ -66,7 +66,7 @@ func TestBearerJWT(t *testing.T) {
 func TestBearerIntrospection(t *testing.T) {
 	idp := testidp.New()
 	defer idp.Close()
-	h := newTestHandler(t, idp, func(h *Handler) { h.Bearer = true })
+	h := newTestHandler(t, idp, func(h *Handler) { h.Bearer = &BearerConfig{} })
 	idp.OnIntrospect(func(w http.ResponseWriter, r *http.Request) {
 		_ = r.ParseForm()
 		active := r.PostForm.Get("token") == "opaque-good"
@@ -107,7 +107,7 @@ func TestBearerOffByDefault(t *testing.T) {
 func BenchmarkBearerCacheHit(b *testing.B) {
 	idp := testidp.New()
 	defer idp.Close()
-	h := newTestHandler(b, idp, func(h *Handler) { h.Bearer = true; h.BearerAudience = []string{"api"} })
+	h := newTestHandler(b, idp, func(h *Handler) { h.Bearer = &BearerConfig{Audience: []string{"api"}} })
 	tok := idp.Sign(accessClaims(idp, nil))
 	w := httptest.NewRecorder()
 	auth := "Bearer " + tok
@@ -124,7 +124,7 @@ func BenchmarkBearerCacheHit(b *testing.B) {
 func BenchmarkBearerCacheMiss(b *testing.B) {
 	idp := testidp.New()
 	defer idp.Close()
-	h := newTestHandler(b, idp, func(h *Handler) { h.Bearer = true; h.BearerAudience = []string{"api"} })
+	h := newTestHandler(b, idp, func(h *Handler) { h.Bearer = &BearerConfig{Audience: []string{"api"}} })
 	tok := idp.Sign(accessClaims(idp, nil))
 	w := httptest.NewRecorder()
 	auth := "Bearer " + tok

@@ -35,7 +35,7 @@ func typicalSession() *session.Session {
 func benchRequests(b *testing.B, h *Handler) (cookieHeader string) {
 	w := httptest.NewRecorder()
 	r := httptest.NewRequest("GET", "/app", nil)
-	if err := h.writeSession(w, r, typicalSession(), time.Now()); err != nil {
+	if err := h.sessions.Save(w, r, typicalSession(), time.Now()); err != nil {
 		b.Fatal(err)
 	}
 	var parts []string
@@ -70,7 +70,7 @@ func BenchmarkBaseline(b *testing.B) {
 func BenchmarkAuthenticatedRequest(b *testing.B) {
 	idp := testidp.New()
 	defer idp.Close()
-	h := newTestHandler(b, idp, func(h *Handler) { h.AllowGroups = []string{"staff"} })
+	h := newTestHandler(b, idp, func(h *Handler) { h.Allow.Groups = []string{"staff"} })
 	cookie := benchRequests(b, h)
 	b.ReportMetric(float64(len(cookie)), "cookie-bytes")
 	w := httptest.NewRecorder()
@@ -89,8 +89,10 @@ func BenchmarkAuthenticatedRequest(b *testing.B) {
 func BenchmarkAuthenticatedRequestCacheMiss(b *testing.B) {
 	idp := testidp.New()
 	defer idp.Close()
-	h := newTestHandler(b, idp, func(h *Handler) { h.AllowGroups = []string{"staff"} })
-	h.decoded = session.NewDecodedCache(1)
+	h := newTestHandler(b, idp, func(h *Handler) { h.Allow.Groups = []string{"staff"} })
+	cfg := h.storeConfig()
+	cfg.DecodedCacheSize = 1
+	h.sessions = session.NewCookieStore(cfg)
 	cookies := []string{benchRequests(b, h), benchRequests(b, h)}
 	w := httptest.NewRecorder()
 	b.ReportAllocs()
@@ -109,7 +111,7 @@ func BenchmarkAuthenticatedRequestCacheMiss(b *testing.B) {
 func BenchmarkAuthenticatedRequestCacheStore(b *testing.B) {
 	idp := testidp.New()
 	defer idp.Close()
-	h := newTestHandler(b, idp, func(h *Handler) { h.AllowGroups = []string{"staff"}; h.SessionStore = "cache" })
+	h := newTestHandler(b, idp, func(h *Handler) { h.Allow.Groups = []string{"staff"}; h.Session.Store = "cache" })
 	cookie := benchRequests(b, h)
 	b.ReportMetric(float64(len(cookie)), "cookie-bytes")
 	w := httptest.NewRecorder()

@@ -76,6 +76,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.ArgErr()
 	}
+	// bearer turns bearer tokens on; bearer_audience and
+	// introspection_endpoint only tune them.
+	bearer, bearerOn := h.Bearer, h.Bearer != nil
+	if bearer == nil {
+		bearer = new(BearerConfig)
+	}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		field := d.Val()
 		switch field {
@@ -90,7 +96,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if d.NextArg() {
 				return d.Errf("%s takes exactly one value", field)
 			}
-			*h.stringField(field) = v
+			*h.stringField(field, bearer) = v
 		case "require_email_verified":
 			if !d.NextArg() {
 				return d.ArgErr()
@@ -99,22 +105,22 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err != nil {
 				return d.Errf("require_email_verified: %q is not true or false", d.Val())
 			}
-			h.RequireEmailVerified = &v
+			h.Allow.RequireEmailVerified = &v
 		case "bearer", "userinfo":
 			if d.NextArg() {
 				return d.ArgErr()
 			}
 			if field == "bearer" {
-				h.Bearer = true
+				bearerOn = true
 			} else {
-				h.UserInfo = true
+				h.Login.UserInfo = true
 			}
 		case "scopes", "session_secret", "allow_users", "allow_domains", "allow_groups", "allow_roles", "exclude", "bearer_audience":
 			args := d.RemainingArgs()
 			if len(args) == 0 {
 				return d.ArgErr()
 			}
-			list := h.listField(field)
+			list := h.listField(field, bearer)
 			*list = append(*list, args...)
 		case "session_lifetime", "session_idle_timeout", "refresh_before", "refresh_token_max_age", "clock_skew", "idp_timeout":
 			if !d.NextArg() {
@@ -133,10 +139,10 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if len(args) != 2 {
 				return d.Errf("auth_param takes a name and a value, e.g. auth_param prompt login")
 			}
-			if h.AuthParams == nil {
-				h.AuthParams = make(map[string]string)
+			if h.Login.AuthParams == nil {
+				h.Login.AuthParams = make(map[string]string)
 			}
-			h.AuthParams[args[0]] = args[1]
+			h.Login.AuthParams[args[0]] = args[1]
 		case "header":
 			args := d.RemainingArgs()
 			if len(args) != 2 {
@@ -150,36 +156,42 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			return d.Errf("unrecognized subdirective %q", field)
 		}
 	}
+	switch {
+	case bearerOn:
+		h.Bearer = bearer
+	case len(bearer.Audience) > 0 || bearer.IntrospectionEndpoint != "":
+		return d.Errf("bearer_audience and introspection_endpoint tune bearer tokens: add `bearer` to accept them")
+	}
 	return nil
 }
 
-func (h *Handler) stringField(name string) *string {
+func (h *Handler) stringField(name string, bearer *BearerConfig) *string {
 	return map[string]*string{
-		"issuer": &h.Issuer, "client_id": &h.ClientID, "client_secret": &h.ClientSecret,
-		"redirect_uri": &h.RedirectURI, "session_store": &h.SessionStore, "logout_path": &h.LogoutPath,
-		"post_logout_redirect_uri": &h.PostLogoutRedirectURI, "backchannel_logout_path": &h.BackchannelLogoutPath,
-		"frontchannel_logout_path": &h.FrontchannelLogoutPath,
-		"allow_expression":         &h.AllowExpression, "groups_claim": &h.GroupsClaim, "roles_claim": &h.RolesClaim,
-		"client_auth_method": &h.ClientAuthMethod, "client_private_key": &h.ClientPrivateKey,
-		"client_key_id": &h.ClientKeyID, "client_key_alg": &h.ClientKeyAlg,
-		"cookie_name": &h.CookieName, "cookie_samesite": &h.CookieSameSite,
-		"end_session_method": &h.EndSessionMethod, "introspection_endpoint": &h.IntrospectionEndpoint,
+		"issuer": &h.Issuer, "client_id": &h.Client.ID, "client_secret": &h.Client.Secret,
+		"redirect_uri": &h.Login.RedirectURI, "session_store": &h.Session.Store, "logout_path": &h.Logout.Path,
+		"post_logout_redirect_uri": &h.Logout.PostLogoutRedirectURI, "backchannel_logout_path": &h.Logout.BackchannelPath,
+		"frontchannel_logout_path": &h.Logout.FrontchannelPath,
+		"allow_expression":         &h.Allow.Expression, "groups_claim": &h.GroupsClaim, "roles_claim": &h.RolesClaim,
+		"client_auth_method": &h.Client.AuthMethod, "client_private_key": &h.Client.PrivateKey,
+		"client_key_id": &h.Client.KeyID, "client_key_alg": &h.Client.KeyAlg,
+		"cookie_name": &h.Session.CookieName, "cookie_samesite": &h.Session.CookieSameSite,
+		"end_session_method": &h.Logout.EndSessionMethod, "introspection_endpoint": &bearer.IntrospectionEndpoint,
 		"userinfo_path": &h.UserInfoPath, "health_path": &h.HealthPath,
 	}[name]
 }
 
-func (h *Handler) listField(name string) *[]string {
+func (h *Handler) listField(name string, bearer *BearerConfig) *[]string {
 	return map[string]*[]string{
-		"scopes": &h.Scopes, "session_secret": &h.SessionSecret, "allow_users": &h.AllowUsers,
-		"allow_domains": &h.AllowDomains, "allow_groups": &h.AllowGroups, "allow_roles": &h.AllowRoles,
-		"exclude": &h.Exclude, "bearer_audience": &h.BearerAudience,
+		"scopes": &h.Login.Scopes, "session_secret": &h.Session.Secrets, "allow_users": &h.Allow.Users,
+		"allow_domains": &h.Allow.Domains, "allow_groups": &h.Allow.Groups, "allow_roles": &h.Allow.Roles,
+		"exclude": &h.Exclude, "bearer_audience": &bearer.Audience,
 	}[name]
 }
 
 func (h *Handler) durationField(name string) *caddy.Duration {
 	return map[string]*caddy.Duration{
-		"session_lifetime": &h.SessionLifetime, "session_idle_timeout": &h.SessionIdleTimeout,
-		"refresh_before": &h.RefreshBefore, "refresh_token_max_age": &h.RefreshTokenMaxAge, "clock_skew": &h.ClockSkew,
+		"session_lifetime": &h.Session.Lifetime, "session_idle_timeout": &h.Session.IdleTimeout,
+		"refresh_before": &h.Session.RefreshBefore, "refresh_token_max_age": &h.Session.RefreshTokenMaxAge, "clock_skew": &h.ClockSkew,
 		"idp_timeout": &h.IdPTimeout,
 	}[name]
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"flag"
 	"os"
+	"reflect"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -78,38 +79,78 @@ func TestCaddyfileErrors(t *testing.T) {
 	}
 }
 
+// TestCaddyfileAllFields: every subdirective lands in a JSON field of the
+// same name (grouped: client, login, session, allow, logout, bearer), and
+// every JSON field of the handler has a subdirective, so the flat Caddyfile
+// and the grouped JSON config cannot drift apart.
 func TestCaddyfileAllFields(t *testing.T) {
-	var h Handler
-	err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(`oidc {
-		issuer https://idp.example.com/realms/main
-		client_id my-app
-		client_secret s
-		redirect_uri /cb
-		scopes openid email
-		session_secret one two
-		session_store cookie
-		session_lifetime 8h
-		session_idle_timeout 30m
-		cookie_name app_sess
-		logout_path /out
-		post_logout_redirect_uri https://app.example.com/
-		backchannel_logout_path /bcl
-		refresh_before 2m
-		clock_skew 30s
-		allow_users a@example.com sub-1
-		allow_domains example.com
-		allow_groups admins
-		allow_roles editor
-		exclude /healthz /public/*
-		header X-Auth-Email {http.auth.user.email}
-	}`))
+	src, err := os.ReadFile("testdata/every-subdirective.caddyfile")
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, _ := json.Marshal(h)
-	want := `{"issuer":"https://idp.example.com/realms/main","client_id":"my-app","client_secret":"s","redirect_uri":"/cb","scopes":["openid","email"],"session_secret":["one","two"],"session_store":"cookie","logout_path":"/out","post_logout_redirect_uri":"https://app.example.com/","backchannel_logout_path":"/bcl","allow_users":["a@example.com","sub-1"],"allow_domains":["example.com"],"allow_groups":["admins"],"allow_roles":["editor"],"exclude":["/healthz","/public/*"],"header":{"X-Auth-Email":"{http.auth.user.email}"},"session_lifetime":28800000000000,"session_idle_timeout":1800000000000,"refresh_before":120000000000,"clock_skew":30000000000,"cookie_name":"app_sess"}`
-	if string(got) != want {
-		t.Errorf("JSON:\n%s\nwant:\n%s", got, want)
+	block := string(src[strings.Index(string(src), "oidc {"):])
+	block = block[:strings.Index(block, "\n\t}")+3]
+	var h Handler
+	if err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(block)); err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := json.Marshal(h)
+	var cfg map[string]any
+	_ = json.Unmarshal(raw, &cfg)
+	keys := map[string]bool{}
+	var walk func(m map[string]any)
+	walk = func(m map[string]any) {
+		for k, v := range m {
+			keys[k] = true
+			if sub, ok := v.(map[string]any); ok && k != "header" && k != "auth_params" {
+				walk(sub)
+			}
+		}
+	}
+	walk(cfg)
+	jsonName := map[string]string{"auth_param": "auth_params"}
+	subdirectives := map[string]bool{}
+	for _, line := range strings.Split(block, "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) == 0 || f[0] == "}" {
+			continue
+		}
+		name := f[0]
+		subdirectives[name] = true
+		if n, ok := jsonName[name]; ok {
+			name = n
+		}
+		if !keys[name] {
+			t.Errorf("subdirective %s has no JSON field of that name", f[0])
+		}
+	}
+	var fields func(t reflect.Type)
+	fields = func(typ reflect.Type) {
+		for f := range typ.Fields() {
+			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+			if name == "" || name == "-" {
+				continue
+			}
+			ft := f.Type
+			if ft.Kind() == reflect.Pointer {
+				ft = ft.Elem()
+			}
+			if ft.Kind() == reflect.Struct && name != "bearer" {
+				fields(ft)
+				continue
+			}
+			if name == "bearer" {
+				fields(ft)
+			}
+			if !subdirectives[name] && !subdirectives[strings.TrimSuffix(name, "s")] {
+				t.Errorf("JSON field %s has no subdirective in every-subdirective.caddyfile", name)
+			}
+		}
+	}
+	fields(reflect.TypeFor[Handler]())
+	if h.Bearer == nil || h.Client.ID != "my-app" || h.Session.Store != "cache" || h.Allow.RequireEmailVerified == nil ||
+		h.Logout.EndSessionMethod != "get" || !h.Login.UserInfo || h.Login.AuthParams["prompt"] != "consent" {
+		t.Errorf("parsed config: %s", raw)
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/url"
 	"os"
@@ -24,6 +25,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/caddy-oidc/caddy-oidc/cache"
+	"github.com/caddy-oidc/caddy-oidc/internal/lograte"
 	"github.com/caddy-oidc/caddy-oidc/internal/provider"
 	"github.com/caddy-oidc/caddy-oidc/refresh"
 	"github.com/caddy-oidc/caddy-oidc/session"
@@ -46,10 +48,6 @@ const (
 	DefaultIdPTimeout             = 10 * time.Second
 )
 
-// decodedSessionCacheSize bounds each route's cache of opened session
-// cookies: about 5 KB each for a typical session, so a few MB at most.
-const decodedSessionCacheSize = 1024
-
 // maxConcurrentExchanges bounds a route's code exchanges in flight.
 const maxConcurrentExchanges = 32
 
@@ -67,166 +65,69 @@ var DefaultScopes = []string{"openid", "profile", "email"}
 // | `{http.auth.user.groups}`, `{http.auth.user.roles}` | comma-joined |
 // | `{http.auth.user.claims.<name>}` | any claim; nested by dots; arrays comma-joined |
 type Handler struct {
-	// Issuer is the IdP's issuer URL; discovery is at <issuer>/.well-known/openid-configuration. Required.
+	// The IdP's issuer URL; discovery is at
+	// <issuer>/.well-known/openid-configuration. Required.
 	Issuer string `json:"issuer,omitempty"`
-	// ClientID is this application's client id at the IdP. Required.
-	ClientID string `json:"client_id,omitempty"`
-	// ClientSecret authenticates this application at the token endpoint.
-	// Empty makes a public client that relies on PKCE alone. Placeholders
-	// such as {env.OIDC_CLIENT_SECRET} are resolved at load.
-	ClientSecret string `json:"client_secret,omitempty"`
-	// ClientAuthMethod is how the module authenticates at the token,
-	// revocation and introspection endpoints: client_secret_basic,
-	// client_secret_post, private_key_jwt (RFC 7523) or none (a public
-	// client with PKCE). Default: private_key_jwt with client_private_key,
-	// none without a secret, else basic unless the IdP offers only post.
-	ClientAuthMethod string `json:"client_auth_method,omitempty"`
-	// ClientPrivateKey is a PEM file with the private key for
-	// private_key_jwt (RSA, EC or Ed25519).
-	ClientPrivateKey string `json:"client_private_key,omitempty"`
-	// ClientKeyID is the kid of the private_key_jwt key, as registered at the IdP.
-	ClientKeyID string `json:"client_key_id,omitempty"`
-	// ClientKeyAlg signs private_key_jwt assertions. Default: RS256 for RSA
-	// keys, ES256 for EC, EdDSA for Ed25519.
-	ClientKeyAlg string `json:"client_key_alg,omitempty"`
-	// RedirectURI is where the IdP sends the user back. A path is taken on
-	// the request's own host. Default: /oauth2/callback.
-	RedirectURI string `json:"redirect_uri,omitempty"`
-	// Scopes requested at login. Default: openid profile email.
-	// Add offline_access to get a refresh token from most IdPs.
-	Scopes []string `json:"scopes,omitempty"`
-	// SessionSecret encrypts cookies. The first secret seals; all of them
-	// open, so an older secret listed after the new one keeps sessions alive
-	// during a rotation. Each at least 32 bytes. Required.
-	SessionSecret []string `json:"session_secret,omitempty"`
-	// SessionStore is where sessions live: "cookie" (the whole session in
-	// encrypted, chunked cookies) or "cache" (an opaque id in the cookie, the
-	// session, encrypted, in the oidc app's shared cache, so any replica
-	// sharing the Valkey serves it). Default: cookie.
-	SessionStore string `json:"session_store,omitempty"`
-	// LogoutPath ends the session and logs out at the IdP (POST, or a
-	// same-origin GET). Default: /oauth2/logout.
-	LogoutPath string `json:"logout_path,omitempty"`
-	// PostLogoutRedirectURI is where the IdP sends the user after logout;
-	// a path is taken on the request's host. Default: none (the IdP's own page).
-	PostLogoutRedirectURI string `json:"post_logout_redirect_uri,omitempty"`
-	// BackchannelLogoutPath receives OpenID Connect Back-Channel Logout
-	// tokens from the IdP (register <origin><path> as the client's
-	// backchannel_logout_uri). Default: /oauth2/backchannel_logout.
-	BackchannelLogoutPath string `json:"backchannel_logout_path,omitempty"`
-	// EndSessionMethod is how RP logout sends the browser to the IdP's
-	// end_session endpoint: "post", a self-submitting form carrying
-	// id_token_hint (the ID token never goes into a URL); or "get", a
-	// redirect with client_id and logout_hint but no ID token, for IdPs that
-	// accept only GET there (panva's oidc-provider by default). Default: post.
-	EndSessionMethod string `json:"end_session_method,omitempty"`
-	// IntrospectionEndpoint overrides the introspection endpoint of the
-	// discovery document, for IdPs that serve RFC 7662 elsewhere (Ory
-	// Hydra: its admin API's /admin/oauth2/introspect, which must stay
-	// private). Default: the discovery document's.
-	IntrospectionEndpoint string `json:"introspection_endpoint,omitempty"`
-	// HealthPath answers 200 when the IdP's discovery document and keys
-	// are loaded and the shared cache is reachable, else 503, with the
-	// reason as JSON: a readiness probe for load balancers and Kubernetes.
-	// It needs no session. Default: off.
-	HealthPath string `json:"health_path,omitempty"`
-	// UserInfoPath answers GET with the session's identity as JSON (what
-	// the upstream would see, and when the session ends; never a token),
-	// or 401 without a session: for single-page apps. Default: off.
-	UserInfoPath string `json:"userinfo_path,omitempty"`
-	// FrontchannelLogoutPath is loaded by the IdP in an iframe with iss and
-	// sid (OpenID Connect Front-Channel Logout; register it as the client's
-	// frontchannel_logout_uri). Default: /oauth2/frontchannel_logout.
-	FrontchannelLogoutPath string `json:"frontchannel_logout_path,omitempty"`
-	// AllowUsers admits users by email (verified, case-insensitive) or sub.
-	AllowUsers []string `json:"allow_users,omitempty"`
-	// AllowDomains admits users whose verified email is in one of these domains.
-	AllowDomains []string `json:"allow_domains,omitempty"`
-	// AllowGroups admits users with one of these values in the groups claim.
-	AllowGroups []string `json:"allow_groups,omitempty"`
-	// AllowRoles admits users with one of these values in the roles claim.
-	AllowRoles []string `json:"allow_roles,omitempty"`
-	// AllowExpression admits users for whom this CEL expression over their
-	// claims (the variable `claims`) is true, for rules the lists cannot
-	// say: `claims.department == "ops" && "oncall" in claims.groups`.
-	AllowExpression string `json:"allow_expression,omitempty"`
-	// GroupsClaim names the claim allow_groups and {http.auth.user.groups}
-	// read; a dotted path reaches into objects. Default: groups.
+	// This application at the IdP: client id and how it authenticates.
+	Client ClientConfig `json:"client,omitzero"`
+	// What a login asks of the IdP: redirect URI, scopes, parameters.
+	Login LoginConfig `json:"login,omitzero"`
+	// How sessions are sealed, kept and refreshed.
+	Session SessionConfig `json:"session,omitzero"`
+	// Who is admitted once logged in. Default: every authenticated user.
+	Allow AllowPolicy `json:"allow,omitzero"`
+	// RP-initiated, back-channel and front-channel logout.
+	Logout LogoutConfig `json:"logout,omitzero"`
+	// Accept access tokens from API clients. Default: off.
+	Bearer *BearerConfig `json:"bearer,omitempty"`
+
+	// The claim allow_groups and {http.auth.user.groups} read; a dotted
+	// path reaches into objects. Default: groups.
 	GroupsClaim string `json:"groups_claim,omitempty"`
-	// RolesClaim names the claim allow_roles and {http.auth.user.roles}
-	// read (Keycloak: realm_access.roles or resource_access.<client>.roles).
-	// Default: roles.
+	// The claim allow_roles and {http.auth.user.roles} read (Keycloak:
+	// realm_access.roles or resource_access.<client>.roles). Default: roles.
 	RolesClaim string `json:"roles_claim,omitempty"`
-	// RequireEmailVerified makes email-based rules (allow_users by email,
-	// allow_domains) ignore an email whose email_verified claim is false.
-	// Default: true.
-	RequireEmailVerified *bool `json:"require_email_verified,omitempty"`
-	// Exclude lists paths served without authentication, in the syntax of
-	// Caddy's path matcher (exact, /prefix/*, *suffix, globs).
-	Exclude []string `json:"exclude,omitempty"`
-	// AuthParams adds parameters to the authorization request: prompt,
-	// acr_values, audience (Auth0), resource, hd (Google)... A login_hint
-	// query parameter of the request that starts the login is passed on.
-	AuthParams map[string]string `json:"auth_params,omitempty"`
-	// Header sets request headers for the next handler, with placeholders;
-	// copies the client sent are removed first, on every request.
+	// Request headers for the next handler, with placeholders; copies the
+	// client sent (in any spelling an upstream could read as the same
+	// name) are removed first, on every request.
 	Header map[string]string `json:"header,omitempty"`
-
-	// UserInfo fetches the UserInfo endpoint at login and adds the claims
-	// the ID token lacks (some IdPs put only sub in the ID token). Its sub
-	// must match. Default: off.
-	UserInfo bool `json:"userinfo,omitempty"`
-	// Bearer accepts `Authorization: Bearer` access tokens from API clients:
-	// JWTs are verified against the IdP's keys, opaque tokens are
-	// introspected (RFC 7662). A bearer request never creates a session.
-	// Default: off.
-	Bearer bool `json:"bearer,omitempty"`
-	// BearerAudience lists the audiences a JWT access token may carry.
-	// Default: the client_id.
-	BearerAudience []string `json:"bearer_audience,omitempty"`
-
-	// SessionLifetime is a session's absolute lifetime. Default: 24h.
-	SessionLifetime caddy.Duration `json:"session_lifetime,omitempty"`
-	// SessionIdleTimeout ends a session unused for this long. Default: 0 (no idle limit).
-	SessionIdleTimeout caddy.Duration `json:"session_idle_timeout,omitempty"`
-	// RefreshBefore refreshes the access token this long before it expires. Default: 60s.
-	RefreshBefore caddy.Duration `json:"refresh_before,omitempty"`
-	// RefreshTokenMaxAge stops using a refresh token this long after it was
-	// received: the session then ends when its access token expires, and
-	// the user logs in again. Default: 0 (as long as the IdP accepts it).
-	RefreshTokenMaxAge caddy.Duration `json:"refresh_token_max_age,omitempty"`
-	// IdPTimeout bounds each call to the IdP (discovery, keys, token,
-	// userinfo, introspection), so a slow IdP cannot hold requests for
-	// long. Default: 10s.
+	// Paths served without authentication, in the syntax of Caddy's path
+	// matcher (exact, /prefix/*, *suffix). A path that could be read two
+	// ways (encodings, `;`, `..`) is never excluded.
+	Exclude []string `json:"exclude,omitempty"`
+	// Answers GET with the session's identity as JSON (what the upstream
+	// would see, and when the session ends; never a token), or 401 without
+	// a session: for single-page apps. Default: off.
+	UserInfoPath string `json:"userinfo_path,omitempty"`
+	// Answers 200 when the IdP's discovery document and keys are loaded and
+	// the shared cache is reachable, else 503 with the reason as JSON: a
+	// readiness probe. It needs no session. Default: off.
+	HealthPath string `json:"health_path,omitempty"`
+	// Bounds each call to the IdP (discovery, keys, token, userinfo,
+	// introspection). At most half of the oidc app's refresh_lease.
+	// Default: 10s.
 	IdPTimeout caddy.Duration `json:"idp_timeout,omitempty"`
-	// ClockSkew is tolerated when checking token times. Default: 60s.
+	// Tolerated when checking token times. Default: 60s.
 	ClockSkew caddy.Duration `json:"clock_skew,omitempty"`
-	// CookieName is the session cookie's name; on HTTPS it gets the __Host-
-	// prefix. Login-attempt cookies are named <cookie_name>_state_<id>.
-	// Default: oidc_session.
-	CookieName string `json:"cookie_name,omitempty"`
-	// CookieSameSite is the session cookie's SameSite attribute: lax,
-	// strict or none. none is needed only for front-channel logout, whose
-	// iframe is cross-site (the browser sends a Lax cookie only to
-	// same-site and top-level requests); it requires HTTPS and lets every
-	// cross-site request carry the session. Default: lax.
-	CookieSameSite string `json:"cookie_samesite,omitempty"`
 
-	app            *App
-	store          cache.Store
-	revs           *revocations
-	stats          *cache.Stats
-	prov           *provider.Provider
+	app *App
+	// shared is the app's current shared cache (introspection results);
+	// sessions keeps this route's sessions in cookies or in it.
+	shared   cache.Store
+	sessions session.Store
+	revs     *revocations
+	stats    *cache.Stats
+	// rp is this route's client at the issuer, bound at Provision.
+	rp             *provider.RelyingParty
+	client         provider.Client
 	codec          *session.Codec
-	decoded        *session.DecodedCache
+	secrets        []string
 	bearers        *bearerCache
 	introspections *introspector
 	exchanges      chan struct{} // bounds concurrent code exchanges
 	introNS        string
 	revocationKeys [][]byte
 	macNoted       bool
-	allowExpr      *claimExpression
-	client         provider.Client
 	callbackPath   string
 	absRedirect    bool
 	exclude        caddyhttp.MatchPath
@@ -239,17 +140,18 @@ type Handler struct {
 	sameSite        http.SameSite
 	// route binds sealed values to this issuer and client; ns names this
 	// route's keys in the shared cache.
-	route, ns      string
-	hostCookieName string
-	plainCookieAAD string
-	hostCookieAAD  string
-	logger         *zap.Logger
-	warned         *warnings
+	route, ns string
+	logger    *zap.Logger
+	warned    *warnings
 }
 
 // warnings are raised once per handler for conditions that would
 // otherwise be logged on every request.
-type warnings struct{ oversize, noRefreshToken, untrustedProxy atomic.Bool }
+type warnings struct {
+	noRefreshToken, untrustedProxy atomic.Bool
+	// refreshFailed fires per request while the IdP is down.
+	refreshFailed lograte.Limit
+}
 
 // headerRule is one `header` line. userKey is set when the value is
 // exactly one {http.auth.user.*} placeholder, which is then rendered
@@ -264,130 +166,87 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision resolves secrets, applies defaults and takes the shared state
-// from the `oidc` app. It does no network I/O: discovery is fetched lazily.
+// Provision resolves secrets, applies defaults, validates and takes the
+// shared state from the `oidc` app. It does no network I/O: discovery is
+// fetched lazily.
 func (h *Handler) Provision(ctx caddy.Context) error {
-	if err := h.configure(ctx, ctx.Logger()); err != nil {
+	if err := h.provision(ctx, ctx.Logger()); err != nil {
 		return err
 	}
 	appIface, err := ctx.App("oidc")
 	if err != nil {
-		return fmt.Errorf("oidc: loading the oidc app: %w", err)
+		return fmt.Errorf("loading the oidc app: %w", err)
 	}
 	app, ok := appIface.(*App)
 	if !ok {
-		return fmt.Errorf("oidc: the oidc app has unexpected type %T", appIface)
+		return fmt.Errorf("the oidc app has unexpected type %T", appIface)
 	}
 	return h.attach(app)
 }
 
-// configure resolves secrets, applies defaults and validates the config.
-func (h *Handler) configure(ctx caddy.Context, logger *zap.Logger) error {
+// provision resolves placeholders, applies defaults, validates, and builds
+// what the handler derives from its configuration.
+func (h *Handler) provision(ctx caddy.Context, logger *zap.Logger) error {
 	h.logger = logger
 	h.warned = new(warnings)
 	repl := caddy.NewReplacer()
 	h.Issuer = strings.TrimSpace(repl.ReplaceAll(h.Issuer, ""))
-	h.ClientID = repl.ReplaceAll(h.ClientID, "")
-	h.ClientSecret = repl.ReplaceAll(h.ClientSecret, "")
-	secrets := make([]string, 0, len(h.SessionSecret))
-	for _, s := range h.SessionSecret {
-		secrets = append(secrets, repl.ReplaceAll(s, ""))
+	h.Client.ID = repl.ReplaceAll(h.Client.ID, "")
+	h.Client.Secret = repl.ReplaceAll(h.Client.Secret, "")
+	h.secrets = make([]string, 0, len(h.Session.Secrets))
+	for _, s := range h.Session.Secrets {
+		h.secrets = append(h.secrets, repl.ReplaceAll(s, ""))
 	}
-	if h.RedirectURI == "" {
-		h.RedirectURI = DefaultRedirectURI
-	}
-	if len(h.Scopes) == 0 {
-		h.Scopes = DefaultScopes
-	}
-	if h.SessionStore == "" {
-		h.SessionStore = "cookie"
-	}
-	if h.LogoutPath == "" {
-		h.LogoutPath = DefaultLogoutPath
-	}
-	if h.BackchannelLogoutPath == "" {
-		h.BackchannelLogoutPath = DefaultBackchannelLogoutPath
-	}
-	if h.FrontchannelLogoutPath == "" {
-		h.FrontchannelLogoutPath = DefaultFrontchannelLogoutPath
-	}
-	if h.SessionLifetime == 0 {
-		h.SessionLifetime = caddy.Duration(DefaultSessionLifetime)
-	}
-	if h.RefreshBefore == 0 {
-		h.RefreshBefore = caddy.Duration(DefaultRefreshBefore)
-	}
-	if h.ClockSkew == 0 {
-		h.ClockSkew = caddy.Duration(DefaultClockSkew)
-	}
-	if h.IdPTimeout == 0 {
-		h.IdPTimeout = caddy.Duration(DefaultIdPTimeout)
-	}
-	if h.CookieName == "" {
-		h.CookieName = DefaultCookieName
-	}
-	h.secureDefault = strings.HasPrefix(h.RedirectURI, "https://")
-	if err := h.check(secrets); err != nil {
+	h.applyDefaults()
+	if err := h.Validate(); err != nil {
 		return err
 	}
-	codec, err := session.NewCodec(secrets...)
+
+	codec, err := session.NewCodec(h.secrets...)
 	if err != nil {
-		return fmt.Errorf("oidc: session_secret: %w; generate one with: openssl rand -base64 48", err)
+		return fmt.Errorf("session_secret: %w; generate one with: openssl rand -base64 48", err)
 	}
 	h.codec = codec
 	// Revocations in Valkey are sealed with a key of this issuer's routes.
 	h.revocationKeys = nil
-	for _, sec := range secrets {
+	for _, sec := range h.secrets {
 		k, err := session.DeriveKey(sec, "caddy-oidc revocation v1")
 		if err != nil {
-			return fmt.Errorf("oidc: session_secret: %w", err)
+			return fmt.Errorf("session_secret: %w", err)
 		}
 		h.revocationKeys = append(h.revocationKeys, k)
 	}
-	h.route, h.ns = routeBinding(h.Issuer, h.ClientID), routeNamespace(h.Issuer, h.ClientID)
-	h.hostCookieName = "__Host-" + h.CookieName
-	h.plainCookieAAD, h.hostCookieAAD = h.bind(purposeCookie+h.CookieName), h.bind(purposeCookie+h.hostCookieName)
-	h.decoded = session.NewDecodedCache(decodedSessionCacheSize)
+	ru, _ := url.Parse(h.Login.RedirectURI) // Validate parsed it
+	h.callbackPath, h.absRedirect = ru.Path, ru.IsAbs()
+	h.secureDefault = ru.Scheme == "https"
+	h.sameSite = sameSiteModes[strings.ToLower(h.Session.CookieSameSite)]
+	h.route, h.ns = routeBinding(h.Issuer, h.Client.ID), routeNamespace(h.Issuer, h.Client.ID)
 	h.bearers = newBearerCache(bearerCacheSize)
 	h.introspections = newIntrospector()
 	h.exchanges = make(chan struct{}, maxConcurrentExchanges)
-	if h.AllowExpression != "" {
-		expr, err := compileClaimExpression(h.AllowExpression)
+	if err := h.Allow.provision(h.groupsClaim(), h.rolesClaim()); err != nil {
+		return err
+	}
+	if h.Bearer != nil {
+		// Introspection results are shared only by routes of the same
+		// issuer, client and accepted audiences.
+		auds := slices.Sorted(slices.Values(h.bearerAudience()))
+		audSum := sha256.Sum256([]byte(strings.Join(auds, "\x00")))
+		h.introNS = h.ns + ":" + hex.EncodeToString(audSum[:8])
+	}
+	h.client = provider.Client{ID: h.Client.ID, Secret: h.Client.Secret, Method: h.Client.AuthMethod}
+	if h.Client.PrivateKey != "" {
+		pem, err := os.ReadFile(repl.ReplaceAll(h.Client.PrivateKey, ""))
 		if err != nil {
-			return fmt.Errorf("oidc: allow_expression: %w", err)
+			return fmt.Errorf("client_private_key: %w", err)
 		}
-		h.allowExpr = expr
-	}
-	if len(h.BearerAudience) == 0 {
-		h.BearerAudience = []string{h.ClientID}
-	}
-	// Introspection results are shared only by routes of the same issuer,
-	// client and accepted audiences.
-	auds := slices.Sorted(slices.Values(h.BearerAudience))
-	audSum := sha256.Sum256([]byte(strings.Join(auds, "\x00")))
-	h.introNS = h.ns + ":" + hex.EncodeToString(audSum[:8])
-	h.client = provider.Client{ID: h.ClientID, Secret: h.ClientSecret, Method: h.ClientAuthMethod}
-	switch h.ClientAuthMethod {
-	case "", provider.AuthSecretBasic, provider.AuthSecretPost, provider.AuthPrivateKeyJWT, provider.AuthNone:
-	default:
-		return fmt.Errorf("oidc: client_auth_method %q is unknown; use client_secret_basic, client_secret_post, private_key_jwt or none", h.ClientAuthMethod)
-	}
-	if (h.ClientAuthMethod == provider.AuthSecretBasic || h.ClientAuthMethod == provider.AuthSecretPost) && h.ClientSecret == "" {
-		return fmt.Errorf("oidc: client_auth_method %s needs client_secret", h.ClientAuthMethod)
-	}
-	if h.ClientPrivateKey != "" {
-		pem, err := os.ReadFile(repl.ReplaceAll(h.ClientPrivateKey, ""))
+		key, err := provider.ParseClientKey(pem, h.Client.KeyID, h.Client.KeyAlg)
 		if err != nil {
-			return fmt.Errorf("oidc: client_private_key: %w", err)
-		}
-		key, err := provider.ParseClientKey(pem, h.ClientKeyID, h.ClientKeyAlg)
-		if err != nil {
-			return fmt.Errorf("oidc: client_private_key: %w", err)
+			return fmt.Errorf("client_private_key: %w", err)
 		}
 		h.client.Key = key
-	} else if h.ClientAuthMethod == provider.AuthPrivateKeyJWT {
-		return errors.New("oidc: client_auth_method private_key_jwt needs client_private_key (a PEM file)")
 	}
+	h.headers, h.identityHeaders = nil, nil
 	for name, value := range h.Header {
 		h.identityHeaders = append(h.identityHeaders, headerIdentity(name))
 		hr := headerRule{name: http.CanonicalHeaderKey(name), value: value}
@@ -400,11 +259,38 @@ func (h *Handler) configure(ctx caddy.Context, logger *zap.Logger) error {
 	if len(h.Exclude) > 0 {
 		h.exclude = caddyhttp.MatchPath(h.Exclude)
 		if err := h.exclude.Provision(ctx); err != nil {
-			return fmt.Errorf("oidc: exclude: %w", err)
+			return fmt.Errorf("exclude: %w", err)
 		}
 	}
-	h.warnFootguns(secrets)
+	h.warnFootguns(h.secrets)
 	return nil
+}
+
+// applyDefaults fills in what the configuration leaves out.
+func (h *Handler) applyDefaults() {
+	defaultString := func(p *string, v string) {
+		if *p == "" {
+			*p = v
+		}
+	}
+	defaultDuration := func(p *caddy.Duration, v time.Duration) {
+		if *p == 0 {
+			*p = caddy.Duration(v)
+		}
+	}
+	defaultString(&h.Login.RedirectURI, DefaultRedirectURI)
+	if len(h.Login.Scopes) == 0 {
+		h.Login.Scopes = DefaultScopes
+	}
+	defaultString(&h.Session.Store, "cookie")
+	defaultString(&h.Session.CookieName, DefaultCookieName)
+	defaultDuration(&h.Session.Lifetime, DefaultSessionLifetime)
+	defaultDuration(&h.Session.RefreshBefore, DefaultRefreshBefore)
+	defaultString(&h.Logout.Path, DefaultLogoutPath)
+	defaultString(&h.Logout.BackchannelPath, DefaultBackchannelLogoutPath)
+	defaultString(&h.Logout.FrontchannelPath, DefaultFrontchannelLogoutPath)
+	defaultDuration(&h.ClockSkew, DefaultClockSkew)
+	defaultDuration(&h.IdPTimeout, DefaultIdPTimeout)
 }
 
 // attach takes this handler's share of the app's state.
@@ -412,70 +298,198 @@ func (h *Handler) attach(app *App) error {
 	h.app = app
 	// An old handler may still serve requests after a reload: the store
 	// follows the current config, the rest outlives every config.
-	h.store = liveStore{app}
+	h.shared = liveStore{app}
 	h.stats, h.revs = app.caches.stats, app.caches.revs
 	// Revocations of this issuer must outlive this route's sessions.
-	noteLifetime(h.Issuer, time.Duration(h.SessionLifetime))
+	noteLifetime(h.Issuer, time.Duration(h.Session.Lifetime))
 	h.revs.noteMACKeys(h.Issuer, h.revocationKeys)
 	h.macNoted = true
 	if lease := time.Duration(app.RefreshLease); lease > 0 && time.Duration(h.IdPTimeout) > lease/2 {
-		return fmt.Errorf("oidc: idp_timeout %s must be at most half of the oidc app's refresh_lease %s, so that a refresh grant ends while its lease holds: lower idp_timeout or raise refresh_lease",
+		return fmt.Errorf("idp_timeout %s must be at most half of the oidc app's refresh_lease %s, so that a refresh grant ends while its lease holds: lower idp_timeout or raise refresh_lease",
 			time.Duration(h.IdPTimeout), lease)
 	}
 	prov, err := app.provider(h.Issuer, time.Duration(h.IdPTimeout))
 	if err != nil {
-		return fmt.Errorf("oidc: issuer %s: %w", h.Issuer, err)
+		return fmt.Errorf("issuer %s: %w", h.Issuer, err)
 	}
-	h.prov = prov
+	var introspection string
+	if h.Bearer != nil {
+		introspection = h.Bearer.IntrospectionEndpoint
+	}
+	h.rp = prov.Bind(h.client, provider.RPOptions{ClockSkew: time.Duration(h.ClockSkew),
+		Audiences: h.bearerAudience(), IntrospectionEndpoint: introspection})
+	h.sessions = h.newSessionStore()
 	return nil
 }
 
-// check validates the configuration; every error names the field and the fix.
-func (h *Handler) check(secrets []string) error {
+// newSessionStore builds this route's session store on the app's state.
+func (h *Handler) newSessionStore() session.Store {
+	if h.Session.Store == "cache" {
+		return session.NewCacheStore(h.storeConfig())
+	}
+	return session.NewCookieStore(h.storeConfig())
+}
+
+func (h *Handler) storeConfig() session.StoreConfig {
+	return session.StoreConfig{
+		Codec: h.codec, Binding: h.route, Namespace: h.ns,
+		CookieName: h.Session.CookieName, SameSite: h.sameSite, Secure: h.secure,
+		Lifetime: time.Duration(h.Session.Lifetime), IdleTimeout: time.Duration(h.Session.IdleTimeout),
+		RefreshTokenMaxAge: time.Duration(h.Session.RefreshTokenMaxAge),
+		Shared:             h.shared,
+		Revoked:            func(s *session.Session) bool { return h.revs.ended(h.Issuer, s) },
+		Ready:              func() bool { return !h.app.awaitingRevocations(h.revs) },
+		Logger:             h.logger,
+	}
+}
+
+// sameSiteModes are the cookie_samesite values Validate accepts.
+var sameSiteModes = map[string]http.SameSite{"": http.SameSiteLaxMode, "lax": http.SameSiteLaxMode,
+	"strict": http.SameSiteStrictMode, "none": http.SameSiteNoneMode}
+
+// Validate checks the configuration (after Provision has resolved its
+// placeholders and applied its defaults); every error names the field and
+// the fix. It changes nothing.
+func (h *Handler) Validate() error {
 	if h.Issuer == "" {
-		return errors.New("oidc: issuer is required: the IdP's issuer URL, e.g. https://idp.example.com/realms/main")
+		return errors.New("issuer is required: the IdP's issuer URL, e.g. https://idp.example.com/realms/main")
 	}
 	if u, err := url.Parse(h.Issuer); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
-		return fmt.Errorf("oidc: issuer %q must be an absolute http(s) URL without query or fragment", h.Issuer)
+		return fmt.Errorf("issuer %q must be an absolute http(s) URL without query or fragment", h.Issuer)
 	}
-	if h.ClientID == "" {
-		return errors.New("oidc: client_id is required: the client id registered at the IdP")
+	if err := h.validateClient(); err != nil {
+		return err
+	}
+	if err := h.validateSession(); err != nil {
+		return err
+	}
+	if !slices.Contains(h.Login.Scopes, "openid") {
+		return fmt.Errorf("scopes %v must include openid", h.Login.Scopes)
+	}
+	for name := range h.Login.AuthParams {
+		if slices.Contains(reservedAuthParams, name) {
+			return fmt.Errorf("auth_param %s is set by the module itself and cannot be changed", name)
+		}
+	}
+	if err := h.validatePaths(); err != nil {
+		return err
+	}
+	for _, d := range []struct {
+		field string
+		v     caddy.Duration
+	}{
+		{"session_lifetime", h.Session.Lifetime}, {"session_idle_timeout", h.Session.IdleTimeout},
+		{"refresh_before", h.Session.RefreshBefore}, {"refresh_token_max_age", h.Session.RefreshTokenMaxAge},
+		{"clock_skew", h.ClockSkew}, {"idp_timeout", h.IdPTimeout},
+	} {
+		if d.v < 0 {
+			return fmt.Errorf("%s %s must not be negative", d.field, time.Duration(d.v))
+		}
+	}
+	if h.IdPTimeout > 0 && time.Duration(h.IdPTimeout) < 100*time.Millisecond {
+		return fmt.Errorf("idp_timeout %s is too short for any IdP call; use at least 100ms", time.Duration(h.IdPTimeout))
+	}
+	switch h.Logout.EndSessionMethod {
+	case "", "post", "get":
+	default:
+		return fmt.Errorf("end_session_method %q is unknown; use post or get", h.Logout.EndSessionMethod)
+	}
+	if h.Bearer != nil {
+		if e := h.Bearer.IntrospectionEndpoint; e != "" {
+			if u, err := url.Parse(e); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+				return fmt.Errorf("introspection_endpoint %q must be an absolute http(s) URL", e)
+			}
+		}
+	}
+	if h.Allow.Expression != "" {
+		if _, err := compileClaimExpression(h.Allow.Expression); err != nil {
+			return fmt.Errorf("allow_expression: %w", err)
+		}
+	}
+	for name := range h.Header {
+		if name == "" || strings.ContainsAny(name, " :\t\r\n") {
+			return fmt.Errorf("header name %q is invalid", name)
+		}
+	}
+	return nil
+}
+
+func (h *Handler) validateClient() error {
+	if h.Client.ID == "" {
+		return errors.New("client_id is required: the client id registered at the IdP")
+	}
+	switch h.Client.AuthMethod {
+	case "", provider.AuthSecretBasic, provider.AuthSecretPost, provider.AuthPrivateKeyJWT, provider.AuthNone:
+	default:
+		return fmt.Errorf("client_auth_method %q is unknown; use client_secret_basic, client_secret_post, private_key_jwt or none", h.Client.AuthMethod)
+	}
+	if (h.Client.AuthMethod == provider.AuthSecretBasic || h.Client.AuthMethod == provider.AuthSecretPost) && h.Client.Secret == "" {
+		return fmt.Errorf("client_auth_method %s needs client_secret", h.Client.AuthMethod)
+	}
+	if h.Client.AuthMethod == provider.AuthPrivateKeyJWT && h.Client.PrivateKey == "" {
+		return errors.New("client_auth_method private_key_jwt needs client_private_key (a PEM file)")
+	}
+	return nil
+}
+
+func (h *Handler) validateSession() error {
+	secrets := h.secrets
+	if secrets == nil {
+		secrets = h.Session.Secrets // not provisioned: the raw values
 	}
 	if len(secrets) == 0 {
-		return errors.New("oidc: session_secret is required (at least 32 bytes); generate one with: openssl rand -base64 48")
+		return errors.New("session_secret is required (at least 32 bytes); generate one with: openssl rand -base64 48")
 	}
 	for i, s := range secrets {
 		if s == "" {
-			return fmt.Errorf("oidc: session_secret #%d is empty (is its environment variable set?)", i+1)
+			return fmt.Errorf("session_secret #%d is empty (is its environment variable set?)", i+1)
 		}
 		if len(s) < session.MinSecretLen {
-			return fmt.Errorf("oidc: session_secret #%d is %d bytes, want at least %d; generate one with: openssl rand -base64 48", i+1, len(s), session.MinSecretLen)
+			return fmt.Errorf("session_secret #%d is %d bytes, want at least %d; generate one with: openssl rand -base64 48", i+1, len(s), session.MinSecretLen)
 		}
 	}
-	if !slices.Contains(h.Scopes, "openid") {
-		return fmt.Errorf("oidc: scopes %v must include openid", h.Scopes)
-	}
-	switch h.SessionStore {
-	case "cookie":
-	case "cache":
+	switch h.Session.Store {
+	case "", "cookie", "cache":
 	default:
-		return fmt.Errorf("oidc: session_store %q is unknown; use cookie or cache", h.SessionStore)
+		return fmt.Errorf("session_store %q is unknown; use cookie or cache", h.Session.Store)
 	}
-	ru, err := url.Parse(h.RedirectURI)
+	mode, ok := sameSiteModes[strings.ToLower(h.Session.CookieSameSite)]
+	if !ok {
+		return fmt.Errorf("cookie_samesite %q is unknown; use lax, strict or none", h.Session.CookieSameSite)
+	}
+	// Browsers drop SameSite=None cookies without Secure.
+	if mode == http.SameSiteNoneMode && !strings.HasPrefix(h.Login.RedirectURI, "https://") {
+		return fmt.Errorf("cookie_samesite none needs an https redirect_uri (SameSite=None cookies must be Secure); set redirect_uri https://<host>%s", h.redirectPath())
+	}
+	if strings.ContainsAny(h.Session.CookieName, "=;, \t\"") || strings.HasPrefix(h.Session.CookieName, "__") {
+		return fmt.Errorf("cookie_name %q is not a valid cookie name (no prefix, no separators)", h.Session.CookieName)
+	}
+	return nil
+}
+
+// redirectPath is the path part of redirect_uri ("" if it does not parse).
+func (h *Handler) redirectPath() string {
+	u, err := url.Parse(h.Login.RedirectURI)
+	if err != nil {
+		return ""
+	}
+	return u.Path
+}
+
+func (h *Handler) validatePaths() error {
+	ru, err := url.Parse(h.Login.RedirectURI)
 	switch {
 	case err != nil:
-		return fmt.Errorf("oidc: redirect_uri %q: %v", h.RedirectURI, err)
+		return fmt.Errorf("redirect_uri %q: %v", h.Login.RedirectURI, err)
 	case ru.IsAbs() && (ru.Scheme == "https" || ru.Scheme == "http") && ru.Host != "" && strings.HasPrefix(ru.Path, "/"):
-		h.absRedirect = true
 	case !ru.IsAbs() && ru.Host == "" && strings.HasPrefix(ru.Path, "/") && !strings.HasPrefix(ru.Path, "//"):
 	default:
-		return fmt.Errorf("oidc: redirect_uri %q must be a path (/oauth2/callback) or an absolute http(s) URL", h.RedirectURI)
+		return fmt.Errorf("redirect_uri %q must be a path (/oauth2/callback) or an absolute http(s) URL", h.Login.RedirectURI)
 	}
 	if ru.RawQuery != "" || ru.Fragment != "" {
-		return fmt.Errorf("oidc: redirect_uri %q must not have a query or fragment", h.RedirectURI)
+		return fmt.Errorf("redirect_uri %q must not have a query or fragment", h.Login.RedirectURI)
 	}
-	h.callbackPath = ru.Path
-	paths := map[string]string{"logout_path": h.LogoutPath, "backchannel_logout_path": h.BackchannelLogoutPath, "frontchannel_logout_path": h.FrontchannelLogoutPath}
+	paths := map[string]string{"logout_path": h.Logout.Path, "backchannel_logout_path": h.Logout.BackchannelPath, "frontchannel_logout_path": h.Logout.FrontchannelPath}
 	if h.UserInfoPath != "" {
 		paths["userinfo_path"] = h.UserInfoPath
 	}
@@ -483,79 +497,34 @@ func (h *Handler) check(secrets []string) error {
 		paths["health_path"] = h.HealthPath
 	}
 	seen := map[string]string{}
-	for field, p := range paths {
+	for _, field := range slices.Sorted(maps.Keys(paths)) {
+		p := paths[field]
 		if other, dup := seen[p]; dup {
-			return fmt.Errorf("oidc: %s and %s are both %q", field, other, p)
+			return fmt.Errorf("%s and %s are both %q", other, field, p)
 		}
 		seen[p] = field
-	}
-	for field, p := range paths {
 		if !strings.HasPrefix(p, "/") {
-			return fmt.Errorf("oidc: %s %q must be a path starting with /", field, p)
+			return fmt.Errorf("%s %q must be a path starting with /", field, p)
 		}
-		if p == h.callbackPath {
-			return fmt.Errorf("oidc: %s %q is the same path as redirect_uri", field, p)
+		if p == ru.Path {
+			return fmt.Errorf("%s %q is the same path as redirect_uri", field, p)
 		}
 	}
-	if p := h.PostLogoutRedirectURI; p != "" {
+	if p := h.Logout.PostLogoutRedirectURI; p != "" {
 		u, err := url.Parse(p)
 		if err != nil || !(strings.HasPrefix(p, "/") && !strings.HasPrefix(p, "//") || u.IsAbs() && (u.Scheme == "https" || u.Scheme == "http") && u.Host != "") {
-			return fmt.Errorf("oidc: post_logout_redirect_uri %q must be a path or an absolute http(s) URL", p)
-		}
-	}
-	for _, d := range []struct {
-		field string
-		v     caddy.Duration
-	}{
-		{"session_lifetime", h.SessionLifetime}, {"session_idle_timeout", h.SessionIdleTimeout},
-		{"refresh_before", h.RefreshBefore}, {"refresh_token_max_age", h.RefreshTokenMaxAge},
-		{"clock_skew", h.ClockSkew}, {"idp_timeout", h.IdPTimeout},
-	} {
-		if d.v < 0 {
-			return fmt.Errorf("oidc: %s %s must not be negative", d.field, time.Duration(d.v))
-		}
-	}
-	if h.IdPTimeout > 0 && time.Duration(h.IdPTimeout) < 100*time.Millisecond {
-		return fmt.Errorf("oidc: idp_timeout %s is too short for any IdP call; use at least 100ms", time.Duration(h.IdPTimeout))
-	}
-	switch h.EndSessionMethod {
-	case "", "post", "get":
-	default:
-		return fmt.Errorf("oidc: end_session_method %q is unknown; use post or get", h.EndSessionMethod)
-	}
-	if e := h.IntrospectionEndpoint; e != "" {
-		if u, err := url.Parse(e); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-			return fmt.Errorf("oidc: introspection_endpoint %q must be an absolute http(s) URL", e)
-		}
-	}
-	switch strings.ToLower(h.CookieSameSite) {
-	case "", "lax":
-		h.sameSite = http.SameSiteLaxMode
-	case "strict":
-		h.sameSite = http.SameSiteStrictMode
-	case "none":
-		// Browsers drop SameSite=None cookies without Secure.
-		if !h.secureDefault {
-			return fmt.Errorf("oidc: cookie_samesite none needs an https redirect_uri (SameSite=None cookies must be Secure); set redirect_uri https://<host>%s", h.callbackPath)
-		}
-		h.sameSite = http.SameSiteNoneMode
-	default:
-		return fmt.Errorf("oidc: cookie_samesite %q is unknown; use lax, strict or none", h.CookieSameSite)
-	}
-	if strings.ContainsAny(h.CookieName, "=;, \t\"") || strings.HasPrefix(h.CookieName, "__") {
-		return fmt.Errorf("oidc: cookie_name %q is not a valid cookie name (no prefix, no separators)", h.CookieName)
-	}
-	for name := range h.AuthParams {
-		if slices.Contains(reservedAuthParams, name) {
-			return fmt.Errorf("oidc: auth_param %s is set by the module itself and cannot be changed", name)
-		}
-	}
-	for name := range h.Header {
-		if name == "" || strings.ContainsAny(name, " :\t\r\n") {
-			return fmt.Errorf("oidc: header name %q is invalid", name)
+			return fmt.Errorf("post_logout_redirect_uri %q must be a path or an absolute http(s) URL", p)
 		}
 	}
 	return nil
+}
+
+// bearerAudience is what an access token's aud must hold.
+func (h *Handler) bearerAudience() []string {
+	if h.Bearer == nil || len(h.Bearer.Audience) == 0 {
+		return []string{h.Client.ID}
+	}
+	return h.Bearer.Audience
 }
 
 // Cleanup releases this handler's share of the app's state. It copes with a
@@ -563,7 +532,7 @@ func (h *Handler) check(secrets []string) error {
 // running (Caddy does not wait for them on a reload): nothing they use is
 // cleared here, and a released provider keeps answering.
 func (h *Handler) Cleanup() error {
-	if h.prov != nil && h.app != nil {
+	if h.rp != nil && h.app != nil {
 		h.app.releaseProvider(h.Issuer, time.Duration(h.IdPTimeout))
 	}
 	if h.macNoted {
@@ -584,15 +553,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	h.stripIdentityHeaders(r)
 	// Nor the module's cookies: error paths hand this request to
 	// handle_errors routes, which may proxy it.
-	defer h.stripCookies(r)
+	defer h.sessions.StripCookies(r)
 	switch r.URL.Path {
 	case h.callbackPath:
 		return h.serveCallback(w, r)
-	case h.LogoutPath:
+	case h.Logout.Path:
 		return h.serveLogout(w, r)
-	case h.BackchannelLogoutPath:
+	case h.Logout.BackchannelPath:
 		return h.serveBackchannelLogout(w, r)
-	case h.FrontchannelLogoutPath:
+	case h.Logout.FrontchannelPath:
 		return h.serveFrontchannelLogout(w, r)
 	case h.UserInfoPath:
 		if h.UserInfoPath != "" {
@@ -604,42 +573,21 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 	}
 	if h.excluded(r) {
-		h.stripCookies(r)
+		h.sessions.StripCookies(r)
 		return next.ServeHTTP(w, r)
 	}
-	if h.Bearer {
+	if h.Bearer != nil {
 		if token, ok := bearerToken(r); ok {
 			return h.serveBearer(w, r, next, token)
 		}
 	}
 
 	now := time.Now()
-	sess, reissue, err := h.loadSession(r, now)
-	if err != nil {
-		// The shared cache cannot say whether this session exists: neither
-		// a login redirect (a loop) nor a deletion, but a retry.
-		w.Header().Set("Retry-After", "5")
-		return caddyhttp.Error(http.StatusServiceUnavailable, err)
+	loaded := h.sessions.Load(r, now)
+	if !loaded.Usable() {
+		return h.refuseSession(w, r, loaded)
 	}
-	if sess == nil {
-		return h.challenge(w, r, "")
-	}
-	if h.app.awaitingRevocations(h.revs) {
-		// This process has not read the other replicas' logouts yet: a
-		// moment's wait rather than a logged-out session let in.
-		w.Header().Set("Retry-After", "2")
-		return caddyhttp.Error(http.StatusServiceUnavailable, errors.New("the revocation set is not loaded yet"))
-	}
-	if h.revs.ended(h.Issuer, sess) {
-		// Logged out (back-channel, front-channel or RP-initiated) on some replica.
-		h.logger.Info("session refused: logged out", zap.String("sub", sess.Subject()))
-		h.endSession(w, r, sess)
-		return h.challenge(w, r, "invalid_token")
-	}
-	if h.refreshTooOld(sess, now) && sess.AccessExpiry != 0 && now.Unix() >= sess.AccessExpiry {
-		h.endSession(w, r, sess)
-		return h.challenge(w, r, "invalid_token")
-	}
+	sess, reissue := loaded.Session, loaded.Reissue
 	if h.needsRefresh(sess, now) {
 		rctx := r.Context()
 		if sess.AccessExpiry == 0 || now.Unix() < sess.AccessExpiry {
@@ -654,13 +602,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		case err == nil:
 			reissue = true
 		case isDefinitive(err):
-			h.logger.Info("refresh token refused by the IdP; session ended", zap.String("sub", sess.Subject()), zap.Error(err))
-			h.endSession(w, r, sess)
+			h.logger.Info("session refused: the IdP refused its refresh token", zap.String("sub", sess.Subject()), zap.Error(err))
+			h.sessions.Clear(w, r, sess)
 			return h.challenge(w, r, "invalid_token")
 		case sess.AccessExpiry != 0 && now.Unix() >= sess.AccessExpiry:
 			// The IdP cannot be reached and the access token is gone: keep
 			// the session (the cookie is untouched) and ask to come back.
-			h.logger.Warn("token refresh failed and the access token has expired", zap.Error(err))
+			h.warned.refreshFailed.Warn(h.logger, "token refresh failed and the access token has expired; answering 503", zap.Error(err))
 			w.Header().Set("Retry-After", "5")
 			return caddyhttp.Error(http.StatusServiceUnavailable, fmt.Errorf("refreshing the session: %w", err))
 		case errors.Is(err, refresh.ErrPending):
@@ -668,24 +616,52 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 				c.Write(zap.String("sub", sess.Subject()))
 			}
 		default:
-			h.logger.Warn("token refresh failed; serving the session until its access token expires", zap.Error(err))
+			h.warned.refreshFailed.Warn(h.logger, "token refresh failed; serving the session until its access token expires", zap.Error(err))
 		}
 	}
-	if !h.allowed(sess.Claims) {
+	if !h.Allow.allows(sess.Claims) {
 		return caddyhttp.Error(http.StatusForbidden, fmt.Errorf("user %q is not allowed by the allow rules", sess.Subject()))
 	}
-	if idle := time.Duration(h.SessionIdleTimeout); idle > 0 && now.Sub(time.Unix(sess.LastSeen, 0)) > max(idle/10, time.Second) {
+	if idle := time.Duration(h.Session.IdleTimeout); idle > 0 && now.Sub(time.Unix(sess.LastSeen, 0)) > max(idle/10, time.Second) {
 		sess.LastSeen = now.Unix()
 		reissue = true
 	}
 	if reissue {
-		if err := h.writeSession(w, r, sess, now); err != nil {
+		if err := h.sessions.Save(w, r, sess, now); err != nil {
 			return caddyhttp.Error(http.StatusInternalServerError, err)
 		}
 	}
 	h.setIdentity(r, sess.Claims, sess)
-	h.stripCookies(r)
+	h.sessions.StripCookies(r)
 	return next.ServeHTTP(w, r)
+}
+
+// refuseSession answers a request whose session cannot be used, after the
+// reason: 503 while the answer is unknown (never a login redirect, which
+// could loop, nor a deletion), else a new login.
+func (h *Handler) refuseSession(w http.ResponseWriter, r *http.Request, l session.Loaded) error {
+	switch l.Refusal {
+	case session.Unavailable:
+		w.Header().Set("Retry-After", "5")
+		return caddyhttp.Error(http.StatusServiceUnavailable, errors.New("the shared cache cannot say whether this session exists"))
+	case session.NotReady:
+		// This process has not read the other replicas' logouts yet: a
+		// moment's wait rather than a logged-out session let in.
+		w.Header().Set("Retry-After", "2")
+		return caddyhttp.Error(http.StatusServiceUnavailable, errors.New("the revocation set is not loaded yet"))
+	case session.Revoked, session.RefreshTooOld:
+		h.logger.Info("session refused", zap.String("reason", l.Refusal.String()), zap.String("sub", l.Session.Subject()))
+		h.sessions.Clear(w, r, l.Session)
+		return h.challenge(w, r, "invalid_token")
+	case session.NoSession:
+	default:
+		// A cookie that does not open here (another route, a rotated-out
+		// secret, tampering) or an expired session: the user logs in again.
+		if c := h.logger.Check(zapcore.DebugLevel, "session refused"); c != nil {
+			c.Write(zap.String("reason", l.Refusal.String()), zap.String("path", r.URL.Path))
+		}
+	}
+	return h.challenge(w, r, "")
 }
 
 // Interface guards

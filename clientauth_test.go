@@ -52,16 +52,16 @@ func TestClientAuthentication(t *testing.T) {
 	}
 	t.Run("client_secret_basic", func(t *testing.T) { check(t, nil, plain, seen{basic: true}) })
 	t.Run("client_secret_post", func(t *testing.T) {
-		check(t, func(h *Handler) { h.ClientAuthMethod = "client_secret_post" }, plain, seen{post: true})
+		check(t, func(h *Handler) { h.Client.AuthMethod = "client_secret_post" }, plain, seen{post: true})
 	})
 	t.Run("public client", func(t *testing.T) {
-		check(t, func(h *Handler) { h.ClientSecret = "" }, func(r *http.Request) seen {
+		check(t, func(h *Handler) { h.Client.Secret = "" }, func(r *http.Request) seen {
 			_, _, basic := r.BasicAuth()
 			return seen{basic: basic, post: r.PostForm.Get("client_id") == "app" && r.PostForm.Get("code_verifier") != ""}
 		}, seen{post: true})
 	})
 	t.Run("private_key_jwt", func(t *testing.T) {
-		check(t, func(h *Handler) { h.ClientSecret = ""; h.ClientPrivateKey = keyFile; h.ClientKeyID = "client-key-1" },
+		check(t, func(h *Handler) { h.Client.Secret = ""; h.Client.PrivateKey = keyFile; h.Client.KeyID = "client-key-1" },
 			func(r *http.Request) seen {
 				if r.PostForm.Get("client_assertion_type") != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer" {
 					return seen{}

@@ -49,18 +49,18 @@ func TestHandlerConfigErrorsNameTheField(t *testing.T) {
 	for field, mod := range map[string]func(h *Handler){
 		"idp_timeout":     func(h *Handler) { h.IdPTimeout = caddy.Duration(-time.Second) },
 		"clock_skew":      func(h *Handler) { h.ClockSkew = caddy.Duration(-time.Second) },
-		"cookie_samesite": func(h *Handler) { h.CookieSameSite = "sideways" },
+		"cookie_samesite": func(h *Handler) { h.Session.CookieSameSite = "sideways" },
 	} {
-		h := &Handler{Issuer: idp.Issuer, ClientID: "app", SessionSecret: []string{testSecret}}
+		h := &Handler{Issuer: idp.Issuer, Client: ClientConfig{ID: "app"}, Session: SessionConfig{Secrets: []string{testSecret}}}
 		mod(h)
-		err := h.configure(caddy.Context{}, zap.NewNop())
+		err := h.provision(caddy.Context{}, zap.NewNop())
 		if err == nil || !strings.Contains(err.Error(), field) {
 			t.Errorf("%s: error %v does not name it", field, err)
 		}
 	}
 	// SameSite=None without HTTPS would be dropped by browsers.
-	h := &Handler{Issuer: idp.Issuer, ClientID: "app", SessionSecret: []string{testSecret}, CookieSameSite: "none"}
-	if err := h.configure(caddy.Context{}, zap.NewNop()); err == nil || !strings.Contains(err.Error(), "redirect_uri") {
+	h := &Handler{Issuer: idp.Issuer, Client: ClientConfig{ID: "app"}, Session: SessionConfig{Secrets: []string{testSecret}, CookieSameSite: "none"}}
+	if err := h.provision(caddy.Context{}, zap.NewNop()); err == nil || !strings.Contains(err.Error(), "redirect_uri") {
 		t.Errorf("cookie_samesite none on http: %v", err)
 	}
 }
@@ -72,8 +72,8 @@ func TestIdPTimeoutMustFitTheLease(t *testing.T) {
 	defer idp.Close()
 	app := newTestApp(t)
 	app.RefreshLease = caddy.Duration(10 * time.Second)
-	h := &Handler{Issuer: idp.Issuer, ClientID: "app", SessionSecret: []string{testSecret}, IdPTimeout: caddy.Duration(8 * time.Second)}
-	if err := h.configure(caddy.Context{}, zap.NewNop()); err != nil {
+	h := &Handler{Issuer: idp.Issuer, Client: ClientConfig{ID: "app"}, Session: SessionConfig{Secrets: []string{testSecret}}, IdPTimeout: caddy.Duration(8 * time.Second)}
+	if err := h.provision(caddy.Context{}, zap.NewNop()); err != nil {
 		t.Fatal(err)
 	}
 	err := h.attach(app)

@@ -7,11 +7,9 @@ import (
 	"net/url"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/lestrrat-go/jwx/v2/jwa"
 
-	"github.com/caddy-oidc/caddy-oidc/internal/provider"
 	"github.com/caddy-oidc/caddy-oidc/internal/testidp"
 )
 
@@ -42,7 +40,7 @@ func TestRPConformance(t *testing.T) {
 		}},
 		{id: "rp-scope-userinfo-claims", expect: accept,
 			setup: func(e *env) {
-				e.h.UserInfo = true
+				e.h.Login.UserInfo = true
 				e.idp.OnUserInfo(func(w http.ResponseWriter, r *http.Request) {
 					w.Header().Set("Content-Type", "application/json")
 					_, _ = w.Write([]byte(`{"sub":"user-1","phone_number":"+1 555"}`))
@@ -110,14 +108,14 @@ func TestRPConformance(t *testing.T) {
 			return e.idp.Sign(c)
 		}},
 		{id: "rp-userinfo-bad-sub-claim", expect: reject, setup: func(e *env) {
-			e.h.UserInfo = true
+			e.h.Login.UserInfo = true
 			e.idp.OnUserInfo(func(w http.ResponseWriter, r *http.Request) {
 				w.Header().Set("Content-Type", "application/json")
 				_, _ = w.Write([]byte(`{"sub":"not-the-same"}`))
 			})
 		}},
 		{id: "rp-userinfo-bearer-header", expect: accept, setup: func(e *env) {
-			e.h.UserInfo = true
+			e.h.Login.UserInfo = true
 			e.idp.OnUserInfo(func(w http.ResponseWriter, r *http.Request) {
 				e.seen["userinfo-auth"] = r.Header.Get("Authorization")
 				w.Header().Set("Content-Type", "application/json")
@@ -146,8 +144,8 @@ func TestRPConformance(t *testing.T) {
 		}},
 		{id: "rp-key-rotation-op-sign-key", expect: accept, setup: func(e *env) {
 			// The IdP rotates after the module has cached its first key set.
-			_, _ = e.h.prov.Discovery(t.Context())
-			_, _ = e.h.prov.VerifyIDToken(t.Context(), e.idp.Sign(e.idp.Claims("app", "warm")), providerVerifyOptions("app", "warm"))
+			_, _ = e.h.rp.Discovery(t.Context())
+			_, _ = e.h.rp.VerifyLoginIDToken(t.Context(), e.idp.Sign(e.idp.Claims("app", "warm")), "warm")
 			e.idp.AddKey("rotated")
 		}},
 	}
@@ -209,7 +207,3 @@ func TestRPConformance(t *testing.T) {
 }
 
 func newRecorder() *httptest.ResponseRecorder { return httptest.NewRecorder() }
-
-func providerVerifyOptions(clientID, nonce string) provider.VerifyOptions {
-	return provider.VerifyOptions{ClientID: clientID, Nonce: nonce, ClockSkew: time.Minute}
-}

@@ -69,9 +69,9 @@ func TestOfflineAccessAsksForConsent(t *testing.T) {
 		{ptr(""), "", false},
 	} {
 		h := newTestHandler(t, idp, func(h *Handler) {
-			h.Scopes = []string{"openid", "offline_access"}
+			h.Login.Scopes = []string{"openid", "offline_access"}
 			if c.prompt != nil {
-				h.AuthParams = map[string]string{"prompt": *c.prompt}
+				h.Login.AuthParams = map[string]string{"prompt": *c.prompt}
 			}
 		})
 		w := httptest.NewRecorder()

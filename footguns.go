@@ -24,7 +24,7 @@ func (h *Handler) warnFootguns(secrets []string) {
 		h.logger.Warn("the issuer is plain http on a network host: discovery, keys and tokens can be altered in transit; use the IdP's https URL",
 			zap.String("issuer", h.Issuer))
 	}
-	if multiTenantIssuer(h.Issuer) && len(h.AllowUsers)+len(h.AllowDomains)+len(h.AllowGroups)+len(h.AllowRoles) == 0 && h.AllowExpression == "" {
+	if multiTenantIssuer(h.Issuer) && len(h.Allow.Users)+len(h.Allow.Domains)+len(h.Allow.Groups)+len(h.Allow.Roles) == 0 && h.Allow.Expression == "" {
 		h.logger.Warn("this issuer signs in accounts of any organisation (any Google account, any Entra tenant): without an allow rule every one of them gets in; add allow_domains, allow_users, allow_groups or allow_expression (for Entra, on the tid claim)",
 			zap.String("issuer", h.Issuer))
 	}

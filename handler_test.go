@@ -29,12 +29,12 @@ const testSecret = "unit-test-session-secret-0123456789abcdef"
 // IdP, without a running Caddy.
 func newTestHandler(t testing.TB, idp *testidp.IdP, mod func(h *Handler)) *Handler {
 	t.Helper()
-	h := &Handler{Issuer: idp.Issuer, ClientID: "app", ClientSecret: "s3cret", SessionSecret: []string{testSecret},
+	h := &Handler{Issuer: idp.Issuer, Client: ClientConfig{ID: "app", Secret: "s3cret"}, Session: SessionConfig{Secrets: []string{testSecret}},
 		Header: map[string]string{"X-Auth-Email": "{http.auth.user.email}", "X-Auth-Groups": "{http.auth.user.groups}"}}
 	if mod != nil {
 		mod(h)
 	}
-	if err := h.configure(caddy.Context{}, zap.NewNop()); err != nil {
+	if err := h.provision(caddy.Context{}, zap.NewNop()); err != nil {
 		t.Fatal(err)
 	}
 	app := newTestApp(t)
@@ -229,7 +229,7 @@ func loggedIn(t testing.TB, h *Handler, claims map[string]any, mod func(s *sessi
 	}
 	w := httptest.NewRecorder()
 	r := request("GET", "/app")
-	if err := h.writeSession(w, r, s, now); err != nil {
+	if err := h.sessions.Save(w, r, s, now); err != nil {
 		t.Fatal(err)
 	}
 	for _, c := range w.Result().Cookies() {
@@ -290,16 +290,16 @@ func TestAllowRules(t *testing.T) {
 		want   int
 	}{
 		{"no rules", func(h *Handler) {}, alice, 200},
-		{"user by email, any case", func(h *Handler) { h.AllowUsers = []string{"alice@example.com"} }, alice, 200},
-		{"user by sub", func(h *Handler) { h.AllowUsers = []string{"a1"} }, alice, 200},
-		{"other user", func(h *Handler) { h.AllowUsers = []string{"bob@example.com"} }, alice, 403},
-		{"domain", func(h *Handler) { h.AllowDomains = []string{"example.com"} }, alice, 200},
-		{"domain, unverified email", func(h *Handler) { h.AllowDomains = []string{"example.com"} }, unverified, 403},
-		{"user, unverified email", func(h *Handler) { h.AllowUsers = []string{"mallory@example.com"} }, unverified, 403},
-		{"group", func(h *Handler) { h.AllowGroups = []string{"admins", "staff"} }, alice, 200},
-		{"missing group", func(h *Handler) { h.AllowGroups = []string{"admins"} }, alice, 403},
-		{"role", func(h *Handler) { h.AllowRoles = []string{"editor"} }, alice, 200},
-		{"any rule admits", func(h *Handler) { h.AllowGroups = []string{"admins"}; h.AllowRoles = []string{"editor"} }, alice, 200},
+		{"user by email, any case", func(h *Handler) { h.Allow.Users = []string{"alice@example.com"} }, alice, 200},
+		{"user by sub", func(h *Handler) { h.Allow.Users = []string{"a1"} }, alice, 200},
+		{"other user", func(h *Handler) { h.Allow.Users = []string{"bob@example.com"} }, alice, 403},
+		{"domain", func(h *Handler) { h.Allow.Domains = []string{"example.com"} }, alice, 200},
+		{"domain, unverified email", func(h *Handler) { h.Allow.Domains = []string{"example.com"} }, unverified, 403},
+		{"user, unverified email", func(h *Handler) { h.Allow.Users = []string{"mallory@example.com"} }, unverified, 403},
+		{"group", func(h *Handler) { h.Allow.Groups = []string{"admins", "staff"} }, alice, 200},
+		{"missing group", func(h *Handler) { h.Allow.Groups = []string{"admins"} }, alice, 403},
+		{"role", func(h *Handler) { h.Allow.Roles = []string{"editor"} }, alice, 200},
+		{"any rule admits", func(h *Handler) { h.Allow.Groups = []string{"admins"}; h.Allow.Roles = []string{"editor"} }, alice, 200},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -316,7 +316,7 @@ func TestAllowRules(t *testing.T) {
 func TestExpiredOrRotatedSessions(t *testing.T) {
 	idp := testidp.New()
 	defer idp.Close()
-	h := newTestHandler(t, idp, func(h *Handler) { h.SessionLifetime = caddy.Duration(time.Hour) })
+	h := newTestHandler(t, idp, func(h *Handler) { h.Session.Lifetime = caddy.Duration(time.Hour) })
 	old := loggedIn(t, h, map[string]any{"sub": "u"}, func(s *session.Session) { s.Created = time.Now().Add(-2 * time.Hour).Unix() })
 	old.Header.Set("Accept", "application/json")
 	w := httptest.NewRecorder()
@@ -327,7 +327,7 @@ func TestExpiredOrRotatedSessions(t *testing.T) {
 	// A cookie under the previous secret is accepted and re-issued under the new one.
 	r := loggedIn(t, h, map[string]any{"sub": "u"}, nil)
 	rotated := newTestHandler(t, idp, func(h *Handler) {
-		h.SessionSecret = []string{"a-brand-new-secret-a-brand-new-secret-42", testSecret}
+		h.Session.Secrets = []string{"a-brand-new-secret-a-brand-new-secret-42", testSecret}
 	})
 	w = httptest.NewRecorder()
 	if err := rotated.ServeHTTP(w, r, &recordNext{}); err != nil || w.Code != 200 {
@@ -337,7 +337,7 @@ func TestExpiredOrRotatedSessions(t *testing.T) {
 		t.Fatal("the cookie was not re-issued under the current secret")
 	}
 	c := w.Result().Cookies()[0]
-	if _, wasOld, err := rotated.codec.Open(rotated.bind(purposeCookie+c.Name), c.Value); err != nil || wasOld {
+	if _, wasOld, err := rotated.codec.Open(rotated.bind(session.PurposeCookie+c.Name), c.Value); err != nil || wasOld {
 		t.Errorf("re-issued cookie: rotated=%v err=%v, want sealed by the current secret", wasOld, err)
 	}
 }
@@ -377,8 +377,8 @@ func TestChallengeKinds(t *testing.T) {
 }
 
 func TestIdPDownAtLoginIs503(t *testing.T) {
-	h := &Handler{Issuer: "http://127.0.0.1:1", ClientID: "app", SessionSecret: []string{testSecret}}
-	if err := h.configure(caddy.Context{}, zap.NewNop()); err != nil {
+	h := &Handler{Issuer: "http://127.0.0.1:1", Client: ClientConfig{ID: "app"}, Session: SessionConfig{Secrets: []string{testSecret}}}
+	if err := h.provision(caddy.Context{}, zap.NewNop()); err != nil {
 		t.Fatal(err)
 	}
 	app := newTestApp(t)
@@ -399,7 +399,7 @@ func TestCookieOfAnotherRouteIsRefused(t *testing.T) {
 	idp := testidp.New()
 	defer idp.Close()
 	a := newTestHandler(t, idp, nil)
-	b := newTestHandler(t, idp, func(h *Handler) { h.SessionSecret = []string{"route-b-secret-route-b-secret-route-b-00"} })
+	b := newTestHandler(t, idp, func(h *Handler) { h.Session.Secrets = []string{"route-b-secret-route-b-secret-route-b-00"} })
 	r := loggedIn(t, a, map[string]any{"sub": "u"}, nil)
 	// Route A has the session decoded and cached; route B must still refuse it.
 	if err := a.ServeHTTP(httptest.NewRecorder(), r.Clone(r.Context()), &recordNext{}); err != nil {
@@ -426,7 +426,7 @@ func (failingStore) Delete(context.Context, string) error { return cache.ErrUnav
 func TestCacheStoreSessions(t *testing.T) {
 	idp := testidp.New()
 	defer idp.Close()
-	h := newTestHandler(t, idp, func(h *Handler) { h.SessionStore = "cache" })
+	h := newTestHandler(t, idp, func(h *Handler) { h.Session.Store = "cache" })
 
 	attempt, q := startLogin(t, h, "/")
 	claims := idp.Claims("app", q.Get("nonce"))
@@ -461,8 +461,9 @@ func TestCacheStoreSessions(t *testing.T) {
 	}
 
 	// The shared cache down and the session not in L1: 503, cookie kept.
-	down := newTestHandler(t, idp, func(h *Handler) { h.SessionStore = "cache" })
-	down.store = failingStore{}
+	down := newTestHandler(t, idp, func(h *Handler) { h.Session.Store = "cache" })
+	down.shared = failingStore{}
+	down.sessions = down.newSessionStore()
 	r = request("GET", "/app")
 	r.AddCookie(sc)
 	w = httptest.NewRecorder()
@@ -491,7 +492,7 @@ func TestCacheStoreSessions(t *testing.T) {
 func TestRefreshTokenMaxAge(t *testing.T) {
 	idp := testidp.New()
 	defer idp.Close()
-	h := newTestHandler(t, idp, func(h *Handler) { h.RefreshTokenMaxAge = caddy.Duration(time.Hour) })
+	h := newTestHandler(t, idp, func(h *Handler) { h.Session.RefreshTokenMaxAge = caddy.Duration(time.Hour) })
 	var grants int
 	idp.OnToken(func(w http.ResponseWriter, r *http.Request) {
 		grants++

@@ -27,7 +27,7 @@ func (h *Handler) serveHealth(w http.ResponseWriter, r *http.Request) error {
 	ctx, cancel := context.WithTimeout(r.Context(), time.Duration(h.IdPTimeout))
 	defer cancel()
 	st := health{IdP: "ok", Cache: "memory"}
-	if err := h.prov.Ready(ctx); err != nil {
+	if err := h.rp.Ready(ctx); err != nil {
 		st.IdP = "unavailable"
 	}
 	if hy := h.app.set().hybrid; hy != nil {

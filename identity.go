@@ -200,40 +200,6 @@ func claimList(v any) ClaimList {
 	return nil
 }
 
-// allowed applies the allow rules: with none configured every authenticated
-// user is allowed; otherwise a user matching any one rule is. Email rules
-// count an email only when email_verified is the boolean true (unless
-// require_email_verified is off): a missing or string value is not proof,
-// and on multi-tenant IdPs (Entra ID) a tenant chooses its users' emails.
-func (h *Handler) allowed(claims map[string]any) bool {
-	if len(h.AllowUsers)+len(h.AllowDomains)+len(h.AllowGroups)+len(h.AllowRoles) == 0 && h.allowExpr == nil {
-		return true
-	}
-	sub := claimString(claims["sub"])
-	email := claimString(claims["email"])
-	verified := email != "" && (claims["email_verified"] == true || !h.requireVerified())
-	for _, u := range h.AllowUsers {
-		if u == sub || verified && asciiEqualFold(u, email) {
-			return true
-		}
-	}
-	if verified {
-		if at := strings.LastIndexByte(email, '@'); at >= 0 {
-			domain := email[at+1:]
-			for _, d := range h.AllowDomains {
-				if asciiEqualFold(strings.TrimPrefix(d, "@"), domain) {
-					return true
-				}
-			}
-		}
-	}
-	if len(h.AllowGroups) > 0 && h.claimHasAny(claims, h.groupsClaim(), h.AllowGroups) ||
-		len(h.AllowRoles) > 0 && h.claimHasAny(claims, h.rolesClaim(), h.AllowRoles) {
-		return true
-	}
-	return h.allowExpr != nil && h.allowExpr.allows(claims)
-}
-
 // asciiEqualFold compares case-insensitively in ASCII only: Unicode folding
 // (strings.EqualFold) would let a Kelvin sign (U+212A) stand for "k".
 func asciiEqualFold(a, b string) bool {
@@ -266,46 +232,6 @@ func intersects(have ClaimList, want []string) bool {
 	return false
 }
 
-// stripCookies removes the module's own cookies (session chunks and login
-// attempts) from the request, so they never reach the upstream.
-func (h *Handler) stripCookies(r *http.Request) {
-	lines := r.Header["Cookie"]
-	if len(lines) == 0 {
-		return
-	}
-	found := false
-	for _, l := range lines {
-		if strings.Contains(l, h.CookieName) {
-			found = true
-			break
-		}
-	}
-	if !found {
-		return
-	}
-	var kept []string
-	for _, l := range lines {
-		for part := range strings.SplitSeq(l, ";") {
-			p := strings.TrimSpace(part)
-			if p == "" || h.isOwnCookie(p) {
-				continue
-			}
-			kept = append(kept, p)
-		}
-	}
-	if len(kept) == 0 {
-		r.Header.Del("Cookie")
-		return
-	}
-	r.Header["Cookie"] = []string{strings.Join(kept, "; ")}
-}
-
-func (h *Handler) isOwnCookie(pair string) bool {
-	name, _, _ := strings.Cut(pair, "=")
-	name = strings.TrimPrefix(strings.TrimSpace(name), "__Host-")
-	return name == h.CookieName || strings.HasPrefix(name, h.CookieName+"_")
-}
-
 // groups and roles read the configured claims (groups_claim, roles_claim),
 // which may be nested paths such as realm_access.roles.
 func (h *Handler) groups(claims map[string]any) ClaimList {
@@ -330,26 +256,4 @@ func (h *Handler) rolesClaim() string {
 		return h.RolesClaim
 	}
 	return "roles"
-}
-
-func (h *Handler) requireVerified() bool {
-	return h.RequireEmailVerified == nil || *h.RequireEmailVerified
-}
-
-// claimHasAny reports whether the list claim at path holds one of want,
-// without building the list (this runs on every request).
-func (h *Handler) claimHasAny(claims map[string]any, path string, want []string) bool {
-	v, _ := lookupClaim(claims, path)
-	switch t := v.(type) {
-	case []any:
-		for _, e := range t {
-			if s, ok := e.(string); ok && slices.Contains(want, s) {
-				return true
-			}
-		}
-		return false
-	case string:
-		return slices.Contains(want, t)
-	}
-	return intersects(claimList(v), want)
 }

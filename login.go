@@ -1,7 +1,6 @@
 package caddyoidc
 
 import (
-	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -84,21 +83,21 @@ func randomToken(n int) string {
 // which is how the callback finds it.
 func (h *Handler) stateCookieName(r *http.Request, state string) string {
 	sum := sha256.Sum256([]byte(state))
-	return h.sessionCookieName(r) + "_state_" + hex.EncodeToString(sum[:6])
+	return h.sessions.CookieName(r) + "_state_" + hex.EncodeToString(sum[:6])
 }
 
 // redirectURL is the absolute redirect_uri for this request.
 func (h *Handler) redirectURL(r *http.Request) string {
 	if h.absRedirect {
-		return h.RedirectURI
+		return h.Login.RedirectURI
 	}
-	return h.scheme(r) + "://" + r.Host + h.RedirectURI
+	return h.scheme(r) + "://" + r.Host + h.Login.RedirectURI
 }
 
 // startLogin sends the browser to the IdP's authorization endpoint with a
 // fresh state, nonce and PKCE S256 challenge.
 func (h *Handler) startLogin(w http.ResponseWriter, r *http.Request) error {
-	d, err := h.prov.Discovery(r.Context())
+	d, err := h.rp.Discovery(r.Context())
 	if err != nil {
 		w.Header().Set("Retry-After", "10")
 		return caddyhttp.Error(http.StatusServiceUnavailable, err)
@@ -120,7 +119,7 @@ func (h *Handler) startLogin(w http.ResponseWriter, r *http.Request) error {
 	challenge := sha256.Sum256([]byte(a.Verifier))
 	q := h.authorizationParams(r.URL.Query().Get("login_hint"))
 	q.Set("response_type", "code")
-	q.Set("client_id", h.ClientID)
+	q.Set("client_id", h.Client.ID)
 	q.Set("redirect_uri", h.redirectURL(r))
 	q.Set("state", a.State)
 	q.Set("nonce", a.Nonce)
@@ -139,7 +138,7 @@ func (h *Handler) startLogin(w http.ResponseWriter, r *http.Request) error {
 
 // pruneAttempts expires old attempt cookies once a browser holds too many.
 func (h *Handler) pruneAttempts(w http.ResponseWriter, r *http.Request) {
-	prefix := h.sessionCookieName(r) + "_state_"
+	prefix := h.sessions.CookieName(r) + "_state_"
 	var names []string
 	for _, c := range r.Cookies() {
 		if strings.HasPrefix(c.Name, prefix) {
@@ -233,7 +232,7 @@ func (h *Handler) serveCallback(w http.ResponseWriter, r *http.Request) error {
 		}
 		return caddyhttp.Error(status, fmt.Errorf("callback: the IdP answered %q: %.200s", e, q.Get("error_description")))
 	}
-	d, err := h.prov.Discovery(r.Context())
+	d, err := h.rp.Discovery(r.Context())
 	if err != nil {
 		w.Header().Set("Retry-After", "10")
 		return caddyhttp.Error(http.StatusServiceUnavailable, err)
@@ -271,7 +270,7 @@ func (h *Handler) serveCallback(w http.ResponseWriter, r *http.Request) error {
 	case <-r.Context().Done():
 		return caddyhttp.Error(http.StatusServiceUnavailable, r.Context().Err())
 	}
-	tr, err := h.prov.Exchange(r.Context(), h.client, code, h.redirectURL(r), a.Verifier)
+	tr, err := h.rp.Exchange(r.Context(), code, h.redirectURL(r), a.Verifier)
 	if err != nil {
 		if errors.Is(err, provider.ErrUnavailable) {
 			w.Header().Set("Retry-After", "10")
@@ -282,9 +281,7 @@ func (h *Handler) serveCallback(w http.ResponseWriter, r *http.Request) error {
 	if tr.IDToken == "" {
 		return caddyhttp.Error(http.StatusBadGateway, errors.New("callback: the token response has no id_token (is the openid scope allowed for this client?)"))
 	}
-	claims, err := h.prov.VerifyIDToken(r.Context(), tr.IDToken, provider.VerifyOptions{
-		ClientID: h.ClientID, Nonce: a.Nonce, ClockSkew: time.Duration(h.ClockSkew), FromTokenEndpoint: true,
-	})
+	claims, err := h.rp.VerifyLoginIDToken(r.Context(), tr.IDToken, a.Nonce)
 	if err != nil {
 		if errors.Is(err, provider.ErrUnavailable) {
 			w.Header().Set("Retry-After", "10")
@@ -293,9 +290,9 @@ func (h *Handler) serveCallback(w http.ResponseWriter, r *http.Request) error {
 		return caddyhttp.Error(http.StatusUnauthorized, fmt.Errorf("callback: %w", err))
 	}
 	var fromUserInfo []string
-	if h.UserInfo {
+	if h.Login.UserInfo {
 		sub, _ := claims["sub"].(string)
-		extra, err := h.prov.UserInfo(r.Context(), tr.AccessToken, sub)
+		extra, err := h.rp.UserInfo(r.Context(), tr.AccessToken, sub)
 		switch {
 		case errors.Is(err, provider.ErrInvalidToken):
 			return caddyhttp.Error(http.StatusUnauthorized, fmt.Errorf("callback: %w", err))
@@ -318,19 +315,17 @@ func (h *Handler) serveCallback(w http.ResponseWriter, r *http.Request) error {
 		h.logger.Warn("the IdP left the groups out of the ID token (Entra ID groups overage); allow_groups cannot see them: emit only groups assigned to the application, or use app roles",
 			zap.String("sub", claimString(claims["sub"])))
 	}
-	if tr.RefreshToken == "" && slices.Contains(h.Scopes, "offline_access") && h.warned.noRefreshToken.CompareAndSwap(false, true) {
+	if tr.RefreshToken == "" && slices.Contains(h.Login.Scopes, "offline_access") && h.warned.noRefreshToken.CompareAndSwap(false, true) {
 		h.logger.Warn("offline_access was requested but the IdP sent no refresh token: sessions end when their access token expires; allow the refresh_token grant (and offline_access) for this client at the IdP, and if it needs consent for offline access set auth_param prompt consent")
 	}
 	// A new login replaces the browser's previous session: a cache-kept one
 	// is deleted rather than left to expire.
-	if oldID, ok := h.cookieSessionID(r); ok {
-		if err := h.store.Delete(context.WithoutCancel(r.Context()), h.storeKey(oldID)); err != nil {
-			h.logger.Warn("deleting the previous session from the shared cache failed", zap.Error(err))
-		}
+	if _, ok := h.sessions.CacheID(r); ok {
+		h.sessions.Clear(w, r, nil)
 	}
 	sess := session.New(claims, tr.IDToken, tr.AccessToken, tr.RefreshToken, tr.Expiry(now), now)
 	sess.FromUserInfo = fromUserInfo
-	if err := h.writeSession(w, r, sess, now); err != nil {
+	if err := h.sessions.Save(w, r, sess, now); err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
 	h.stats.SessionsCreated.Add(1)
@@ -369,13 +364,13 @@ const googleIssuer = "https://accounts.google.com"
 // request, and the provider quirks that need them.
 func (h *Handler) authorizationParams(loginHint string) url.Values {
 	q := url.Values{}
-	for k, v := range h.AuthParams {
+	for k, v := range h.Login.AuthParams {
 		q.Set(k, v)
 	}
 	if loginHint != "" && len(loginHint) <= 256 {
 		q.Set("login_hint", loginHint)
 	}
-	scopes := h.Scopes
+	scopes := h.Login.Scopes
 	if slices.Contains(scopes, "offline_access") && !q.Has("prompt") {
 		// OpenID Connect Core §11: offline access needs consent, and
 		// certified IdPs issue no refresh token without prompt=consent.

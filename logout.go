@@ -82,7 +82,7 @@ func (h *Handler) serveLogout(w http.ResponseWriter, r *http.Request) error {
 	if r.Method == http.MethodHead {
 		return nil
 	}
-	return confirmLogout.Execute(w, h.LogoutPath)
+	return confirmLogout.Execute(w, h.Logout.Path)
 }
 
 // logout ends the request's session: cookie cleared, session revoked on
@@ -92,10 +92,11 @@ func (h *Handler) serveLogout(w http.ResponseWriter, r *http.Request) error {
 // session, the session is revoked by the id in its cookie.
 func (h *Handler) logout(w http.ResponseWriter, r *http.Request) error {
 	now := time.Now()
-	sess, _, err := h.loadSession(r, now)
-	h.endSession(w, r, sess)
+	loaded := h.sessions.Load(r, now)
+	sess := loaded.Session
+	h.sessions.Clear(w, r, sess)
 	ended := sess != nil
-	if sess != nil && h.revs.ended(h.Issuer, sess) {
+	if loaded.Refusal == session.Revoked {
 		// A copy of a cookie already logged out: nothing more to end, no
 		// call to the IdP and no ID token for whoever replays it.
 		ended = false
@@ -103,37 +104,36 @@ func (h *Handler) logout(w http.ResponseWriter, r *http.Request) error {
 			h.logger.Info("logout of a session already ended", zap.String("sub", sess.Subject()), zap.Int64("more_since_last_log", n))
 		}
 	} else if sess != nil {
-		if err := h.revs.revoke(r.Context(), revokeSession, h.Issuer, sess.LocalID, now, time.Duration(h.SessionLifetime), fromSession); err != nil {
+		if err := h.revs.revoke(r.Context(), revokeSession, h.Issuer, sess.LocalID, now, time.Duration(h.Session.Lifetime), fromSession); err != nil {
 			h.logger.Warn("logout: copies of this session's cookie stay valid", zap.String("sub", sess.Subject()), zap.Error(err))
 		}
 		h.logger.Info("logout", zap.String("kind", "rp"), zap.String("sub", sess.Subject()))
 		if sess.RefreshToken != "" {
 			// RFC 7009, best effort: the session is already gone locally.
 			ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 3*time.Second)
-			if err := h.prov.Revoke(ctx, h.client, sess.RefreshToken, "refresh_token"); err != nil {
+			if err := h.rp.Revoke(ctx, sess.RefreshToken, "refresh_token"); err != nil {
 				h.logger.Warn("revoking the refresh token at logout failed", zap.Error(err))
 			}
 			cancel()
 		}
-	} else if err != nil {
+	} else if loaded.Refusal == session.Unavailable {
 		// The store cannot say what the session is, but the cookie names
 		// it: revoke that id, so the session is over wherever and whenever
 		// it is read again.
-		if id, ok := h.cookieSessionID(r); ok {
-			if err := h.revs.revoke(r.Context(), revokeCacheID, h.Issuer, cacheIDHash(id), now, time.Duration(h.SessionLifetime), fromSession); err != nil {
+		if id, ok := h.sessions.CacheID(r); ok {
+			if err := h.revs.revoke(r.Context(), revokeCacheID, h.Issuer, cacheIDHash(id), now, time.Duration(h.Session.Lifetime), fromSession); err != nil {
 				h.logger.Warn("logout while the session store is unavailable could not be recorded", zap.Error(err))
 			} else {
 				ended = true
 				h.logger.Info("logout", zap.String("kind", "rp"), zap.String("session", cacheIDHash(id)[:12]),
 					zap.String("note", "session store unavailable; revoked by cookie id"))
 			}
-			_ = h.store.Delete(context.WithoutCancel(r.Context()), h.storeKey(id))
 		}
 	}
 	target := h.postLogoutURL(r)
 	if ended {
-		if d, err := h.prov.Discovery(r.Context()); err == nil && d.EndSessionEndpoint != "" {
-			fields := []formField{{"client_id", h.ClientID}}
+		if d, err := h.rp.Discovery(r.Context()); err == nil && d.EndSessionEndpoint != "" {
+			fields := []formField{{"client_id", h.Client.ID}}
 			switch {
 			case sess != nil && sess.IDToken != "":
 				fields = append(fields, formField{"id_token_hint", sess.IDToken})
@@ -143,7 +143,7 @@ func (h *Handler) logout(w http.ResponseWriter, r *http.Request) error {
 			if target != "" {
 				fields = append(fields, formField{"post_logout_redirect_uri", target})
 			}
-			if h.EndSessionMethod == "get" {
+			if h.Logout.EndSessionMethod == "get" {
 				// A redirect puts its query in access logs and history:
 				// never the ID token, only who is logging out.
 				return h.endSessionRedirect(w, r, d.EndSessionEndpoint, sess, target)
@@ -162,7 +162,7 @@ func (h *Handler) logout(w http.ResponseWriter, r *http.Request) error {
 // logout_hint and post_logout_redirect_uri (RP-Initiated Logout 1.0 §2),
 // for IdPs that refuse a POST there (panva's oidc-provider by default).
 func (h *Handler) endSessionRedirect(w http.ResponseWriter, r *http.Request, endpoint string, sess *session.Session, target string) error {
-	q := url.Values{"client_id": {h.ClientID}}
+	q := url.Values{"client_id": {h.Client.ID}}
 	if sess != nil && sess.Subject() != "" {
 		q.Set("logout_hint", sess.Subject())
 	}
@@ -199,7 +199,7 @@ func writeEndSessionForm(w http.ResponseWriter, action string, fields []formFiel
 
 // postLogoutURL is post_logout_redirect_uri made absolute on this request's host.
 func (h *Handler) postLogoutURL(r *http.Request) string {
-	p := h.PostLogoutRedirectURI
+	p := h.Logout.PostLogoutRedirectURI
 	if strings.HasPrefix(p, "/") {
 		return h.scheme(r) + "://" + r.Host + p
 	}

@@ -62,7 +62,7 @@ func TestAttackFrontchannelLogoutEndsOnlyTheMatchingSession(t *testing.T) {
 	defer idp.Close()
 	for _, store := range []string{"cookie", "cache"} {
 		t.Run(store, func(t *testing.T) {
-			h := newTestHandler(t, idp, func(h *Handler) { h.SessionStore = store })
+			h := newTestHandler(t, idp, func(h *Handler) { h.Session.Store = store })
 			rs := freshSet(t, h)
 			victim := loggedIn(t, h, map[string]any{"sub": "victim", "sid": "victim-sid"}, nil)
 			attacker := loggedIn(t, h, map[string]any{"sub": "attacker", "sid": "attacker-sid"}, nil)
@@ -111,7 +111,7 @@ func TestAttackFrontchannelLogoutEndsOnlyTheMatchingSession(t *testing.T) {
 func TestAttackFrontchannelFloodEvictsNoSession(t *testing.T) {
 	idp := testidp.New()
 	defer idp.Close()
-	h := newTestHandler(t, idp, func(h *Handler) { h.SessionStore = "cache" })
+	h := newTestHandler(t, idp, func(h *Handler) { h.Session.Store = "cache" })
 	rs := freshSet(t, h)
 	sessions := make([]*http.Request, 50)
 	for i := range sessions {
@@ -220,7 +220,7 @@ func TestAttackLogoutFromAnotherOrigin(t *testing.T) {
 func TestAttackRPLogoutPutsNoIDTokenInAURL(t *testing.T) {
 	idp := testidp.New()
 	defer idp.Close()
-	h := newTestHandler(t, idp, func(h *Handler) { h.PostLogoutRedirectURI = "/bye" })
+	h := newTestHandler(t, idp, func(h *Handler) { h.Logout.PostLogoutRedirectURI = "/bye" })
 	freshSet(t, h)
 	const idToken = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ1In0.c2lnbmF0dXJl"
 	victim := loggedIn(t, h, map[string]any{"sub": "u"}, func(s *session.Session) { s.IDToken = idToken })
@@ -314,8 +314,8 @@ func TestAttackRevocationSetIsBounded(t *testing.T) {
 func TestAttackRevocationLivesAsLongAsTheLongestRoute(t *testing.T) {
 	idp := testidp.New()
 	defer idp.Close()
-	short := newTestHandler(t, idp, func(h *Handler) { h.SessionLifetime = caddy.Duration(time.Hour) })
-	long := newTestHandler(t, idp, func(h *Handler) { h.SessionLifetime = caddy.Duration(48 * time.Hour) })
+	short := newTestHandler(t, idp, func(h *Handler) { h.Session.Lifetime = caddy.Duration(time.Hour) })
+	long := newTestHandler(t, idp, func(h *Handler) { h.Session.Lifetime = caddy.Duration(48 * time.Hour) })
 	w := postLogoutToken(t, short, url.Values{"logout_token": {idp.Sign(logoutClaims(idp, "lifetime", func(c map[string]any) { c["sid"] = "long-sid" }))}}.Encode())
 	if w.Code != http.StatusOK {
 		t.Fatalf("back-channel logout: %d %s", w.Code, w.Body.String())

@@ -154,16 +154,16 @@ func TestAttackRPLogoutWhileTheStoreCannotReadTheSession(t *testing.T) {
 	defer idp.Close()
 	srv := redistest.Start(t, persistentValkey...)
 	a, b := newTestReplica(t, srv.Addr), newTestReplica(t, srv.Addr)
-	ha := onReplica(t, newTestHandler(t, idp, func(h *Handler) { h.SessionStore = "cache" }), a)
-	hb := onReplica(t, newTestHandler(t, idp, func(h *Handler) { h.SessionStore = "cache" }), b)
+	ha := onReplica(t, newTestHandler(t, idp, func(h *Handler) { h.Session.Store = "cache" }), a)
+	hb := onReplica(t, newTestHandler(t, idp, func(h *Handler) { h.Session.Store = "cache" }), b)
 	victim := loggedIn(t, ha, map[string]any{"sub": "u", "sid": "s"}, nil)
 	assertStatus(t, hb, victim, http.StatusOK)
 	// Replica b has not seen the session lately: it is not in b's L1.
-	id, ok := hb.cookieSessionID(victim)
+	id, ok := hb.sessions.CacheID(victim)
 	if !ok {
 		t.Fatal("no cache-store session id in the cookie")
 	}
-	_ = b.caches.l1.Delete(context.Background(), hb.storeKey(id))
+	_ = b.caches.l1.Delete(context.Background(), session.Key(hb.ns, id))
 
 	srv.Kill()
 	w, err := logoutPOST(hb, victim, map[string]string{"Origin": "http://example.com"})

@@ -31,17 +31,17 @@ func TestClaimRules(t *testing.T) {
 		claims map[string]any
 		want   int
 	}{
-		{"realm roles by nested path", func(h *Handler) { h.RolesClaim = "realm_access.roles"; h.AllowRoles = []string{"admin"} }, keycloak, 200},
-		{"client roles by nested path", func(h *Handler) { h.RolesClaim = "resource_access.my-app.roles"; h.AllowRoles = []string{"editor"} }, keycloak, 200},
-		{"client roles, missing", func(h *Handler) { h.RolesClaim = "resource_access.my-app.roles"; h.AllowRoles = []string{"admin"} }, keycloak, 403},
-		{"groups claim renamed", func(h *Handler) { h.GroupsClaim = "realm_access.roles"; h.AllowGroups = []string{"admin"} }, keycloak, 200},
-		{"domain, case-insensitive", func(h *Handler) { h.AllowDomains = []string{"corp.EXAMPLE"} }, keycloak, 200},
-		{"unverified email refused", func(h *Handler) { h.AllowDomains = []string{"corp.example"} }, unverified, 403},
-		{"unverified email accepted when not required", func(h *Handler) { h.AllowDomains = []string{"corp.example"}; h.RequireEmailVerified = &f }, unverified, 200},
-		{"CEL: department and group", func(h *Handler) { h.AllowExpression = `claims.department == "ops" && "/oncall" in claims.groups` }, keycloak, 200},
-		{"CEL: namespaced claim", func(h *Handler) { h.AllowExpression = `claims["https://example.com/tier"] == "gold"` }, keycloak, 200},
-		{"CEL: false", func(h *Handler) { h.AllowExpression = `claims.department == "finance"` }, keycloak, 403},
-		{"CEL: missing claim is a no", func(h *Handler) { h.AllowExpression = `claims.team == "x"` }, keycloak, 403},
+		{"realm roles by nested path", func(h *Handler) { h.RolesClaim = "realm_access.roles"; h.Allow.Roles = []string{"admin"} }, keycloak, 200},
+		{"client roles by nested path", func(h *Handler) { h.RolesClaim = "resource_access.my-app.roles"; h.Allow.Roles = []string{"editor"} }, keycloak, 200},
+		{"client roles, missing", func(h *Handler) { h.RolesClaim = "resource_access.my-app.roles"; h.Allow.Roles = []string{"admin"} }, keycloak, 403},
+		{"groups claim renamed", func(h *Handler) { h.GroupsClaim = "realm_access.roles"; h.Allow.Groups = []string{"admin"} }, keycloak, 200},
+		{"domain, case-insensitive", func(h *Handler) { h.Allow.Domains = []string{"corp.EXAMPLE"} }, keycloak, 200},
+		{"unverified email refused", func(h *Handler) { h.Allow.Domains = []string{"corp.example"} }, unverified, 403},
+		{"unverified email accepted when not required", func(h *Handler) { h.Allow.Domains = []string{"corp.example"}; h.Allow.RequireEmailVerified = &f }, unverified, 200},
+		{"CEL: department and group", func(h *Handler) { h.Allow.Expression = `claims.department == "ops" && "/oncall" in claims.groups` }, keycloak, 200},
+		{"CEL: namespaced claim", func(h *Handler) { h.Allow.Expression = `claims["https://example.com/tier"] == "gold"` }, keycloak, 200},
+		{"CEL: false", func(h *Handler) { h.Allow.Expression = `claims.department == "finance"` }, keycloak, 403},
+		{"CEL: missing claim is a no", func(h *Handler) { h.Allow.Expression = `claims.team == "x"` }, keycloak, 403},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -67,8 +67,8 @@ func TestClaimRules(t *testing.T) {
 		}
 	})
 	t.Run("a bad expression fails at load", func(t *testing.T) {
-		h := &Handler{Issuer: idp.Issuer, ClientID: "app", SessionSecret: []string{testSecret}, AllowExpression: `claims.x ==`}
-		if err := h.configure(caddy.Context{}, zap.NewNop()); err == nil {
+		h := &Handler{Issuer: idp.Issuer, Client: ClientConfig{ID: "app"}, Session: SessionConfig{Secrets: []string{testSecret}}, Allow: AllowPolicy{Expression: `claims.x ==`}}
+		if err := h.provision(caddy.Context{}, zap.NewNop()); err == nil {
 			t.Error("a malformed allow_expression was accepted")
 		}
 	})
@@ -79,8 +79,8 @@ func TestAuthorizationParams(t *testing.T) {
 	idp := testidp.New()
 	defer idp.Close()
 	h := newTestHandler(t, idp, func(h *Handler) {
-		h.AuthParams = map[string]string{"audience": "https://api.example.com", "acr_values": "mfa"}
-		h.Scopes = []string{"openid", "email", "offline_access"}
+		h.Login.AuthParams = map[string]string{"audience": "https://api.example.com", "acr_values": "mfa"}
+		h.Login.Scopes = []string{"openid", "email", "offline_access"}
 	})
 	_, q := startLogin(t, h, "/page?login_hint=kim@corp.example")
 	for k, want := range map[string]string{"audience": "https://api.example.com", "acr_values": "mfa",
@@ -90,14 +90,14 @@ func TestAuthorizationParams(t *testing.T) {
 		}
 	}
 	// Google: offline access is a parameter, not a scope.
-	g := &Handler{Issuer: "https://accounts.google.com", Scopes: []string{"openid", "email", "offline_access"}}
+	g := &Handler{Issuer: "https://accounts.google.com", Login: LoginConfig{Scopes: []string{"openid", "email", "offline_access"}}}
 	gq := g.authorizationParams("")
 	if gq.Get("scope") != "openid email" || gq.Get("access_type") != "offline" || gq.Get("prompt") != "consent" {
 		t.Errorf("google: %v", gq)
 	}
 	// Protocol parameters cannot be overridden.
-	bad := &Handler{Issuer: idp.Issuer, ClientID: "app", SessionSecret: []string{testSecret}, AuthParams: map[string]string{"redirect_uri": "https://evil.example"}}
-	if err := bad.configure(caddy.Context{}, zap.NewNop()); err == nil {
+	bad := &Handler{Issuer: idp.Issuer, Client: ClientConfig{ID: "app"}, Session: SessionConfig{Secrets: []string{testSecret}}, Login: LoginConfig{AuthParams: map[string]string{"redirect_uri": "https://evil.example"}}}
+	if err := bad.provision(caddy.Context{}, zap.NewNop()); err == nil {
 		t.Error("auth_param redirect_uri was accepted")
 	}
 }
@@ -105,7 +105,7 @@ func TestAuthorizationParams(t *testing.T) {
 func TestUserInfoClaims(t *testing.T) {
 	idp := testidp.New()
 	defer idp.Close()
-	h := newTestHandler(t, idp, func(h *Handler) { h.UserInfo = true; h.Header["X-Dept"] = "{http.auth.user.claims.department}" })
+	h := newTestHandler(t, idp, func(h *Handler) { h.Login.UserInfo = true; h.Header["X-Dept"] = "{http.auth.user.claims.department}" })
 	login := func(userinfoSub string) (int, *http.Cookie) {
 		idp.OnUserInfo(func(w http.ResponseWriter, r *http.Request) {
 			if !strings.HasPrefix(r.Header.Get("Authorization"), "Bearer at-") {
@@ -155,21 +155,24 @@ func TestProviderClaimShapes(t *testing.T) {
 		config   func(h *Handler)
 	}{
 		{"Keycloak realm roles", map[string]any{"sub": "s", "realm_access": map[string]any{"roles": []any{"admin"}}},
-			func(h *Handler) { h.RolesClaim = "realm_access.roles"; h.AllowRoles = []string{"admin"} }},
+			func(h *Handler) { h.RolesClaim = "realm_access.roles"; h.Allow.Roles = []string{"admin"} }},
 		{"Keycloak client roles", map[string]any{"sub": "s", "resource_access": map[string]any{"app": map[string]any{"roles": []any{"admin"}}}},
-			func(h *Handler) { h.RolesClaim = "resource_access.app.roles"; h.AllowRoles = []string{"admin"} }},
+			func(h *Handler) { h.RolesClaim = "resource_access.app.roles"; h.Allow.Roles = []string{"admin"} }},
 		{"Zitadel project roles", map[string]any{"sub": "s", "urn:zitadel:iam:org:project:roles": map[string]any{"admin": map[string]any{"123": "org.example"}}},
-			func(h *Handler) { h.RolesClaim = "urn:zitadel:iam:org:project:roles"; h.AllowRoles = []string{"admin"} }},
+			func(h *Handler) {
+				h.RolesClaim = "urn:zitadel:iam:org:project:roles"
+				h.Allow.Roles = []string{"admin"}
+			}},
 		{"Auth0 namespaced roles", map[string]any{"sub": "s", "https://example.com/roles": []any{"admin"}},
-			func(h *Handler) { h.RolesClaim = "https://example.com/roles"; h.AllowRoles = []string{"admin"} }},
+			func(h *Handler) { h.RolesClaim = "https://example.com/roles"; h.Allow.Roles = []string{"admin"} }},
 		{"Entra ID app roles", map[string]any{"sub": "s", "roles": []any{"Admin.All"}, "tid": "t"},
-			func(h *Handler) { h.AllowRoles = []string{"Admin.All"} }},
+			func(h *Handler) { h.Allow.Roles = []string{"Admin.All"} }},
 		{"Google hosted domain", map[string]any{"sub": "s", "email": "a@corp.example", "email_verified": true, "hd": "corp.example"},
-			func(h *Handler) { h.AllowExpression = `claims.hd == "corp.example"` }},
+			func(h *Handler) { h.Allow.Expression = `claims.hd == "corp.example"` }},
 		{"GitLab groups", map[string]any{"sub": "s", "groups_direct": []any{"infra/oncall"}},
-			func(h *Handler) { h.GroupsClaim = "groups_direct"; h.AllowGroups = []string{"infra/oncall"} }},
+			func(h *Handler) { h.GroupsClaim = "groups_direct"; h.Allow.Groups = []string{"infra/oncall"} }},
 		{"Okta, Authentik, Dex groups", map[string]any{"sub": "s", "groups": []any{"admins"}, "email_verified": true},
-			func(h *Handler) { h.AllowGroups = []string{"admins"} }},
+			func(h *Handler) { h.Allow.Groups = []string{"admins"} }},
 	}
 	for _, tc := range cases {
 		t.Run(tc.provider, func(t *testing.T) {

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/caddy-oidc/caddy-oidc/session"
 )
 
 // sessionInfo is what userinfo_path answers: the identity the upstream
@@ -33,26 +35,27 @@ func (h *Handler) serveSessionInfo(w http.ResponseWriter, r *http.Request) error
 		return caddyhttp.Error(http.StatusMethodNotAllowed, errors.New("session info: use GET"))
 	}
 	now := time.Now()
-	sess, _, err := h.loadSession(r, now)
-	if err != nil {
+	loaded := h.sessions.Load(r, now)
+	sess := loaded.Session
+	switch loaded.Refusal {
+	case session.Usable:
+	case session.Unavailable, session.NotReady:
 		w.Header().Set("Retry-After", "5")
-		return caddyhttp.Error(http.StatusServiceUnavailable, err)
-	}
-	if sess == nil || h.revs.ended(h.Issuer, sess) ||
-		h.refreshTooOld(sess, now) && sess.AccessExpiry != 0 && now.Unix() >= sess.AccessExpiry {
+		return caddyhttp.Error(http.StatusServiceUnavailable, errors.New("the session cannot be read right now: "+loaded.Refusal.String()))
+	default:
 		w.Header().Set("WWW-Authenticate", `Bearer realm="`+h.realm()+`"`)
 		return caddyhttp.Error(http.StatusUnauthorized, errors.New("no valid session"))
 	}
-	if !h.allowed(sess.Claims) {
+	if !h.Allow.allows(sess.Claims) {
 		return caddyhttp.Error(http.StatusForbidden, errors.New("not allowed by the allow rules"))
 	}
 	info := sessionInfo{
 		Subject: sess.Subject(), Email: claimString(sess.Claims["email"]), Name: claimString(sess.Claims["name"]),
 		Groups: h.groups(sess.Claims), Roles: h.roles(sess.Claims), Claims: sess.Claims,
-		ExpiresAt:            time.Unix(sess.Created, 0).Add(time.Duration(h.SessionLifetime)).Unix(),
+		ExpiresAt:            time.Unix(sess.Created, 0).Add(time.Duration(h.Session.Lifetime)).Unix(),
 		AccessTokenExpiresAt: sess.AccessExpiry,
 	}
-	if idle := time.Duration(h.SessionIdleTimeout); idle > 0 {
+	if idle := time.Duration(h.Session.IdleTimeout); idle > 0 {
 		info.ExpiresAt = min(info.ExpiresAt, time.Unix(sess.LastSeen, 0).Add(idle).Unix())
 	}
 	w.Header().Set("Content-Type", "application/json")

@@ -2,7 +2,6 @@ package caddyoidc
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -17,27 +16,16 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
-	"github.com/caddy-oidc/caddy-oidc/cache"
 	"github.com/caddy-oidc/caddy-oidc/internal/provider"
 	"github.com/caddy-oidc/caddy-oidc/refresh"
 	"github.com/caddy-oidc/caddy-oidc/session"
 )
 
-// errStoreUnavailable: the session may exist but the shared cache cannot
-// say; the request gets 503, the session is not touched.
-var errStoreUnavailable = errors.New("session store unavailable")
-
-// cacheIDPrefix marks the cookie payload of a session kept in the cache
-// (session_store cache, or a cookie session too large for cookies).
-const cacheIDPrefix = "id:"
-
 // Purposes of sealed values. Each is bound, with the route (issuer and
 // client), into the AEAD's associated data by Handler.bind, so a value
 // sealed for one purpose, key or route does not open as another.
 const (
-	purposeCookie        = "cookie\x00"  // + cookie name
 	purposeAttempt       = "attempt\x00" // + cookie name
-	purposeSessionValue  = "session\x00" // + cache key
 	purposeIntrospection = "token\x00"   // + cache key
 	purposeHandOff       = "handoff\x00" // + flight id
 )
@@ -54,19 +42,6 @@ func routeBinding(issuer, clientID string) string {
 func routeNamespace(issuer, clientID string) string {
 	sum := sha256.Sum256([]byte(issuer + "\x00" + clientID))
 	return hex.EncodeToString(sum[:8])
-}
-
-// cookieAAD is the associated data of the session cookie called name:
-// precomputed for the two names a route uses (it is on every request of a
-// cache-kept session).
-func (h *Handler) cookieAAD(name string) string {
-	switch name {
-	case h.CookieName:
-		return h.plainCookieAAD
-	case h.hostCookieName:
-		return h.hostCookieAAD
-	}
-	return h.bind(purposeCookie + name)
 }
 
 // bind is the associated data for sealing a value of purpose (which ends
@@ -101,172 +76,6 @@ func (h *Handler) secure(r *http.Request) bool {
 	return r.TLS != nil || h.secureDefault || h.scheme(r) == "https"
 }
 
-func (h *Handler) sessionCookieName(r *http.Request) string {
-	if h.secure(r) {
-		return h.hostCookieName
-	}
-	return h.CookieName
-}
-
-func (h *Handler) cookieOptions(r *http.Request, maxAge int) session.CookieOptions {
-	return session.CookieOptions{Secure: h.secure(r), MaxAge: maxAge, SameSite: h.sameSite}
-}
-
-func (h *Handler) cacheStore() bool { return h.SessionStore == "cache" }
-
-// storeKey is where a cache-kept session lives: a hash of its id (the id
-// itself is a bearer credential and never a key in Valkey), in this
-// route's namespace.
-func (h *Handler) storeKey(id string) string {
-	sum := sha256.Sum256([]byte(id))
-	// One concatenation (cache.Key's form): this runs on every request of a
-	// cache-kept session.
-	return cache.NSSession + ":" + h.ns + ":" + hex.EncodeToString(sum[:])
-}
-
-// cookieSessionID returns the id of the cache-kept session the request's
-// cookie names, without asking the store (logout must work while it is down).
-func (h *Handler) cookieSessionID(r *http.Request) (string, bool) {
-	name := h.sessionCookieName(r)
-	v, ok := session.ReadChunked(r, name)
-	if !ok {
-		return "", false
-	}
-	pt, _, err := h.codec.Open(h.cookieAAD(name), v)
-	if err != nil {
-		return "", false
-	}
-	return cacheRef(pt)
-}
-
-// cacheRef reads a cookie payload that names a cache-kept session.
-func cacheRef(pt []byte) (string, bool) {
-	id, ok := strings.CutPrefix(string(pt), cacheIDPrefix)
-	if !ok || len(id) < 32 {
-		return "", false
-	}
-	return id, true
-}
-
-// loadSession finds the request's session. Anything wrong with the cookie
-// (missing, tampered, truncated, of another route, expired) means no
-// session: the user logs in again. reissue is true when an older secret
-// opened it. err is errStoreUnavailable when the shared cache cannot answer.
-func (h *Handler) loadSession(r *http.Request, now time.Time) (s *session.Session, reissue bool, err error) {
-	name := h.sessionCookieName(r)
-	v, ok := session.ReadChunked(r, name)
-	if !ok {
-		return nil, false, nil
-	}
-	s, reissue, err = h.openSession(r.Context(), name, v)
-	if s == nil || err != nil {
-		return nil, false, err
-	}
-	if s.Expired(now, time.Duration(h.SessionLifetime), time.Duration(h.SessionIdleTimeout)) {
-		return nil, false, nil
-	}
-	return s, reissue, nil
-}
-
-// openSession opens the session cookie's value: the session itself, or the
-// id of a session kept in the cache.
-func (h *Handler) openSession(ctx context.Context, name, v string) (*session.Session, bool, error) {
-	if s, ok := h.decoded.Get(name, v); ok {
-		return s, false, nil
-	}
-	pt, rotated, err := h.codec.Open(h.cookieAAD(name), v)
-	if err != nil {
-		return nil, false, nil
-	}
-	if id, ok := cacheRef(pt); ok {
-		s, rotatedValue, err := h.loadCached(ctx, id)
-		return s, rotated || rotatedValue, err
-	}
-	s, err := session.Unmarshal(pt)
-	if err != nil {
-		return nil, false, nil
-	}
-	if !rotated {
-		// Cache a private copy: the caller may change s.
-		cp := *s
-		h.decoded.Put(name, v, &cp)
-	}
-	return s, rotated, nil
-}
-
-func (h *Handler) loadCached(ctx context.Context, id string) (*session.Session, bool, error) {
-	key := h.storeKey(id)
-	v, found, err := h.store.Get(ctx, key)
-	if err != nil {
-		return nil, false, errStoreUnavailable
-	}
-	if !found {
-		return nil, false, nil
-	}
-	sealed := string(v)
-	if s, ok := h.decoded.Get(key, sealed); ok {
-		s.ID = id
-		return s, false, nil
-	}
-	pt, rotated, err := h.codec.Open(h.bind(purposeSessionValue+key), sealed)
-	if err != nil {
-		return nil, false, nil
-	}
-	s, err := session.Unmarshal(pt)
-	if err != nil {
-		return nil, false, nil
-	}
-	if !rotated {
-		cp := *s
-		h.decoded.Put(key, sealed, &cp)
-	}
-	s.ID = id
-	return s, rotated, nil
-}
-
-// writeSession stores s: sealed into the session cookie, or into the
-// shared cache with only its id in the cookie (session_store cache, or a
-// session too large for cookies, such as an Entra user with hundreds of
-// groups). A cache outage keeps the session in this process's L1 (written
-// back later) and is not an error.
-func (h *Handler) writeSession(w http.ResponseWriter, r *http.Request, s *session.Session, now time.Time) error {
-	pt, err := s.Marshal()
-	if err != nil {
-		return fmt.Errorf("encoding session: %w", err)
-	}
-	name := h.sessionCookieName(r)
-	remaining := time.Unix(s.Created, 0).Add(time.Duration(h.SessionLifetime)).Sub(now)
-	opts := h.cookieOptions(r, max(int(remaining/time.Second), 1))
-	if !h.cacheStore() && s.ID == "" {
-		if session.WriteChunked(w, r, name, h.codec.Seal(h.cookieAAD(name), pt), opts) {
-			return nil
-		}
-		h.warnOnce(&h.warned.oversize, "a session is too large for cookies; keeping it in the oidc app's cache with only its id in the cookie (with the memory cache it lives in this process only: configure valkey for several replicas)",
-			zap.Int("session_bytes", len(pt)))
-	}
-	if s.ID == "" {
-		b := make([]byte, 16) // 128 bits
-		rand.Read(b)
-		s.ID = hex.EncodeToString(b)
-	}
-	key := h.storeKey(s.ID)
-	if err := h.store.Set(r.Context(), key, []byte(h.codec.Seal(h.bind(purposeSessionValue+key), pt)), max(remaining, time.Second)); err != nil {
-		h.logger.Warn("session kept in this process only: the shared cache is unavailable", zap.Error(err))
-	}
-	session.WriteChunked(w, r, name, h.codec.Seal(h.cookieAAD(name), []byte(cacheIDPrefix+s.ID)), opts)
-	return nil
-}
-
-// endSession removes the session everywhere this handler can reach.
-func (h *Handler) endSession(w http.ResponseWriter, r *http.Request, s *session.Session) {
-	session.ClearChunked(w, r, h.sessionCookieName(r), h.cookieOptions(r, 0))
-	if s != nil && s.ID != "" {
-		if err := h.store.Delete(context.WithoutCancel(r.Context()), h.storeKey(s.ID)); err != nil {
-			h.logger.Warn("deleting the session from the shared cache failed", zap.Error(err))
-		}
-	}
-}
-
 // refreshResult is what one refresh grant yields, shared by every request
 // that waited for it (on this replica, or on another through a hand-off).
 type refreshResult struct {
@@ -279,16 +88,11 @@ type refreshResult struct {
 	at       time.Time
 }
 
+// needsRefresh reports a session whose access token is due for a refresh
+// (refresh_before ahead of its expiry) with a refresh token still usable.
 func (h *Handler) needsRefresh(s *session.Session, now time.Time) bool {
-	return s.RefreshToken != "" && s.AccessExpiry != 0 && !h.refreshTooOld(s, now) &&
-		now.Add(time.Duration(h.RefreshBefore)).Unix() >= s.AccessExpiry
-}
-
-// refreshTooOld reports a refresh token past refresh_token_max_age: it is
-// not spent any more, and the session ends with its access token.
-func (h *Handler) refreshTooOld(s *session.Session, now time.Time) bool {
-	maxAge := time.Duration(h.RefreshTokenMaxAge)
-	return maxAge > 0 && s.RefreshToken != "" && now.Sub(time.Unix(s.RefreshIssued, 0)) > maxAge
+	return s.RefreshToken != "" && s.AccessExpiry != 0 && !s.RefreshTokenTooOld(time.Duration(h.Session.RefreshTokenMaxAge), now) &&
+		now.Add(time.Duration(h.Session.RefreshBefore)).Unix() >= s.AccessExpiry
 }
 
 // refresh spends the session's refresh token through the app's coordinator,
@@ -327,7 +131,7 @@ func (h *Handler) grant(ctx context.Context, rt, sub string) (res *refreshResult
 		h.logger.Info("refresh", zap.String("sub", sub), zap.String("outcome", outcome),
 			zap.Duration("took", time.Since(start)), zap.Error(err))
 	}()
-	tr, err := h.prov.Refresh(ctx, h.client, rt)
+	tr, err := h.rp.Refresh(ctx, rt)
 	if err != nil {
 		return nil, err
 	}
@@ -335,9 +139,7 @@ func (h *Handler) grant(ctx context.Context, rt, sub string) (res *refreshResult
 	if tr.IDToken != "" {
 		// Core §12.2: a refreshed ID token must be about the same user, from
 		// the same issuer (VerifyIDToken checks iss).
-		claims, err := h.prov.VerifyIDToken(ctx, tr.IDToken, provider.VerifyOptions{
-			ClientID: h.ClientID, Subject: sub, ClockSkew: time.Duration(h.ClockSkew), FromTokenEndpoint: true,
-		})
+		claims, err := h.rp.VerifyRefreshedIDToken(ctx, tr.IDToken, sub)
 		switch {
 		case err == nil:
 			res.claims = claims
@@ -354,8 +156,8 @@ func (h *Handler) grant(ctx context.Context, rt, sub string) (res *refreshResult
 			return nil, err
 		}
 	}
-	if h.UserInfo {
-		ui, err := h.prov.UserInfo(ctx, tr.AccessToken, sub)
+	if h.Login.UserInfo {
+		ui, err := h.rp.UserInfo(ctx, tr.AccessToken, sub)
 		if err != nil {
 			h.logger.Warn("userinfo not refreshed; the session keeps its earlier claims", zap.String("sub", sub), zap.Error(err))
 		}

@@ -108,3 +108,9 @@ func (s *Session) Expired(now time.Time, lifetime, idle time.Duration) bool {
 	}
 	return false
 }
+
+// RefreshTokenTooOld reports a refresh token past maxAge (zero: no limit):
+// it is not spent any more, and the session ends with its access token.
+func (s *Session) RefreshTokenTooOld(maxAge time.Duration, now time.Time) bool {
+	return maxAge > 0 && s.RefreshToken != "" && now.Sub(time.Unix(s.RefreshIssued, 0)) > maxAge
+}

@@ -35,6 +35,9 @@ type VerifyOptions struct {
 	// untrusted input has spent, and a key it cannot find is ErrUnavailable
 	// (our key set is behind), never ErrInvalidToken.
 	FromTokenEndpoint bool
+	// Now is the clock exp, nbf and the iat age are checked against.
+	// Default: time.Now.
+	Now func() time.Time
 }
 
 // asymmetric lists the signature algorithms the module accepts. Symmetric
@@ -50,9 +53,14 @@ func (p *Provider) VerifyIDToken(ctx context.Context, raw string, o VerifyOption
 	if err != nil {
 		return nil, err
 	}
+	now := o.Now
+	if now == nil {
+		now = time.Now
+	}
 	tok, err := jwt.Parse([]byte(raw),
 		withKey,
 		jwt.WithValidate(true),
+		jwt.WithClock(jwt.ClockFunc(now)),
 		jwt.WithAudience(o.ClientID),
 		jwt.WithAcceptableSkew(o.ClockSkew),
 		jwt.WithRequiredClaim("iat"),
@@ -66,8 +74,8 @@ func (p *Provider) VerifyIDToken(ctx context.Context, raw string, o VerifyOption
 	if maxAge <= 0 {
 		maxAge = 10*time.Minute + o.ClockSkew
 	}
-	if time.Since(tok.IssuedAt()) > maxAge {
-		return nil, fmt.Errorf("ID token was issued %s ago: %w", time.Since(tok.IssuedAt()).Round(time.Second), ErrInvalidToken)
+	if age := now().Sub(tok.IssuedAt()); age > maxAge {
+		return nil, fmt.Errorf("ID token was issued %s ago: %w", age.Round(time.Second), ErrInvalidToken)
 	}
 	claims, err := tok.AsMap(ctx)
 	if err != nil {

@@ -1,0 +1,118 @@
+package caddyoidc
+
+import "github.com/caddyserver/caddy/v2"
+
+// The handler's configuration is grouped by what each part is about, as
+// reverseproxy groups load_balancing and health_checks. Every field keeps
+// the name of its Caddyfile subdirective, so `caddy adapt` output reads
+// like the Caddyfile it came from; the Caddyfile itself stays flat.
+
+// ClientConfig is this application as registered at the IdP.
+type ClientConfig struct {
+	// The client id registered at the IdP. Required.
+	ID string `json:"client_id,omitempty"`
+	// The client secret, for the token, revocation and introspection
+	// endpoints. Empty makes a public client that relies on PKCE alone.
+	// Placeholders such as {env.OIDC_CLIENT_SECRET} are resolved at load.
+	Secret string `json:"client_secret,omitempty"`
+	// How the module authenticates at the IdP's endpoints:
+	// client_secret_basic, client_secret_post, private_key_jwt (RFC 7523)
+	// or none (a public client with PKCE). Default: private_key_jwt with
+	// client_private_key, none without a secret, else client_secret_basic
+	// unless the IdP offers only client_secret_post.
+	AuthMethod string `json:"client_auth_method,omitempty"`
+	// A PEM file with the private key for private_key_jwt (RSA, EC or Ed25519).
+	PrivateKey string `json:"client_private_key,omitempty"`
+	// The kid of the private_key_jwt key, as registered at the IdP.
+	KeyID string `json:"client_key_id,omitempty"`
+	// The algorithm of private_key_jwt assertions. Default: RS256 for RSA
+	// keys, ES256 for EC, EdDSA for Ed25519.
+	KeyAlg string `json:"client_key_alg,omitempty"`
+}
+
+// LoginConfig is what the module asks of the IdP when a user logs in.
+type LoginConfig struct {
+	// Where the IdP sends the user back. A path is taken on the request's
+	// own host. Default: /oauth2/callback.
+	RedirectURI string `json:"redirect_uri,omitempty"`
+	// The scopes requested. Must include openid. Add offline_access to get
+	// a refresh token from most IdPs. Default: openid profile email.
+	Scopes []string `json:"scopes,omitempty"`
+	// Extra parameters of the authorization request: prompt, acr_values,
+	// audience (Auth0), resource, hd (Google)... A login_hint query
+	// parameter of the request that starts the login is passed on.
+	AuthParams map[string]string `json:"auth_params,omitempty"`
+	// Fetch the UserInfo endpoint at login and on refresh, and add the
+	// claims the ID token lacks (some IdPs put only sub in the ID token).
+	// Its sub must match. Default: off.
+	UserInfo bool `json:"userinfo,omitempty"`
+}
+
+// SessionConfig is how sessions are kept and how long they live.
+type SessionConfig struct {
+	// The secrets that seal sessions. The first seals; all of them open, so
+	// an older secret listed after the new one keeps sessions alive during
+	// a rotation. Each at least 32 bytes. Required.
+	Secrets []string `json:"session_secret,omitempty"`
+	// Where sessions live: "cookie" (the whole session in encrypted,
+	// chunked cookies) or "cache" (an opaque id in the cookie, the session,
+	// encrypted, in the oidc app's shared cache, so any replica sharing the
+	// Valkey serves it). Default: cookie.
+	Store string `json:"session_store,omitempty"`
+	// A session's absolute lifetime. Default: 24h.
+	Lifetime caddy.Duration `json:"session_lifetime,omitempty"`
+	// Ends a session unused for this long. Default: 0 (no idle limit).
+	IdleTimeout caddy.Duration `json:"session_idle_timeout,omitempty"`
+	// Refresh the access token this long before it expires. Default: 60s.
+	RefreshBefore caddy.Duration `json:"refresh_before,omitempty"`
+	// Stop using a refresh token this long after it was received: the
+	// session then ends when its access token expires, and the user logs in
+	// again. Default: 0 (as long as the IdP accepts it).
+	RefreshTokenMaxAge caddy.Duration `json:"refresh_token_max_age,omitempty"`
+	// The session cookie's name; on HTTPS it gets the __Host- prefix.
+	// Login-attempt cookies are named <cookie_name>_state_<id>.
+	// Default: oidc_session.
+	CookieName string `json:"cookie_name,omitempty"`
+	// The session cookie's SameSite attribute: lax, strict or none. none is
+	// needed only for front-channel logout, whose iframe is cross-site; it
+	// requires HTTPS and lets every cross-site request carry the session.
+	// Default: lax.
+	CookieSameSite string `json:"cookie_samesite,omitempty"`
+}
+
+// LogoutConfig is how sessions end: by the user, and by the IdP.
+type LogoutConfig struct {
+	// Ends the session and logs out at the IdP (POST, or a same-origin GET).
+	// Default: /oauth2/logout.
+	Path string `json:"logout_path,omitempty"`
+	// Where the IdP sends the user after logout; a path is taken on the
+	// request's host. Default: none (the IdP's own page).
+	PostLogoutRedirectURI string `json:"post_logout_redirect_uri,omitempty"`
+	// Receives OpenID Connect Back-Channel Logout tokens from the IdP
+	// (register <origin><path> as the client's backchannel_logout_uri).
+	// Default: /oauth2/backchannel_logout.
+	BackchannelPath string `json:"backchannel_logout_path,omitempty"`
+	// Loaded by the IdP in an iframe with iss and sid (OpenID Connect
+	// Front-Channel Logout; register it as the client's
+	// frontchannel_logout_uri). Default: /oauth2/frontchannel_logout.
+	FrontchannelPath string `json:"frontchannel_logout_path,omitempty"`
+	// How RP logout sends the browser to the IdP's end_session endpoint:
+	// "post", a self-submitting form carrying id_token_hint (the ID token
+	// never goes into a URL); or "get", a redirect with client_id and
+	// logout_hint but no ID token, for IdPs that accept only GET there.
+	// Default: post.
+	EndSessionMethod string `json:"end_session_method,omitempty"`
+}
+
+// BearerConfig accepts `Authorization: Bearer` access tokens from API
+// clients: JWTs are verified against the IdP's keys, opaque tokens are
+// introspected (RFC 7662). A bearer request never creates a session.
+// Present (even empty) turns bearer tokens on.
+type BearerConfig struct {
+	// The audiences an access token may carry. Default: the client_id.
+	Audience []string `json:"bearer_audience,omitempty"`
+	// Overrides the discovery document's introspection endpoint, for IdPs
+	// that serve RFC 7662 elsewhere (Ory Hydra: its admin API's
+	// /admin/oauth2/introspect, which must stay private).
+	IntrospectionEndpoint string `json:"introspection_endpoint,omitempty"`
+}
