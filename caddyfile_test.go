@@ -5,8 +5,8 @@ import (
 	"encoding/json"
 	"flag"
 	"os"
-	"reflect"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
