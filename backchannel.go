@@ -163,7 +163,7 @@ func (h *Handler) serveFrontchannelLogout(w http.ResponseWriter, r *http.Request
 	default:
 		h.sessions.Clear(w, r, sess)
 		if err := h.revs.revoke(r.Context(), revokeSession, h.Issuer, sess.LocalID, now, time.Duration(h.Session.Lifetime), fromSession); err != nil {
-			h.logger.Warn("front-channel logout: copies of this session's cookie stay valid", zap.String("sub", sess.Subject()), zap.Error(err))
+			h.warned.logoutDegraded.Warn(h.logger, "front-channel logout: copies of this session's cookie stay valid", zap.String("sub", sess.Subject()), zap.Error(err))
 		}
 		h.logger.Info("logout", zap.String("kind", "frontchannel"), zap.String("sub", sess.Subject()))
 	}

@@ -149,8 +149,9 @@ type Handler struct {
 // otherwise be logged on every request.
 type warnings struct {
 	noRefreshToken, untrustedProxy atomic.Bool
-	// refreshFailed fires per request while the IdP is down.
-	refreshFailed lograte.Limit
+	// These fire per request (or per login, refresh or logout) while the
+	// IdP or Valkey is down: one line per interval, with a count.
+	refreshFailed, refreshDegraded, userinfoFailed, logoutDegraded lograte.Limit
 }
 
 // headerRule is one `header` line. userKey is set when the value is

@@ -17,6 +17,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/caddy-oidc/caddy-oidc/cache"
 	"github.com/caddy-oidc/caddy-oidc/internal/provider"
@@ -194,6 +195,24 @@ func safeReturnTo(s string) string {
 // parameter and the ID token, then sets the session cookie and sends the
 // user to the page first asked for.
 func (h *Handler) serveCallback(w http.ResponseWriter, r *http.Request) error {
+	err := h.callback(w, r)
+	if err != nil {
+		// Why a login failed (state, iss, code exchange, which ID token
+		// check): what an operator needs when a user cannot get in.
+		if c := h.logger.Check(zapcore.DebugLevel, "login failed at the callback"); c != nil {
+			status := http.StatusInternalServerError
+			if he, ok := err.(caddyhttp.HandlerError); ok {
+				status = he.StatusCode
+			}
+			c.Write(zap.Int("status", status), zap.Error(err))
+		}
+	}
+	return err
+}
+
+// callback completes a login: it checks the response against its login
+// attempt, redeems the code, verifies the ID token and starts the session.
+func (h *Handler) callback(w http.ResponseWriter, r *http.Request) error {
 	w.Header().Set("Cache-Control", "no-store")
 	if r.Method != http.MethodGet {
 		return caddyhttp.Error(http.StatusMethodNotAllowed, errors.New("callback: method not allowed"))
@@ -297,7 +316,7 @@ func (h *Handler) serveCallback(w http.ResponseWriter, r *http.Request) error {
 		case errors.Is(err, provider.ErrInvalidToken):
 			return caddyhttp.Error(http.StatusUnauthorized, fmt.Errorf("callback: %w", err))
 		case err != nil:
-			h.logger.Warn("userinfo unavailable; the session has the ID token's claims only", zap.Error(err))
+			h.warned.userinfoFailed.Warn(h.logger, "userinfo unavailable; the session has the ID token's claims only", zap.Error(err))
 		}
 		for k, v := range extra {
 			if _, has := claims[k]; !has && !slices.Contains(session.ProtocolClaims, k) && k != "email_verified" {

@@ -105,14 +105,14 @@ func (h *Handler) logout(w http.ResponseWriter, r *http.Request) error {
 		}
 	} else if sess != nil {
 		if err := h.revs.revoke(r.Context(), revokeSession, h.Issuer, sess.LocalID, now, time.Duration(h.Session.Lifetime), fromSession); err != nil {
-			h.logger.Warn("logout: copies of this session's cookie stay valid", zap.String("sub", sess.Subject()), zap.Error(err))
+			h.warned.logoutDegraded.Warn(h.logger, "logout: copies of this session's cookie stay valid", zap.String("sub", sess.Subject()), zap.Error(err))
 		}
 		h.logger.Info("logout", zap.String("kind", "rp"), zap.String("sub", sess.Subject()))
 		if sess.RefreshToken != "" {
 			// RFC 7009, best effort: the session is already gone locally.
 			ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 3*time.Second)
 			if err := h.rp.Revoke(ctx, sess.RefreshToken, "refresh_token"); err != nil {
-				h.logger.Warn("revoking the refresh token at logout failed", zap.Error(err))
+				h.warned.logoutDegraded.Warn(h.logger, "revoking the refresh token at logout failed", zap.Error(err))
 			}
 			cancel()
 		}
@@ -122,7 +122,7 @@ func (h *Handler) logout(w http.ResponseWriter, r *http.Request) error {
 		// it is read again.
 		if id, ok := h.sessions.CacheID(r); ok {
 			if err := h.revs.revoke(r.Context(), revokeCacheID, h.Issuer, cacheIDHash(id), now, time.Duration(h.Session.Lifetime), fromSession); err != nil {
-				h.logger.Warn("logout while the session store is unavailable could not be recorded", zap.Error(err))
+				h.warned.logoutDegraded.Warn(h.logger, "logout while the session store is unavailable could not be recorded", zap.Error(err))
 			} else {
 				ended = true
 				h.logger.Info("logout", zap.String("kind", "rp"), zap.String("session", cacheIDHash(id)[:12]),
