@@ -152,7 +152,7 @@ func (h *Handler) serveBearer(w http.ResponseWriter, r *http.Request, next caddy
 	if exp, ok := claims["exp"].(float64); ok {
 		tokens.AccessExpiry = int64(exp)
 	}
-	h.setIdentity(r, claims, tokens)
+	h.identity.set(r, claims, tokens)
 	h.sessions.StripCookies(r)
 	return next.ServeHTTP(w, r)
 }

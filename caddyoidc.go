@@ -5,6 +5,7 @@
 package caddyoidc
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -131,13 +132,9 @@ type Handler struct {
 	callbackPath   string
 	absRedirect    bool
 	exclude        caddyhttp.MatchPath
-	headers        []headerRule
-	// identityHeaders are the configured header names, lowercased with
-	// '_' and '.' read as '-': a client header equal to one of them after
-	// that mapping is removed (CGI and FastCGI map all three alike).
-	identityHeaders []string
-	secureDefault   bool
-	sameSite        http.SameSite
+	identity       identity
+	secureDefault  bool
+	sameSite       http.SameSite
 	// route binds sealed values to this issuer and client; ns names this
 	// route's keys in the shared cache.
 	route, ns string
@@ -153,11 +150,6 @@ type warnings struct {
 	// IdP or Valkey is down: one line per interval, with a count.
 	refreshFailed, refreshDegraded, userinfoFailed, logoutDegraded lograte.Limit
 }
-
-// headerRule is one `header` line. userKey is set when the value is
-// exactly one {http.auth.user.*} placeholder, which is then rendered
-// directly instead of through the replacer (the common case, and cheaper).
-type headerRule struct{ name, value, userKey string }
 
 // CaddyModule returns the Caddy module information.
 func (Handler) CaddyModule() caddy.ModuleInfo {
@@ -225,7 +217,7 @@ func (h *Handler) provision(ctx caddy.Context, logger *zap.Logger) error {
 	h.bearers = newBearerCache(bearerCacheSize)
 	h.introspections = newIntrospector()
 	h.exchanges = make(chan struct{}, maxConcurrentExchanges)
-	if err := h.Allow.provision(h.groupsClaim(), h.rolesClaim()); err != nil {
+	if err := h.Allow.provision(cmp.Or(h.GroupsClaim, "groups"), cmp.Or(h.RolesClaim, "roles")); err != nil {
 		return err
 	}
 	if h.Bearer != nil {
@@ -247,16 +239,7 @@ func (h *Handler) provision(ctx caddy.Context, logger *zap.Logger) error {
 		}
 		h.client.Key = key
 	}
-	h.headers, h.identityHeaders = nil, nil
-	for name, value := range h.Header {
-		h.identityHeaders = append(h.identityHeaders, headerIdentity(name))
-		hr := headerRule{name: http.CanonicalHeaderKey(name), value: value}
-		if k, ok := strings.CutPrefix(value, "{"+userPrefix); ok && strings.HasSuffix(k, "}") && !strings.ContainsAny(k[:len(k)-1], "{}") {
-			hr.userKey = k[:len(k)-1]
-		}
-		h.headers = append(h.headers, hr)
-	}
-	slices.SortFunc(h.headers, func(a, b headerRule) int { return strings.Compare(a.name, b.name) })
+	h.identity = newIdentity(h.Header, h.GroupsClaim, h.RolesClaim)
 	if len(h.Exclude) > 0 {
 		h.exclude = caddyhttp.MatchPath(h.Exclude)
 		if err := h.exclude.Provision(ctx); err != nil {
@@ -551,7 +534,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	defer h.app.release()
 	// Identity headers are the module's to set: a client-sent copy must never
 	// reach the upstream, on any path.
-	h.stripIdentityHeaders(r)
+	h.identity.strip(r)
 	// Nor the module's cookies: error paths hand this request to
 	// handle_errors routes, which may proxy it.
 	defer h.sessions.StripCookies(r)
@@ -632,7 +615,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			return caddyhttp.Error(http.StatusInternalServerError, err)
 		}
 	}
-	h.setIdentity(r, sess.Claims, sess)
+	h.identity.set(r, sess.Claims, sess)
 	h.sessions.StripCookies(r)
 	return next.ServeHTTP(w, r)
 }

@@ -1,6 +1,7 @@
 package caddyoidc
 
 import (
+	"cmp"
 	"encoding/json"
 	"net/http"
 	"slices"
@@ -13,6 +14,39 @@ import (
 )
 
 const userPrefix = "http.auth.user."
+
+// identity is what the upstream learns about the user: the
+// {http.auth.user.*} placeholders and the configured headers, and the
+// client-sent copies of those headers it removes.
+type identity struct {
+	groupsClaim, rolesClaim string
+	headers                 []headerRule
+	// spellings are the configured header names, lowercased with '_' and
+	// '.' read as '-': a client header equal to one of them after that
+	// mapping is removed (CGI and FastCGI map all three alike).
+	spellings []string
+}
+
+// headerRule is one `header` line. userKey is set when the value is
+// exactly one {http.auth.user.*} placeholder, which is then rendered
+// directly instead of through the replacer (the common case, and cheaper).
+type headerRule struct{ name, value, userKey string }
+
+// newIdentity prepares the header lines and the claims groups and roles
+// are read from (groups and roles unless configured).
+func newIdentity(header map[string]string, groupsClaim, rolesClaim string) identity {
+	id := identity{groupsClaim: cmp.Or(groupsClaim, "groups"), rolesClaim: cmp.Or(rolesClaim, "roles")}
+	for name, value := range header {
+		id.spellings = append(id.spellings, headerIdentity(name))
+		hr := headerRule{name: http.CanonicalHeaderKey(name), value: value}
+		if k, ok := strings.CutPrefix(value, "{"+userPrefix); ok && strings.HasSuffix(k, "}") && !strings.ContainsAny(k[:len(k)-1], "{}") {
+			hr.userKey = k[:len(k)-1]
+		}
+		id.headers = append(id.headers, hr)
+	}
+	slices.SortFunc(id.headers, func(a, b headerRule) int { return strings.Compare(a.name, b.name) })
+	return id
+}
 
 // headerIdentity is how CGI, FastCGI (PHP), WSGI and Rack stacks see a
 // header name: case-insensitive, with '_' and '.' read as '-' (all three
@@ -35,15 +69,15 @@ func headerIdentity(name string) string {
 // with '_' or '.' (which Caddy forwards when expected_underscore_headers or
 // expected_dot_headers allow them). Only names with those characters need
 // the slower comparison.
-func (h *Handler) stripIdentityHeaders(r *http.Request) {
-	for _, hr := range h.headers {
+func (id *identity) strip(r *http.Request) {
+	for _, hr := range id.headers {
 		r.Header.Del(hr.name)
 	}
-	if len(h.identityHeaders) == 0 {
+	if len(id.spellings) == 0 {
 		return
 	}
 	for name := range r.Header {
-		if strings.ContainsAny(name, "_.") && slices.Contains(h.identityHeaders, headerIdentity(name)) {
+		if strings.ContainsAny(name, "_.") && slices.Contains(id.spellings, headerIdentity(name)) {
 			delete(r.Header, name)
 		}
 	}
@@ -59,7 +93,7 @@ func (l ClaimList) String() string { return strings.Join(l, ",") }
 // The values are computed when a placeholder is used, not per request.
 // tokens carries the session's current (refreshed) tokens for the token
 // placeholders; nil leaves them empty.
-func (h *Handler) setIdentity(r *http.Request, claims map[string]any, tokens *session.Session) {
+func (id *identity) set(r *http.Request, claims map[string]any, tokens *session.Session) {
 	repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	if !ok {
 		return
@@ -68,12 +102,12 @@ func (h *Handler) setIdentity(r *http.Request, claims map[string]any, tokens *se
 		if !strings.HasPrefix(key, userPrefix) {
 			return nil, false
 		}
-		return h.userPlaceholder(claims, tokens, key[len(userPrefix):])
+		return id.placeholder(claims, tokens, key[len(userPrefix):])
 	})
-	for _, hr := range h.headers {
+	for _, hr := range id.headers {
 		var v string
 		if hr.userKey != "" {
-			if val, ok := h.userPlaceholder(claims, tokens, hr.userKey); ok {
+			if val, ok := id.placeholder(claims, tokens, hr.userKey); ok {
 				v = caddy.ToString(val)
 			}
 		} else {
@@ -85,7 +119,7 @@ func (h *Handler) setIdentity(r *http.Request, claims map[string]any, tokens *se
 	}
 }
 
-func (h *Handler) userPlaceholder(claims map[string]any, tokens *session.Session, key string) (any, bool) {
+func (id *identity) placeholder(claims map[string]any, tokens *session.Session, key string) (any, bool) {
 	switch key {
 	case "access_token", "id_token", "access_token_expiry":
 		// The tokens reach the upstream only through placeholders the
@@ -108,9 +142,9 @@ func (h *Handler) userPlaceholder(claims map[string]any, tokens *session.Session
 	case "email", "name":
 		return claimString(claims[key]), true
 	case "groups":
-		return h.groups(claims), true
+		return id.groups(claims), true
 	case "roles":
-		return h.roles(claims), true
+		return id.roles(claims), true
 	}
 	if path, ok := strings.CutPrefix(key, "claims."); ok {
 		v, found := lookupClaim(claims, path)
@@ -234,26 +268,12 @@ func intersects(have ClaimList, want []string) bool {
 
 // groups and roles read the configured claims (groups_claim, roles_claim),
 // which may be nested paths such as realm_access.roles.
-func (h *Handler) groups(claims map[string]any) ClaimList {
-	v, _ := lookupClaim(claims, h.groupsClaim())
+func (id *identity) groups(claims map[string]any) ClaimList {
+	v, _ := lookupClaim(claims, id.groupsClaim)
 	return claimList(v)
 }
 
-func (h *Handler) roles(claims map[string]any) ClaimList {
-	v, _ := lookupClaim(claims, h.rolesClaim())
+func (id *identity) roles(claims map[string]any) ClaimList {
+	v, _ := lookupClaim(claims, id.rolesClaim)
 	return claimList(v)
-}
-
-func (h *Handler) groupsClaim() string {
-	if h.GroupsClaim != "" {
-		return h.GroupsClaim
-	}
-	return "groups"
-}
-
-func (h *Handler) rolesClaim() string {
-	if h.RolesClaim != "" {
-		return h.RolesClaim
-	}
-	return "roles"
 }

@@ -329,7 +329,7 @@ func (h *Handler) callback(w http.ResponseWriter, r *http.Request) error {
 			}
 		}
 	}
-	if names, ok := claims["_claim_names"].(map[string]any); ok && names[h.groupsClaim()] != nil {
+	if names, ok := claims["_claim_names"].(map[string]any); ok && names[h.identity.groupsClaim] != nil {
 		// Entra ID's groups overage: too many groups to put in the token.
 		h.logger.Warn("the IdP left the groups out of the ID token (Entra ID groups overage); allow_groups cannot see them: emit only groups assigned to the application, or use app roles",
 			zap.String("sub", claimString(claims["sub"])))

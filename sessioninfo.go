@@ -51,7 +51,7 @@ func (h *Handler) serveSessionInfo(w http.ResponseWriter, r *http.Request) error
 	}
 	info := sessionInfo{
 		Subject: sess.Subject(), Email: claimString(sess.Claims["email"]), Name: claimString(sess.Claims["name"]),
-		Groups: h.groups(sess.Claims), Roles: h.roles(sess.Claims), Claims: sess.Claims,
+		Groups: h.identity.groups(sess.Claims), Roles: h.identity.roles(sess.Claims), Claims: sess.Claims,
 		ExpiresAt:            time.Unix(sess.Created, 0).Add(time.Duration(h.Session.Lifetime)).Unix(),
 		AccessTokenExpiresAt: sess.AccessExpiry,
 	}
