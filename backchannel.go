@@ -87,7 +87,7 @@ func (h *Handler) serveBackchannelLogout(w http.ResponseWriter, r *http.Request)
 	// for as long as the token could be accepted.
 	sum := sha256.Sum256([]byte(h.Issuer + "|" + lt.JTI))
 	replay := "checked"
-	fresh, err := h.app.addOnce(context.WithoutCancel(r.Context()), cache.Key("jti", hex.EncodeToString(sum[:])), 2*(logoutTokenMaxAge+time.Duration(h.ClockSkew)))
+	fresh, err := h.app.addOnce(context.WithoutCancel(r.Context()), cache.ReplayKey(h.ns, hex.EncodeToString(sum[:])), 2*(logoutTokenMaxAge+time.Duration(h.ClockSkew)))
 	switch {
 	case err != nil:
 		replay = "unavailable"

@@ -27,7 +27,7 @@ func testL1(h *Handler) *cache.Memory { return h.app.caches.l1 }
 // testOwnRevocations gives a cache set a revocation set of its own instead
 // of the process's, as if it were another replica's.
 func testOwnRevocations(set *cacheSet) {
-	set.revs.detach(set.hybrid)
+	set.revs.detach(set.shared)
 	set.revs = newRevocations()
-	set.revs.attach(set.hybrid)
+	set.revs.attach(set.shared)
 }

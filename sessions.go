@@ -119,9 +119,7 @@ func (h *Handler) cacheStore() bool { return h.SessionStore == "cache" }
 // route's namespace.
 func (h *Handler) storeKey(id string) string {
 	sum := sha256.Sum256([]byte(id))
-	// One concatenation (cache.Key's form): this runs on every request of a
-	// cache-kept session.
-	return cache.NSSession + ":" + h.ns + ":" + hex.EncodeToString(sum[:])
+	return cache.SessionKey(h.ns, hex.EncodeToString(sum[:]))
 }
 
 // cookieSessionID returns the id of the cache-kept session the request's

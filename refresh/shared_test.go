@@ -208,7 +208,7 @@ func TestDeadLeaderIsTakenOver(t *testing.T) {
 	b := newNode(t, addr, p, lease)
 	// A leader took the lease and died (kill -9): nobody releases it.
 	sum := sha256.Sum256([]byte("rt-x"))
-	if ok, err := b.h.TryLease(context.Background(), "lease:{"+hex.EncodeToString(sum[:])+"}", "dead-leader", lease); !ok || err != nil {
+	if ok, err := b.h.TryLease(context.Background(), cache.LeaseKey(hex.EncodeToString(sum[:])), "dead-leader", lease); !ok || err != nil {
 		t.Fatalf("taking the lease: %v %v", ok, err)
 	}
 	server := newIdP(0)
