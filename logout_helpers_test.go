@@ -11,8 +11,9 @@ import (
 func freshSet(t testing.TB, hs ...*Handler) *revocations {
 	t.Helper()
 	rs := newRevocations()
-	rs.attach(nil)
-	t.Cleanup(func() { rs.detach(nil) })
+	local := cache.NewLocal(cache.NewMemory(1<<20, 1000, nil), cache.NewMemory(1<<20, 1000, nil))
+	rs.attach(local)
+	t.Cleanup(func() { rs.detach(local) })
 	for _, h := range hs {
 		h.revs = rs
 	}
