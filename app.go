@@ -46,8 +46,12 @@ var (
 	currentApp atomic.Pointer[App]
 )
 
-// nsAttempt names login attempts already used (their state's hash).
-const nsAttempt = "att"
+// sessionsCreated counts logins of the process, whatever its cache
+// configs: a counter of the app, not of a cache.
+var sessionsCreated = prometheus.NewCounter(prometheus.CounterOpts{
+	Name: "caddy_oidc_sessions_created_total",
+	Help: "Sessions created at login.",
+})
 
 // Defaults and bounds of the app's configuration.
 const (
@@ -134,11 +138,15 @@ type CacheConfig struct {
 
 // cacheSet is one cache backend's live state.
 type cacheSet struct {
-	store  cache.Store
+	// backend is the config's: "memory" or "valkey".
+	backend string
+	// shared is the backend: in memory, one process; with Valkey, every
+	// replica of the deployment.
+	shared cache.Shared
 	l1     *cache.Memory
-	hybrid *cache.Hybrid // nil for memory only
-	// replay records used login attempts (and, with memory alone, logout
-	// token ids) apart from l1.
+	// replay records used login attempts and logout token ids apart from
+	// l1 (so they never evict a session): the memory backend's records,
+	// and the fallback of Valkey's while it cannot answer.
 	replay *cache.Memory
 	// predecessor is the Valkey-backed set that served before a reload
 	// changed the cache block: until this set's first connection, reads it
@@ -150,11 +158,22 @@ type cacheSet struct {
 }
 
 func (c *cacheSet) Destruct() error {
-	c.revs.detach(c.hybrid)
-	if c.hybrid != nil {
-		c.hybrid.Close()
-	}
+	c.revs.detach(c.shared)
+	c.shared.Close()
 	return nil
+}
+
+// health is the backend's state for health_path: "memory", or "ok" and
+// "down" for Valkey.
+func (c *cacheSet) health() string {
+	switch {
+	case c.backend == backendMemory:
+		return "memory"
+	case c.shared.Healthy():
+		return "ok"
+	default:
+		return "down"
+	}
 }
 
 // CaddyModule returns the Caddy module information.
@@ -194,8 +213,8 @@ func (a *App) Provision(ctx caddy.Context) error {
 	a.cacheKey = string(keyJSON)
 	v, _, err := cacheSets.LoadOrNew(a.cacheKey, func() (caddy.Destructor, error) {
 		set, err := newCacheSet(cfg)
-		if err == nil && set.hybrid != nil {
-			if cur := currentApp.Load(); cur != nil && cur.caches != nil && cur.caches.hybrid != nil {
+		if err == nil && set.backend == backendValkey {
+			if cur := currentApp.Load(); cur != nil && cur.caches != nil && cur.caches.backend == backendValkey {
 				set.predecessor.Store(cur.caches)
 			}
 		}
@@ -207,8 +226,10 @@ func (a *App) Provision(ctx caddy.Context) error {
 	a.caches = v.(*cacheSet)
 	a.l1Limits = [2]int64{cfg.L1MaxBytes, int64(cfg.L1MaxEntries)}
 	if reg := ctx.GetMetricsRegistry(); reg != nil {
-		if err := reg.Register(a.caches.coll); err != nil && !errors.As(err, &prometheus.AlreadyRegisteredError{}) {
-			a.logger.Warn("registering metrics", zap.Error(err))
+		for _, c := range []prometheus.Collector{a.caches.coll, sessionsCreated} {
+			if err := reg.Register(c); err != nil && !errors.As(err, &prometheus.AlreadyRegisteredError{}) {
+				a.logger.Warn("registering metrics", zap.Error(err))
+			}
 		}
 	}
 	a.coordinator = processCoordinator
@@ -227,12 +248,12 @@ var processStart atomic.Int64
 // revocation set's first read of Valkey: only just after the process
 // started, and only while Valkey has not failed yet (a Valkey that is down
 // at start costs no outage: sessions are served, as during any outage).
+// The memory backend is read at once: it never waits.
 func (a *App) awaitingRevocations(revs *revocations) bool {
 	if a.work == nil || time.Now().UnixNano()-processStart.Load() >= int64(revocationStartupWait) {
 		return false
 	}
-	s := a.set()
-	return s.hybrid != nil && s.stats.ValkeyErrors.Load() == 0 && !revs.ready()
+	return a.set().stats.ValkeyErrors.Load() == 0 && !revs.ready()
 }
 
 // hold marks work of this config in progress, until release.
@@ -263,15 +284,14 @@ func (a *App) set() *cacheSet {
 }
 
 // liveStore is the cache store of whatever config is current (see set).
-// Its Add records once without touching the L1 that holds sessions.
 type liveStore struct{ app *App }
 
 func (s liveStore) Get(ctx context.Context, key string) ([]byte, bool, error) {
 	set := s.app.set()
-	v, found, err := set.store.Get(ctx, key)
+	v, found, err := set.shared.Get(ctx, key)
 	if err != nil {
 		if prev := set.waitingFor(); prev != nil {
-			return prev.store.Get(ctx, key)
+			return prev.shared.Get(ctx, key)
 		}
 	}
 	return v, found, err
@@ -285,7 +305,7 @@ func (c *cacheSet) waitingFor() *cacheSet {
 		return nil
 	}
 	select {
-	case <-c.hybrid.Connected():
+	case <-c.shared.Connected():
 		c.predecessor.Store(nil) // connected: the old set may go
 		return nil
 	default:
@@ -294,100 +314,59 @@ func (c *cacheSet) waitingFor() *cacheSet {
 }
 
 func (s liveStore) Set(ctx context.Context, key string, value []byte, ttl time.Duration) error {
-	return s.app.set().store.Set(ctx, key, value, ttl)
+	return s.app.set().shared.Set(ctx, key, value, ttl)
 }
 
 func (s liveStore) Delete(ctx context.Context, key string) error {
-	return s.app.set().store.Delete(ctx, key)
+	return s.app.set().shared.Delete(ctx, key)
 }
 
-func (s liveStore) Add(ctx context.Context, key string, _ []byte, ttl time.Duration) (bool, error) {
-	return s.app.addOnce(ctx, key, ttl)
-}
-
-// via is how the coordinator reaches other replicas for this config. The
-// shared state is looked up on every call: a flight that outlives its
-// config (waiting on another replica's lease during a reload) talks to the
-// current cache set, never to a closed one.
+// via is how the coordinator reaches the other replicas of this config (in
+// memory, the process is the only one). The shared state is looked up on
+// every call: a flight that outlives its config (waiting on another
+// replica's lease during a reload) talks to the current cache set, never
+// to a closed one.
 func (a *App) via() refresh.Via {
-	v := refresh.Via{Lease: time.Duration(a.RefreshLease), HandOff: time.Duration(a.RefreshHandOff)}
-	if s := a.set(); s.hybrid != nil {
-		v.Shared = liveShared{a}
-	}
-	return v
+	return refresh.Via{Shared: liveShared{a}, Lease: time.Duration(a.RefreshLease), HandOff: time.Duration(a.RefreshHandOff)}
 }
 
-// liveShared is refresh.Shared on the current cache set's Valkey.
+// liveShared is refresh.Shared on the current cache set (see via).
 type liveShared struct{ app *App }
 
-func (s liveShared) hybrid() (*cache.Hybrid, error) {
-	if h := s.app.set().hybrid; h != nil {
-		return h, nil
-	}
-	return nil, cache.ErrUnavailable
-}
-
 func (s liveShared) TryLease(ctx context.Context, key, token string, ttl time.Duration) (bool, error) {
-	h, err := s.hybrid()
-	if err != nil {
-		return false, err
-	}
-	return h.TryLease(ctx, key, token, ttl)
+	return s.app.set().shared.TryLease(ctx, key, token, ttl)
 }
 
 func (s liveShared) RenewLease(ctx context.Context, key, token string, ttl time.Duration) (bool, error) {
-	h, err := s.hybrid()
-	if err != nil {
-		return false, err
-	}
-	return h.RenewLease(ctx, key, token, ttl)
+	return s.app.set().shared.RenewLease(ctx, key, token, ttl)
 }
 
 func (s liveShared) ReleaseLease(ctx context.Context, key, token string) error {
-	h, err := s.hybrid()
-	if err != nil {
-		return err
-	}
-	return h.ReleaseLease(ctx, key, token)
+	return s.app.set().shared.ReleaseLease(ctx, key, token)
 }
 
 func (s liveShared) Get(ctx context.Context, key string) ([]byte, bool, error) {
-	h, err := s.hybrid()
-	if err != nil {
-		return nil, false, err
-	}
-	return h.Get(ctx, key)
+	return s.app.set().shared.Get(ctx, key)
 }
 
 func (s liveShared) PublishLeased(ctx context.Context, lease, token, key string, value []byte, ttl time.Duration) (bool, error) {
-	h, err := s.hybrid()
-	if err != nil {
-		return false, err
-	}
-	return h.PublishLeased(ctx, lease, token, key, value, ttl)
+	return s.app.set().shared.PublishLeased(ctx, lease, token, key, value, ttl)
 }
 
 func (s liveShared) Watch(key string) (<-chan struct{}, func()) {
-	h, err := s.hybrid()
-	if err != nil {
-		return make(chan struct{}), func() {} // polling finds the change
-	}
-	return h.Watch(key)
+	return s.app.set().shared.Watch(key)
 }
 
 // addOnce records key for ttl and reports whether it was new, on every
-// replica when Valkey is there (else in this process), never in the L1
-// that holds sessions.
+// replica of the backend, never in the L1 that holds sessions.
 func (a *App) addOnce(ctx context.Context, key string, ttl time.Duration) (bool, error) {
 	s := a.set()
-	if s.hybrid != nil {
-		fresh, err := s.hybrid.Add(ctx, key, []byte{1}, ttl)
-		if err == nil {
-			return fresh, nil
-		}
+	fresh, err := s.shared.Add(ctx, key, []byte{1}, ttl)
+	if err != nil {
 		// Valkey is away: one replica's record still stops replays here.
+		return s.replay.Add(ctx, key, []byte{1}, ttl)
 	}
-	return s.replay.Add(ctx, key, []byte{1}, ttl)
+	return fresh, nil
 }
 
 // resolveCache applies defaults and placeholders and validates the cache config.
@@ -410,7 +389,7 @@ func (a *App) resolveCache() (CacheConfig, error) {
 	}
 	c.Address = addrs
 	if c.Backend == "" {
-		c.Backend = "memory"
+		c.Backend = backendMemory
 	}
 	if c.L1MaxBytes == 0 {
 		c.L1MaxBytes = DefaultL1MaxBytes
@@ -419,9 +398,9 @@ func (a *App) resolveCache() (CacheConfig, error) {
 		c.L1MaxEntries = DefaultL1MaxEntries
 	}
 	switch {
-	case c.Backend != "memory" && c.Backend != "valkey":
+	case c.Backend != backendMemory && c.Backend != backendValkey:
 		return c, fmt.Errorf("oidc app: cache backend %q is unknown; use memory or valkey", c.Backend)
-	case c.Backend == "valkey" && len(c.Address) == 0:
+	case c.Backend == backendValkey && len(c.Address) == 0:
 		return c, errors.New("oidc app: cache valkey: address is required (host:port of Valkey or Redis)")
 	case c.L1MaxBytes < minL1MaxBytes:
 		return c, fmt.Errorf("oidc app: cache l1_max_bytes %d is too small to hold sessions: use at least %d (1 MiB)", c.L1MaxBytes, minL1MaxBytes)
@@ -432,7 +411,7 @@ func (a *App) resolveCache() (CacheConfig, error) {
 	case c.Timeout < 0 || c.Timeout > 0 && time.Duration(c.Timeout) < 10*time.Millisecond:
 		return c, fmt.Errorf("oidc app: cache timeout %s must be at least 10ms", time.Duration(c.Timeout))
 	}
-	if c.Backend == "memory" {
+	if c.Backend == backendMemory {
 		// Settings of a Valkey connection on the memory backend are a
 		// mistake (a missing "backend valkey"), not something to ignore.
 		for field, set := range map[string]bool{"address": len(c.Address) > 0, "username": c.Username != "", "password": c.Password != "",
@@ -447,32 +426,39 @@ func (a *App) resolveCache() (CacheConfig, error) {
 			return c, fmt.Errorf("oidc app: cache valkey: address %q must be host:port", ad)
 		}
 	}
-	if c.KeyPrefix == "" && c.Backend == "valkey" {
+	if c.KeyPrefix == "" && c.Backend == backendValkey {
 		c.KeyPrefix = "caddy-oidc:"
 	}
 	return c, nil
 }
 
+// The cache backends.
+const (
+	backendMemory = "memory"
+	backendValkey = "valkey"
+)
+
 func newCacheSet(c CacheConfig) (*cacheSet, error) {
 	stats := new(cache.Stats)
 	l1 := cache.NewMemory(c.L1MaxBytes, c.L1MaxEntries, stats)
-	set := &cacheSet{store: l1, l1: l1, stats: stats, coll: cache.NewCollector(stats),
+	set := &cacheSet{backend: c.Backend, l1: l1, stats: stats, coll: cache.NewCollector(stats),
 		replay: cache.NewMemory(replayMaxBytes, replayMaxBytes/256, nil)}
-	if c.Backend == "valkey" {
+	if c.Backend == backendValkey {
 		var tlsConf *tls.Config
 		if c.TLS {
 			tlsConf = &tls.Config{MinVersion: tls.VersionTLS12, ServerName: c.TLSServerName}
 		}
-		set.hybrid = cache.NewHybrid(l1, cache.ValkeyOptions{
+		set.shared = cache.NewHybrid(l1, cache.ValkeyOptions{
 			Addresses: c.Address, Username: c.Username, Password: c.Password, DB: c.DB, TLS: tlsConf,
 			SentinelMaster: c.SentinelMaster, KeyPrefix: c.KeyPrefix, Timeout: timeDuration(c.Timeout),
 		}, stats, caddy.Log().Named("oidc.cache"))
-		set.store = set.hybrid
+	} else {
+		set.shared = cache.NewLocal(l1, set.replay)
 	}
 	// The revocation set is the process's, whatever the config: it attaches
-	// to this set's Valkey (follows it, writes to it what it lacks).
+	// to this set's backend (follows it, writes to it what it lacks).
 	set.revs = processRevocations
-	set.revs.attach(set.hybrid)
+	set.revs.attach(set.shared)
 	return set, nil
 }
 
@@ -485,9 +471,7 @@ func (a *App) Start() error {
 			// A kept set takes this config's bounds, with its contents.
 			a.caches.l1.SetLimits(a.l1Limits[0], int(a.l1Limits[1]))
 		}
-		if a.caches.hybrid != nil {
-			a.caches.hybrid.Start()
-		}
+		a.caches.shared.Start()
 		currentApp.Store(a)
 	}
 	return nil
@@ -556,6 +540,6 @@ var (
 	_ caddy.CleanerUpper = (*App)(nil)
 	_ caddy.Destructor   = (*cacheSet)(nil)
 	_ cache.Store        = liveStore{}
-	_ cache.Adder        = liveStore{}
 	_ refresh.Shared     = liveShared{}
+	_ refresh.Shared     = cache.Shared(nil)
 )

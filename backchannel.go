@@ -57,7 +57,7 @@ func (h *Handler) serveBackchannelLogout(w http.ResponseWriter, r *http.Request)
 			w.Header().Set("Retry-After", "10")
 			return jsonError(w, http.StatusServiceUnavailable, "temporarily_unavailable", "the IdP's keys cannot be fetched")
 		}
-		if ok, n := bcRefusedLog.allow(); ok {
+		if ok, n := bcRefusedLog.Allow(); ok {
 			h.logger.Info("back-channel logout token refused", zap.Error(err), zap.Int64("refused_since_last_log", n))
 		}
 		return jsonError(w, http.StatusBadRequest, "invalid_request", "invalid logout token")
@@ -67,7 +67,7 @@ func (h *Handler) serveBackchannelLogout(w http.ResponseWriter, r *http.Request)
 		kind, id = revokeSubject, lt.Subject
 	}
 	if len(id) > maxRevocationID || len(lt.Subject) > maxRevocationID {
-		if ok, n := bcRefusedLog.allow(); ok {
+		if ok, n := bcRefusedLog.Allow(); ok {
 			h.logger.Info("back-channel logout token refused: sid or sub longer than 255 bytes", zap.Int("sid_len", len(lt.SID)),
 				zap.Int("sub_len", len(lt.Subject)), zap.Int64("refused_since_last_log", n))
 		}
@@ -88,12 +88,12 @@ func (h *Handler) serveBackchannelLogout(w http.ResponseWriter, r *http.Request)
 	// for as long as the token could be accepted.
 	sum := sha256.Sum256([]byte(h.Issuer + "|" + lt.JTI))
 	replay := "checked"
-	fresh, err := h.app.addOnce(context.WithoutCancel(r.Context()), cache.Key("jti", hex.EncodeToString(sum[:])), 2*(logoutTokenMaxAge+time.Duration(h.ClockSkew)))
+	fresh, err := h.app.addOnce(context.WithoutCancel(r.Context()), cache.ReplayKey(h.ns, hex.EncodeToString(sum[:])), 2*(logoutTokenMaxAge+time.Duration(h.ClockSkew)))
 	switch {
 	case err != nil:
 		replay = "unavailable"
 	case !fresh:
-		if ok, n := bcRefusedLog.allow(); ok {
+		if ok, n := bcRefusedLog.Allow(); ok {
 			h.logger.Info("back-channel logout token replayed; refused", zap.String("sub", lt.Subject), zap.Int64("refused_since_last_log", n))
 		}
 		return jsonError(w, http.StatusBadRequest, "invalid_request", "logout token replayed")
@@ -144,14 +144,14 @@ func (h *Handler) serveFrontchannelLogout(w http.ResponseWriter, r *http.Request
 	switch {
 	case loaded.Refusal == session.Unavailable:
 		// The session cannot be read, so its sid cannot be compared: no logout.
-		if ok, n := fcRefusedLog.allow(); ok {
+		if ok, n := fcRefusedLog.Allow(); ok {
 			h.logger.Info("front-channel logout not applied: the session store is unavailable", zap.Int64("refused_since_last_log", n))
 		}
 		w.Header().Set("Retry-After", "5")
 		w.WriteHeader(http.StatusServiceUnavailable)
 		return nil
 	case sess == nil, iss != h.Issuer, sid == "", subtle.ConstantTimeCompare([]byte(sid), []byte(sess.SID())) != 1:
-		if ok, n := fcRefusedLog.allow(); ok {
+		if ok, n := fcRefusedLog.Allow(); ok {
 			why := "no session"
 			if sess != nil {
 				why = "iss or sid do not match the session"

@@ -189,7 +189,7 @@ func (h *Handler) checkAccessToken(ctx context.Context, token string, sum [32]by
 	if h.introspections.refused(sum, time.Now()) {
 		return nil, fmt.Errorf("the IdP said recently that this token is not active: %w", provider.ErrInvalidToken)
 	}
-	key := cache.Key(cache.NSToken, h.introNS+":"+hex.EncodeToString(sum[:]))
+	key := cache.IntrospectionKey(h.introNS, hex.EncodeToString(sum[:]))
 	aad := h.bind(purposeIntrospection + key)
 	if b, found, err := h.shared.Get(ctx, key); err == nil && found {
 		if pt, _, err := h.codec.Open(aad, string(b)); err == nil {

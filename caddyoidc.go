@@ -117,7 +117,6 @@ type Handler struct {
 	shared   cache.Store
 	sessions session.Store
 	revs     *revocations
-	stats    *cache.Stats
 	// rp is this route's client at the issuer, bound at Provision.
 	rp             *provider.RelyingParty
 	client         provider.Client
@@ -283,7 +282,7 @@ func (h *Handler) attach(app *App) error {
 	// An old handler may still serve requests after a reload: the store
 	// follows the current config, the rest outlives every config.
 	h.shared = liveStore{app}
-	h.stats, h.revs = app.caches.stats, app.caches.revs
+	h.revs = app.caches.revs
 	// Revocations of this issuer must outlive this route's sessions.
 	noteLifetime(h.Issuer, time.Duration(h.Session.Lifetime))
 	h.revs.noteMACKeys(h.Issuer, h.revocationKeys)

@@ -90,7 +90,7 @@ func TestReloadKeepsTheCacheSetWhenOnlySettingsChange(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer first.Cleanup()
-	_ = first.caches.store.Set(context.Background(), "sess:kept", []byte("v"), time.Hour)
+	_ = first.caches.shared.Set(context.Background(), "sess:kept", []byte("v"), time.Hour)
 	second := App{RefreshHandOff: caddy.Duration(31 * time.Second), RefreshLease: caddy.Duration(30 * time.Second),
 		Cache: &CacheConfig{L1MaxBytes: 4 << 20, L1MaxEntries: 5000}}
 	if err := second.Provision(caddy.Context{}); err != nil {
@@ -100,7 +100,7 @@ func TestReloadKeepsTheCacheSetWhenOnlySettingsChange(t *testing.T) {
 	if second.caches != first.caches {
 		t.Fatal("changing refresh_handoff, refresh_lease or the L1 bounds built a new cache set")
 	}
-	if _, found, _ := second.caches.store.Get(context.Background(), "sess:kept"); !found {
+	if _, found, _ := second.caches.shared.Get(context.Background(), "sess:kept"); !found {
 		t.Error("the session stored before the reload is gone")
 	}
 }

@@ -50,7 +50,7 @@ func newTestApp(t testing.TB) *App {
 	t.Helper()
 	set, _ := newCacheSet(CacheConfig{Backend: "memory", L1MaxBytes: 1 << 20, L1MaxEntries: 1000})
 	app := &App{coordinator: refresh.New[*refreshResult](refresh.Options{IsDefinitive: isDefinitive}), caches: set}
-	t.Cleanup(func() { _ = app.coordinator.Destruct() })
+	t.Cleanup(func() { _ = app.coordinator.Destruct(); _ = set.Destruct() })
 	return app
 }
 

@@ -26,15 +26,9 @@ func (h *Handler) serveHealth(w http.ResponseWriter, r *http.Request) error {
 	w.Header().Set("Content-Type", "application/json")
 	ctx, cancel := context.WithTimeout(r.Context(), time.Duration(h.IdPTimeout))
 	defer cancel()
-	st := health{IdP: "ok", Cache: "memory"}
+	st := health{IdP: "ok", Cache: h.app.set().health()}
 	if err := h.rp.Ready(ctx); err != nil {
 		st.IdP = "unavailable"
-	}
-	if hy := h.app.set().hybrid; hy != nil {
-		st.Cache = "ok"
-		if !hy.Healthy() {
-			st.Cache = "down"
-		}
 	}
 	st.Ready = st.IdP == "ok" && st.Cache != "down"
 	if !st.Ready {

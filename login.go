@@ -270,7 +270,7 @@ func (h *Handler) callback(w http.ResponseWriter, r *http.Request) error {
 	// with other codes: each attempt reaches the token endpoint once, on
 	// every replica.
 	stateSum := sha256.Sum256([]byte(a.State))
-	first, err := h.app.addOnce(r.Context(), cache.Key(nsAttempt, h.ns+":"+hex.EncodeToString(stateSum[:16])), loginAttemptTTL)
+	first, err := h.app.addOnce(r.Context(), cache.AttemptKey(h.ns, hex.EncodeToString(stateSum[:16])), loginAttemptTTL)
 	if err != nil {
 		w.Header().Set("Retry-After", "5")
 		return caddyhttp.Error(http.StatusServiceUnavailable, fmt.Errorf("callback: %w", err))
@@ -347,7 +347,7 @@ func (h *Handler) callback(w http.ResponseWriter, r *http.Request) error {
 	if err := h.sessions.Save(w, r, sess, now); err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
-	h.stats.SessionsCreated.Add(1)
+	sessionsCreated.Inc()
 	h.logger.Info("login", zap.String("sub", sess.Subject()), zap.Bool("refresh_token", tr.RefreshToken != ""))
 	http.Redirect(w, r, safeReturnTo(a.ReturnTo), http.StatusFound)
 	return nil

@@ -12,6 +12,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/caddy-oidc/caddy-oidc/internal/lograte"
 	"github.com/caddy-oidc/caddy-oidc/session"
 )
 
@@ -37,9 +38,9 @@ type formField struct{ Name, Value string }
 
 // Refusals that any request can cause are logged at most once per 10 s.
 var (
-	logoutRefusedLog logLimit
-	fcRefusedLog     logLimit
-	bcRefusedLog     logLimit
+	logoutRefusedLog lograte.Limit
+	fcRefusedLog     lograte.Limit
+	bcRefusedLog     lograte.Limit
 )
 
 // serveLogout is RP-initiated logout. A POST logs out when the browser says
@@ -67,7 +68,7 @@ func (h *Handler) serveLogout(w http.ResponseWriter, r *http.Request) error {
 		w.WriteHeader(http.StatusMethodNotAllowed)
 		return nil
 	}
-	if ok, n := logoutRefusedLog.allow(); ok {
+	if ok, n := logoutRefusedLog.Allow(); ok {
 		h.logger.Info("logout refused: not from this origin; confirmation form sent", zap.String("method", r.Method),
 			zap.String("sec_fetch_site", r.Header.Get("Sec-Fetch-Site")), zap.String("origin", originHost(r.Header.Get("Origin"))),
 			zap.Int64("refused_since_last_log", n))
@@ -100,7 +101,7 @@ func (h *Handler) logout(w http.ResponseWriter, r *http.Request) error {
 		// A copy of a cookie already logged out: nothing more to end, no
 		// call to the IdP and no ID token for whoever replays it.
 		ended = false
-		if ok, n := logoutRefusedLog.allow(); ok {
+		if ok, n := logoutRefusedLog.Allow(); ok {
 			h.logger.Info("logout of a session already ended", zap.String("sub", sess.Subject()), zap.Int64("more_since_last_log", n))
 		}
 	} else if sess != nil {

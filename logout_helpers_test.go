@@ -11,8 +11,9 @@ import (
 func freshSet(t testing.TB, hs ...*Handler) *revocations {
 	t.Helper()
 	rs := newRevocations()
-	rs.attach(nil)
-	t.Cleanup(func() { rs.detach(nil) })
+	local := cache.NewLocal(cache.NewMemory(1<<20, 1000, nil), cache.NewMemory(1<<20, 1000, nil))
+	rs.attach(local)
+	t.Cleanup(func() { rs.detach(local) })
 	for _, h := range hs {
 		h.revs = rs
 	}
@@ -27,7 +28,7 @@ func testL1(h *Handler) *cache.Memory { return h.app.caches.l1 }
 // testOwnRevocations gives a cache set a revocation set of its own instead
 // of the process's, as if it were another replica's.
 func testOwnRevocations(set *cacheSet) {
-	set.revs.detach(set.hybrid)
+	set.revs.detach(set.shared)
 	set.revs = newRevocations()
-	set.revs.attach(set.hybrid)
+	set.revs.attach(set.shared)
 }

@@ -18,6 +18,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-oidc/caddy-oidc/cache"
+	"github.com/caddy-oidc/caddy-oidc/internal/lograte"
 	"github.com/caddy-oidc/caddy-oidc/session"
 )
 
@@ -89,10 +90,11 @@ func noteLifetime(issuer string, d time.Duration) { processRevocations.noteLifet
 // Cookie sessions cannot be deleted, so this is how logout reaches them.
 // Every replica keeps the whole set in memory (never in the L1 that holds
 // sessions, so it cannot evict them), so checking it costs no Valkey round
-// trip. With Valkey, each revocation is written there (retried in the
-// background until it lands), other replicas learn it from the
-// announcement, and the set is re-read and written back whenever
-// announcements may have been missed.
+// trip. Each revocation is written to every attached cache backend
+// (retried in the background until it lands), other replicas learn it from
+// the announcement, and the set is re-read and written back whenever
+// announcements may have been missed. The memory backend is a deployment
+// of one: the same code runs, in memory.
 type revocations struct {
 	mu        sync.RWMutex
 	m         map[revKey]revocation
@@ -105,6 +107,8 @@ type revocations struct {
 	signer    map[string][]byte
 	longest   time.Duration // over every issuer
 	lastPrune time.Time
+	// now is the set's clock. Default: time.Now.
+	now func() time.Time
 
 	count atomic.Int64 // len(m): the hot path skips the lock when 0
 	cids  atomic.Int64 // entries of kind cid: only then does the hot path hash a cache session id
@@ -118,8 +122,8 @@ type revocations struct {
 	stopRun context.CancelFunc
 	runDone chan struct{}
 
-	refused, unshared, forged logLimit
-	// synced is set by the first complete read of a Valkey: until then a
+	refused, unshared, forged lograte.Limit
+	// synced is set by the first complete read of a backend: until then a
 	// process that just started does not know the other replicas' logouts.
 	synced atomic.Bool
 }
@@ -130,7 +134,7 @@ type revocation struct{ at, expires int64 }
 
 func newRevocations() *revocations {
 	return &revocations{m: make(map[revKey]revocation), lifetimes: make(map[string]time.Duration),
-		macKeys: make(map[string][]*macKey), signer: make(map[string][]byte), soft: maxRevocations, hard: maxIdPRevocations, every: revocationPruneEvery}
+		macKeys: make(map[string][]*macKey), signer: make(map[string][]byte), soft: maxRevocations, hard: maxIdPRevocations, every: revocationPruneEvery, now: time.Now}
 }
 
 func (r *revocations) logger() *zap.Logger { return caddy.Log().Named("oidc.revocations") }
@@ -140,7 +144,7 @@ func (k revKey) storeID() string { return k.kind + ":" + k.issuer + "|" + k.id }
 
 // parseRevKey reads a key announced or scanned in Valkey ("rev:<kind>:<issuer>|<id>").
 func parseRevKey(key string) (revKey, bool) {
-	rest, ok := strings.CutPrefix(key, cache.NSRevocation+":")
+	rest, ok := strings.CutPrefix(key, cache.RevocationPrefix)
 	if !ok {
 		return revKey{}, false
 	}
@@ -174,7 +178,7 @@ func (r *revocations) ended(issuer string, s *session.Session) bool {
 	if s.ID != "" && r.cids.Load() > 0 {
 		cid = cacheIDHash(s.ID)
 	}
-	now := time.Now().Unix()
+	now := r.now().Unix()
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	return r.hit(revKey{revokeSID, issuer, s.SID()}, s, now) ||
@@ -244,7 +248,7 @@ func (r *revocations) revoke(ctx context.Context, kind, issuer, id string, at ti
 	}
 	r.noteLifetime(issuer, lifetime)
 	k := revKey{kind, issuer, id}
-	now := time.Now()
+	now := r.now()
 	if at.After(now) {
 		at = now
 	}
@@ -294,7 +298,7 @@ func (r *revocations) addLocked(k revKey, rv revocation, tr trust, now time.Time
 }
 
 func (r *revocations) refuse(why, kind, issuer string) {
-	if ok, n := r.refused.allow(); ok {
+	if ok, n := r.refused.Allow(); ok {
 		r.logger().Warn("revocation refused", zap.String("reason", why), zap.String("kind", kind),
 			zap.String("issuer", issuer), zap.Int("entries", r.len()), zap.Int64("refused_since_last_log", n))
 	}
@@ -312,7 +316,7 @@ func (r *revocations) get(k revKey) (revocation, bool) {
 
 func (r *revocations) prune() {
 	r.mu.Lock()
-	r.pruneLocked(time.Now())
+	r.pruneLocked(r.now())
 	r.mu.Unlock()
 }
 
@@ -330,12 +334,12 @@ func (r *revocations) pruneLocked(now time.Time) {
 	r.count.Store(int64(len(r.m)))
 }
 
-// attach connects a cache set to the set: with Valkey (h non-nil) the set
-// follows its announcements, re-reads it when they may have been missed,
-// and writes to it every revocation it lacks (all of them, for a new
-// Valkey). Each attach is paired with a detach. While anything is
-// attached, expired entries are pruned on a timer.
-func (r *revocations) attach(h *cache.Hybrid) {
+// attach connects a cache backend to the set: the set follows its
+// announcements, re-reads it when they may have been missed, and writes to
+// it every revocation it lacks (all of them, for a new Valkey). Each
+// attach is paired with a detach. While anything is attached, expired
+// entries are pruned on a timer, whatever the backend.
+func (r *revocations) attach(sh cache.Shared) {
 	r.attMu.Lock()
 	r.refs++
 	if r.refs == 1 {
@@ -343,31 +347,23 @@ func (r *revocations) attach(h *cache.Hybrid) {
 		r.stopRun, r.runDone = cancel, make(chan struct{})
 		go r.pruneLoop(ctx, r.runDone)
 	}
-	var a *attachment
-	if h != nil {
-		a = newAttachment(r, h)
-		a.hy = h
-		r.att = append(r.att, a)
-	}
+	a := newAttachment(r, sh)
+	r.att = append(r.att, a)
 	r.attMu.Unlock()
-	if a != nil {
-		// Outside attMu: Follow may run the resync inline, which takes it.
-		h.Follow(cache.Follower{Prefix: cache.NSRevocation + ":", Changed: a.changed, Resync: a.resync})
-	}
+	// Outside attMu: Follow may run the resync inline, which takes it.
+	sh.Follow(cache.Follower{Prefix: cache.RevocationPrefix, Changed: a.changed, Resync: a.resync})
 }
 
-// detach undoes attach: revocations not yet written to h get one bounded
+// detach undoes attach: revocations not yet written to sh get one bounded
 // last try, then its write-back stops.
-func (r *revocations) detach(h *cache.Hybrid) {
+func (r *revocations) detach(sh cache.Shared) {
 	r.attMu.Lock()
 	var a *attachment
-	if h != nil {
-		for i, x := range r.att {
-			if x.hy == h {
-				a = x
-				r.att = append(r.att[:i:i], r.att[i+1:]...)
-				break
-			}
+	for i, x := range r.att {
+		if x.h == sh {
+			a = x
+			r.att = append(r.att[:i:i], r.att[i+1:]...)
+			break
 		}
 	}
 	r.refs = max(r.refs-1, 0)
@@ -428,7 +424,7 @@ func (r *revocations) share(ctx context.Context, k revKey) {
 		a.queue(k)
 		if err := a.write(ctx, k); err != nil {
 			a.kickWriter()
-			if ok, n := r.unshared.allow(); ok {
+			if ok, n := r.unshared.Allow(); ok {
 				r.logger().Warn("revocation in effect here; other replicas get it when Valkey takes the write (retrying)",
 					zap.Error(err), zap.Int64("more_since_last_log", n))
 			}
@@ -436,20 +432,11 @@ func (r *revocations) share(ctx context.Context, k revKey) {
 	}
 }
 
-// sharedBackend is what the set needs of a Valkey-backed cache: reads and
-// writes that bypass the L1 holding sessions, announcements and scans.
-type sharedBackend interface {
-	SetShared(ctx context.Context, key string, value []byte, ttl time.Duration) error
-	GetShared(ctx context.Context, key string) ([]byte, bool, error)
-	ScanPartial(ctx context.Context, prefix string) (keys []string, complete bool, err error)
-}
-
-// attachment is the set's link to one Valkey-backed cache: its queue of
+// attachment is the set's link to one cache backend: its queue of
 // revocations not yet written there, and the goroutine writing them.
 type attachment struct {
 	r      *revocations
-	h      sharedBackend
-	hy     *cache.Hybrid // identity, for detach
+	h      cache.Shared
 	ctx    context.Context
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -459,7 +446,7 @@ type attachment struct {
 	pending map[revKey]struct{}
 }
 
-func newAttachment(r *revocations, h sharedBackend) *attachment {
+func newAttachment(r *revocations, h cache.Shared) *attachment {
 	ctx, cancel := context.WithCancel(context.Background())
 	a := &attachment{r: r, h: h, ctx: ctx, cancel: cancel, done: make(chan struct{}), kick: make(chan struct{}, 1),
 		pending: make(map[revKey]struct{})}
@@ -493,7 +480,7 @@ func (a *attachment) pendingLen() int {
 // changed meanwhile (the newer one stays queued).
 func (a *attachment) write(ctx context.Context, k revKey) error {
 	rv, ok := a.r.get(k)
-	now := time.Now()
+	now := a.r.now()
 	if !ok || rv.expires <= now.Unix() {
 		a.done1(k, rv)
 		return nil
@@ -506,7 +493,7 @@ func (a *attachment) write(ctx context.Context, k revKey) error {
 		return nil
 	}
 	ttl := max(time.Unix(rv.expires, 0).Sub(now), time.Second)
-	if err := a.h.SetShared(ctx, cache.Key(cache.NSRevocation, k.storeID()), []byte(v), ttl); err != nil {
+	if err := a.h.SetShared(ctx, cache.RevocationKey(k.storeID()), []byte(v), ttl); err != nil {
 		return err
 	}
 	a.done1(k, rv)
@@ -619,13 +606,13 @@ func (a *attachment) fetchErr(ctx context.Context, k revKey, key string) (int64,
 	if !ok {
 		// Not written by a replica holding this issuer's session secret:
 		// whoever can write to Valkey cannot log users out or fill the set.
-		if ok, n := r.forged.allow(); ok {
+		if ok, n := r.forged.Allow(); ok {
 			r.logger().Warn("revocation in Valkey ignored: not sealed with this issuer's session secret", zap.String("kind", k.kind),
 				zap.String("issuer", k.issuer), zap.Int64("ignored_since_last_log", n))
 		}
 		return 0, nil
 	}
-	now := time.Now()
+	now := r.now()
 	if at > now.Add(revocationFuture).Unix() {
 		return 0, nil // a revocation from the future would refuse logins to come
 	}
@@ -659,7 +646,7 @@ func (a *attachment) resync() {
 	defer cancel()
 	// Partial (a cluster master down): read what answers, write back only
 	// after a complete read (the queue keeps what is unwritten meanwhile).
-	keys, complete, err := a.h.ScanPartial(ctx, cache.NSRevocation+":")
+	keys, complete, err := a.h.Scan(ctx, cache.RevocationPrefix)
 	if err != nil {
 		// The next (re)subscription runs this again.
 		a.r.logger().Warn("reading the revocation set from Valkey failed; keeping what is known", zap.Error(err))
@@ -716,8 +703,8 @@ func (a *attachment) resync() {
 }
 
 // ready reports whether the set knows the logouts of the other replicas:
-// it has read a Valkey completely once in this process, or no Valkey is
-// attached (memory alone: there are no other replicas). A reload keeps it.
+// it has read a backend completely once in this process (the memory
+// backend is read as it attaches), or nothing is attached. A reload keeps it.
 func (r *revocations) ready() bool {
 	if r.synced.Load() {
 		return true
@@ -731,7 +718,7 @@ func (r *revocations) ready() bool {
 // lacks or has older.
 func (a *attachment) queueAll(stored map[revKey]int64) {
 	r := a.r
-	now := time.Now().Unix()
+	now := r.now().Unix()
 	var missing []revKey
 	r.mu.RLock()
 	for k, rv := range r.m {
@@ -801,7 +788,7 @@ func (r *revocations) forgetMACKeys(issuer string, keys [][]byte) {
 // resyncAll re-reads every attached Valkey in the background.
 func (r *revocations) resyncAll() {
 	for _, a := range r.attachments() {
-		if a.active() && a.hy != nil && a.hy.Healthy() {
+		if a.active() && a.h.Healthy() {
 			go a.resync()
 		}
 	}
@@ -860,17 +847,3 @@ func parseRevocation(v string) (at, expires int64, ok bool) {
 
 // revocationReaders is how many revocations a resync reads at once.
 const revocationReaders = 32
-
-// logLimit lets one log line through per 10 s and counts the rest, for
-// anything a request can trigger.
-type logLimit struct{ last, suppressed atomic.Int64 }
-
-func (l *logLimit) allow() (bool, int64) {
-	now := time.Now().UnixNano()
-	last := l.last.Load()
-	if now-last < int64(10*time.Second) || !l.last.CompareAndSwap(last, now) {
-		l.suppressed.Add(1)
-		return false, 0
-	}
-	return true, l.suppressed.Swap(0)
-}

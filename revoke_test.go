@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"strings"
+	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -56,10 +57,10 @@ func newTestReplica(t testing.TB, addr string) *App {
 		t.Fatal(err)
 	}
 	testOwnRevocations(set)
-	set.hybrid.Start()
+	set.shared.Start()
 	t.Cleanup(func() { _ = set.Destruct() })
 	select {
-	case <-set.hybrid.Connected():
+	case <-set.shared.Connected():
 	case <-time.After(10 * time.Second):
 		t.Fatal("the replica never connected to valkey")
 	}
@@ -125,7 +126,7 @@ func TestRevocationLandsWhateverHappensToTheRequest(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := range 5000 {
-		_ = a.caches.l1.Set(context.Background(), cache.Key(cache.NSSession, strings.Repeat("k", 10)+string(rune(i))), make([]byte, 400), time.Hour)
+		_ = a.caches.l1.Set(context.Background(), cache.SessionKey("route", strings.Repeat("k", 10)+string(rune(i))), make([]byte, 400), time.Hour)
 	}
 	srv.Restart() // empty: not persistent
 	revPoll(t, 20*time.Second, "replica b learns the logout made during the outage", known(rb, "outage"))
@@ -229,7 +230,7 @@ func TestAttackRevocationsOutliveEveryCacheConfig(t *testing.T) {
 		return CacheConfig{Backend: "valkey", Address: []string{addr}, KeyPrefix: "caddy-oidc:", L1MaxBytes: 1 << 20, L1MaxEntries: 1000}
 	}
 	set1, _ := newCacheSet(cfg(srv1.Addr))
-	set1.hybrid.Start()
+	set1.shared.Start()
 	app1 := newTestApp(t)
 	app1.caches = set1
 	h1 := onReplica(t, newTestHandler(t, idp, nil), app1)
@@ -241,7 +242,7 @@ func TestAttackRevocationsOutliveEveryCacheConfig(t *testing.T) {
 
 	// Reload: another Valkey (and so another cache set).
 	set2, _ := newCacheSet(cfg(srv2.Addr))
-	set2.hybrid.Start()
+	set2.shared.Start()
 	_ = set1.Destruct()
 	app2 := newTestApp(t)
 	app2.caches = set2
@@ -262,29 +263,94 @@ func TestAttackRevocationsOutliveEveryCacheConfig(t *testing.T) {
 	_ = set3.Destruct()
 }
 
-// TestRevocationsArePrunedOnATimer: with memory alone (no Valkey stream to
-// trigger anything), expired revocations leave the set on a timer.
+// TestRevocationsArePrunedOnATimer: expired revocations leave the set on a
+// timer, with every backend: memory alone (no Valkey stream to trigger
+// anything), and Valkey while it cannot be reached.
 func TestRevocationsArePrunedOnATimer(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		rs := newRevocations()
-		rs.attach(nil)
-		const iss = "https://idp.example/prune"
-		for _, id := range []string{"a", "b", "c"} {
-			if err := rs.revoke(context.Background(), revokeSID, iss, id, time.Now(), 10*time.Minute, fromIdP); err != nil {
-				t.Fatal(err)
-			}
-		}
-		advance(5 * time.Minute)
-		if n := rs.len(); n != 3 {
-			t.Errorf("%d revocations after 5 minutes, want all 3", n)
-		}
-		// Lifetime (10m) plus the margin for clock skew (1m), plus one timer tick.
-		advance(6*time.Minute + revocationPruneEvery)
-		if n := rs.len(); n != 0 {
-			t.Errorf("%d revocations after they expired, want 0", n)
-		}
-		rs.detach(nil)
-	})
+	backends := map[string]func() cache.Shared{
+		"memory": func() cache.Shared {
+			return cache.NewLocal(cache.NewMemory(1<<20, 1000, nil), cache.NewMemory(1<<20, 1000, nil))
+		},
+		"valkey unreachable": func() cache.Shared {
+			// Never started: every call fails as during an outage.
+			return cache.NewHybrid(cache.NewMemory(1<<20, 1000, nil), cache.ValkeyOptions{Addresses: []string{"127.0.0.1:1"}}, nil, nil)
+		},
+	}
+	for name, backend := range backends {
+		t.Run(name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				sh := backend()
+				defer sh.Close()
+				rs := newRevocations()
+				rs.attach(sh)
+				const iss = "https://idp.example/prune"
+				rs.noteMACKeys(iss, [][]byte{[]byte("test-revocation-key-0123456789abcdef")})
+				for _, id := range []string{"a", "b", "c"} {
+					if err := rs.revoke(context.Background(), revokeSID, iss, id, time.Now(), 10*time.Minute, fromIdP); err != nil {
+						t.Fatal(err)
+					}
+				}
+				advance(5 * time.Minute)
+				if n := rs.len(); n != 3 {
+					t.Errorf("%d revocations after 5 minutes, want all 3", n)
+				}
+				// Lifetime (10m) plus the margin for clock skew (1m), plus one timer tick.
+				advance(6*time.Minute + revocationPruneEvery)
+				if n := rs.len(); n != 0 {
+					t.Errorf("%d revocations after they expired, want 0", n)
+				}
+				rs.detach(sh)
+			})
+		})
+	}
+}
+
+// testClock is a clock a test moves by hand.
+type testClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func newTestClock(t time.Time) *testClock { return &testClock{t: t} }
+
+func (c *testClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *testClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+// TestRevocationsTakeOneCodePathInMemory: two revocation sets on one memory
+// backend behave as two replicas on one Valkey: a logout on one reaches the
+// other, and a set that attaches later reads what the backend holds.
+func TestRevocationsTakeOneCodePathInMemory(t *testing.T) {
+	local := cache.NewLocal(cache.NewMemory(1<<20, 1000, nil), cache.NewMemory(1<<20, 1000, nil))
+	const iss = "https://idp.example/one-path"
+	key := [][]byte{[]byte("test-revocation-key-0123456789abcdef")}
+	a, b := newRevocations(), newRevocations()
+	for _, rs := range []*revocations{a, b} {
+		rs.noteMACKeys(iss, key)
+		rs.attach(local)
+		defer rs.detach(local)
+	}
+	if err := a.revoke(context.Background(), revokeSubject, iss, "u", time.Now(), time.Hour, fromIdP); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := b.get(revKey{revokeSubject, iss, "u"}); !ok {
+		t.Error("the other set did not learn the logout from the memory backend")
+	}
+	late := newRevocations()
+	late.noteMACKeys(iss, key)
+	late.attach(local)
+	defer late.detach(local)
+	if _, ok := late.get(revKey{revokeSubject, iss, "u"}); !ok || !late.ready() {
+		t.Error("a set attached later did not read the memory backend")
+	}
 }
 
 // TestRevocationSetReadyOnceValkeyWasRead: a process that just started with
@@ -292,8 +358,9 @@ func TestRevocationsArePrunedOnATimer(t *testing.T) {
 // ready says when it does (memory alone is always ready).
 func TestRevocationSetReadyOnceValkeyWasRead(t *testing.T) {
 	mem := newRevocations()
-	mem.attach(nil)
-	defer mem.detach(nil)
+	local := cache.NewLocal(cache.NewMemory(1<<20, 1000, nil), cache.NewMemory(1<<20, 1000, nil))
+	mem.attach(local)
+	defer mem.detach(local)
 	if !mem.ready() {
 		t.Error("a memory-only set is not ready")
 	}
@@ -305,7 +372,7 @@ func TestRevocationSetReadyOnceValkeyWasRead(t *testing.T) {
 	}
 	testOwnRevocations(set)
 	defer set.Destruct()
-	set.hybrid.Start()
+	set.shared.Start()
 	if set.revs.ready() {
 		t.Error("ready before Valkey was ever read")
 	}

@@ -2,23 +2,15 @@ package cache
 
 import (
 	"context"
-	"fmt"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/valkey-io/valkey-go"
 )
 
-// Adder stores a value only if its key is absent: the atomic check a replay
-// record (a logout token's jti) needs.
-type Adder interface {
-	// Add stores value under key for ttl and reports true, unless key exists.
-	Add(ctx context.Context, key string, value []byte, ttl time.Duration) (bool, error)
-}
-
-// Add implements Adder for the in-process store: the check and the set
-// are under one lock, so of concurrent callers exactly one wins.
+// Add stores value under key for ttl and reports true, unless key exists:
+// the check and the set are under one lock, so of concurrent callers
+// exactly one wins.
 func (m *Memory) Add(_ context.Context, key string, value []byte, ttl time.Duration) (bool, error) {
 	s := m.shard(key)
 	s.mu.Lock()
@@ -31,7 +23,7 @@ func (m *Memory) Add(_ context.Context, key string, value []byte, ttl time.Durat
 	return true, nil
 }
 
-// Add implements Adder with SET NX in Valkey, so replicas agree.
+// Add implements Shared with SET NX in Valkey, so replicas agree.
 func (h *Hybrid) Add(ctx context.Context, key string, value []byte, ttl time.Duration) (bool, error) {
 	c := h.current()
 	if c == nil {
@@ -50,47 +42,23 @@ func (h *Hybrid) Add(ctx context.Context, key string, value []byte, ttl time.Dur
 	return true, nil
 }
 
-// Follower is told of changes to keys with a prefix made by other
-// replicas, and to resynchronise when announcements may have been missed.
-type Follower struct {
-	Prefix string
-	// Changed runs (in its own goroutine) for each announced key.
-	Changed func(key string)
-	// Resync runs when the announcement stream is (re)established.
-	Resync func()
-}
-
-type followers struct {
-	mu   sync.Mutex
-	list []Follower
-}
-
-// Follow registers f. It is meant for long-lived listeners (one per app state).
+// Follow implements Shared. It is meant for long-lived listeners (one per
+// app state); Changed and Resync run off the pub/sub reader.
 func (h *Hybrid) Follow(f Follower) {
-	h.follow.mu.Lock()
-	h.follow.list = append(h.follow.list, f)
-	h.follow.mu.Unlock()
+	h.follow.add(f)
 	if h.subscribed.Load() && f.Resync != nil {
 		h.goBounded(f.Resync)
 	}
 }
 
 func (h *Hybrid) announced(key string) {
-	h.follow.mu.Lock()
-	list := h.follow.list
-	h.follow.mu.Unlock()
-	for _, f := range list {
-		if f.Changed != nil && strings.HasPrefix(key, f.Prefix) {
-			h.goBounded(func() { f.Changed(key) })
-		}
+	for _, f := range h.follow.matching(key) {
+		h.goBounded(func() { f.Changed(key) })
 	}
 }
 
 func (h *Hybrid) resynced() {
-	h.follow.mu.Lock()
-	list := h.follow.list
-	h.follow.mu.Unlock()
-	for _, f := range list {
+	for _, f := range h.follow.all() {
 		if f.Resync != nil {
 			h.goBounded(f.Resync)
 		}
@@ -115,26 +83,11 @@ func (h *Hybrid) goBounded(fn func()) {
 	}
 }
 
-// ErrPartial is returned by Scan when some node did not answer: the keys
-// it returns are those of the nodes that did.
-var ErrPartial = fmt.Errorf("%w: some nodes did not answer", ErrUnavailable)
-
-// Scan returns the keys (without the key prefix) that start with prefix, on
-// every node of the deployment. Meant for small sets (revocations). When a
-// node (a cluster master) does not answer, it returns the keys of the
-// others with ErrPartial; ScanPartial says the same without an error.
-func (h *Hybrid) Scan(ctx context.Context, prefix string) ([]string, error) {
-	keys, complete, err := h.ScanPartial(ctx, prefix)
-	if err == nil && !complete {
-		err = ErrPartial
-	}
-	return keys, err
-}
-
-// ScanPartial is Scan that does not fail as a whole because one node is
-// down: it returns the keys of every node that answered, complete=false if
-// any data node did not, and ErrUnavailable only if none did.
-func (h *Hybrid) ScanPartial(ctx context.Context, prefix string) (keys []string, complete bool, err error) {
+// Scan implements Shared on every node of the deployment (keys without the
+// key prefix). It does not fail as a whole because one node is down: it
+// returns the keys of every node that answered, complete=false if any data
+// node did not, and ErrUnavailable only if none did.
+func (h *Hybrid) Scan(ctx context.Context, prefix string) (keys []string, complete bool, err error) {
 	c := h.current()
 	if c == nil {
 		return nil, false, ErrUnavailable

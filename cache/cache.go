@@ -1,9 +1,12 @@
-// Package cache is the shared cache of the oidc app: a Store interface and
-// three implementations. Memory is the in-process L1 (sharded, bounded in
-// bytes, TTL-aware); Valkey is the L2 shared by replicas; Hybrid puts L1 in
-// front of L2 and keeps replicas' L1s coherent through pub/sub
-// invalidation. Values are opaque bytes: callers encode (and, for token
-// material, encrypt) them with their own versioned codecs.
+// Package cache is the shared cache of the oidc app. Store is a byte store
+// with TTLs; Shared is what the replicas of a deployment share (entries,
+// add-if-absent, fenced leases, announcements, scans). Two backends
+// implement Shared: Local, the memory backend, a deployment of one process
+// (every capability works in memory, so callers take one code path with or
+// without Valkey); and Hybrid, Memory as L1 in front of a Valkey L2 shared
+// by replicas, whose L1s stay coherent through pub/sub invalidation.
+// Values are opaque bytes: callers encode (and, for token material,
+// encrypt) them with their own versioned codecs.
 package cache
 
 import (
@@ -25,27 +28,4 @@ type Store interface {
 	Set(ctx context.Context, key string, value []byte, ttl time.Duration) error
 	// Delete removes key.
 	Delete(ctx context.Context, key string) error
-}
-
-// Namespaces: every key starts with one, so metrics can tell them apart.
-const (
-	NSSession    = "sess"
-	NSDiscovery  = "disc"
-	NSJWKS       = "jwks"
-	NSToken      = "tok"
-	NSRevocation = "rev"
-	NSLease      = "lease"
-	NSRefresh    = "rfr"
-)
-
-// Key joins a namespace and an id: "sess:0123...".
-func Key(namespace, id string) string { return namespace + ":" + id }
-
-func namespaceOf(key string) string {
-	for i := 0; i < len(key) && i < 8; i++ {
-		if key[i] == ':' {
-			return key[:i]
-		}
-	}
-	return "other"
 }

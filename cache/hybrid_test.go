@@ -78,16 +78,12 @@ func TestHybridSharesAndInvalidatesAcrossReplicas(t *testing.T) {
 	}
 }
 
+// waitFor polls cond (bounded) for what real servers do in their own time.
 func waitFor(t *testing.T, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) {
-		if cond() {
-			return
-		}
-		time.Sleep(10 * time.Millisecond)
+	if !redistest.Poll(5*time.Second, cond) {
+		t.Fatal("condition not met within 5s")
 	}
-	t.Fatal("condition not met within 5s")
 }
 
 func TestHybridSurvivesValkeyOutage(t *testing.T) {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/valkey-io/valkey-go"
@@ -74,9 +73,9 @@ func (h *Hybrid) leaseCall(ctx context.Context, what string, s *valkey.Lua, keys
 	return n == 1, nil
 }
 
-// TryLease takes key for ttl unless another token holds it. Taking it again
-// with the same token succeeds and extends it, so a caller that got an
-// error (maybe after Valkey took it) retries with its token safely.
+// TryLease implements Shared. Taking a lease again with the same token
+// succeeds and extends it, so a caller that got an error (maybe after
+// Valkey took it) retries with its token safely.
 func (h *Hybrid) TryLease(ctx context.Context, key, token string, ttl time.Duration) (bool, error) {
 	return h.leaseCall(ctx, "lease take", tryLeaseScript, []string{key}, []string{token, pxArg(ttl)})
 }
@@ -109,46 +108,6 @@ func (h *Hybrid) PublishLeased(ctx context.Context, lease, token, key string, va
 	return ok, err
 }
 
-// watchers wakes waiters when another replica announces a key's change.
-type watchers struct {
-	mu sync.Mutex
-	m  map[string]map[chan struct{}]struct{}
-}
-
-// Watch returns a channel closed when another replica changes key (Set or
-// Delete announce it on the invalidation channel); stop releases it.
-func (h *Hybrid) Watch(key string) (<-chan struct{}, func()) {
-	ch := make(chan struct{})
-	w := &h.watch
-	w.mu.Lock()
-	if w.m == nil {
-		w.m = make(map[string]map[chan struct{}]struct{})
-	}
-	if w.m[key] == nil {
-		w.m[key] = make(map[chan struct{}]struct{})
-	}
-	w.m[key][ch] = struct{}{}
-	w.mu.Unlock()
-	return ch, func() {
-		w.mu.Lock()
-		if set, ok := w.m[key]; ok {
-			if _, still := set[ch]; still {
-				delete(set, ch)
-				if len(set) == 0 {
-					delete(w.m, key)
-				}
-			}
-		}
-		w.mu.Unlock()
-	}
-}
-
-func (w *watchers) fire(key string) {
-	w.mu.Lock()
-	set := w.m[key]
-	delete(w.m, key)
-	w.mu.Unlock()
-	for ch := range set {
-		close(ch)
-	}
-}
+// Watch implements Shared: the channel is closed when another replica
+// changes key (Set, Delete and PublishLeased announce it).
+func (h *Hybrid) Watch(key string) (<-chan struct{}, func()) { return h.watch.watch(key) }

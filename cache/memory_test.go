@@ -7,28 +7,38 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 )
 
+// advance moves a synctest bubble's fake clock on by d.
+func advance(d time.Duration) { <-time.After(d) }
+
 func TestMemoryGetSetTTL(t *testing.T) {
-	m := NewMemory(1<<20, 1000, nil)
-	ctx := context.Background()
-	_ = m.Set(ctx, "sess:a", []byte("1"), time.Hour)
-	_ = m.Set(ctx, "sess:b", []byte("2"), 20*time.Millisecond)
-	if v, ok, _ := m.Get(ctx, "sess:a"); !ok || string(v) != "1" {
-		t.Fatalf("get a: %q %v", v, ok)
-	}
-	time.Sleep(30 * time.Millisecond)
-	if _, ok, _ := m.Get(ctx, "sess:b"); ok {
-		t.Error("an expired entry was returned")
-	}
-	_ = m.Delete(ctx, "sess:a")
-	if _, ok, _ := m.Get(ctx, "sess:a"); ok {
-		t.Error("a deleted entry was returned")
-	}
-	if n, b := m.Len(); n != 0 || b != 0 {
-		t.Errorf("after deleting everything: %d entries, %d bytes", n, b)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		m := NewMemory(1<<20, 1000, nil)
+		ctx := context.Background()
+		_ = m.Set(ctx, "sess:a", []byte("1"), time.Hour)
+		_ = m.Set(ctx, "sess:b", []byte("2"), 20*time.Millisecond)
+		if v, ok, _ := m.Get(ctx, "sess:a"); !ok || string(v) != "1" {
+			t.Fatalf("get a: %q %v", v, ok)
+		}
+		advance(20 * time.Millisecond)
+		if _, ok, _ := m.Get(ctx, "sess:b"); !ok {
+			t.Error("an entry was gone at the end of its TTL, not after it")
+		}
+		advance(time.Millisecond)
+		if _, ok, _ := m.Get(ctx, "sess:b"); ok {
+			t.Error("an expired entry was returned")
+		}
+		_ = m.Delete(ctx, "sess:a")
+		if _, ok, _ := m.Get(ctx, "sess:a"); ok {
+			t.Error("a deleted entry was returned")
+		}
+		if n, b := m.Len(); n != 0 || b != 0 {
+			t.Errorf("after deleting everything: %d entries, %d bytes", n, b)
+		}
+	})
 }
 
 func TestMemoryStaysWithinBounds(t *testing.T) {

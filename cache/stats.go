@@ -6,8 +6,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-var namespaces = []string{NSSession, NSDiscovery, NSJWKS, NSToken, NSRevocation, NSLease, NSRefresh, "other"}
-
 func nsIndex(ns string) int {
 	for i, n := range namespaces[:len(namespaces)-1] {
 		if n == ns {
@@ -51,16 +49,15 @@ var dropReasons = []string{DropFull, DropExpired, DropClosed}
 // atomic add. A Collector exposes them to Prometheus.
 type Stats struct {
 	// hits and misses per namespace and tier (0: l1, 1: l2).
-	hits, misses [8][2]atomic.Int64
+	hits, misses [len(namespaces)][2]atomic.Int64
 
 	L1Bytes, L1Entries atomic.Int64
 	Evictions          atomic.Int64
 	// ValkeyErrors counts every failed call; errs splits them by reason.
-	ValkeyErrors    atomic.Int64
-	errs            [5]atomic.Int64
-	SessionsCreated atomic.Int64
-	Invalidations   atomic.Int64
-	StreamLosses    atomic.Int64
+	ValkeyErrors  atomic.Int64
+	errs          [5]atomic.Int64
+	Invalidations atomic.Int64
+	StreamLosses  atomic.Int64
 	// StreamUp is 1 while the invalidation stream is subscribed.
 	StreamUp atomic.Int64
 	// NodesUp and NodesDown are the Valkey nodes (masters in a cluster)
@@ -146,8 +143,8 @@ func (s *Stats) addDropped(reason string, n int64) {
 type Collector struct {
 	stats *Stats
 
-	requests, l1Bytes, l1Entries, evictions, valkeyErrors, sessions, invalidations *prometheus.Desc
-	streamUp, streamLosses, nodes, staleServed, wbPending, wbWritten, wbDropped    *prometheus.Desc
+	requests, l1Bytes, l1Entries, evictions, valkeyErrors, invalidations        *prometheus.Desc
+	streamUp, streamLosses, nodes, staleServed, wbPending, wbWritten, wbDropped *prometheus.Desc
 }
 
 // NewCollector returns a Prometheus collector for stats.
@@ -162,7 +159,6 @@ func NewCollector(stats *Stats) *Collector {
 		l1Entries:     d("cache_l1_entries", "Entries held by the in-process L1 cache."),
 		evictions:     d("cache_l1_evictions_total", "L1 entries evicted to stay within bounds."),
 		valkeyErrors:  d("valkey_errors_total", "Valkey calls that failed, by reason: timeout, down (connection refused or dropped, loading), cluster (CLUSTERDOWN, no master for the slot, redirections), auth, other.", "reason"),
-		sessions:      d("sessions_created_total", "Sessions created at login."),
 		invalidations: d("cache_invalidations_total", "L1 invalidations received from other replicas."),
 		streamUp:      d("valkey_stream_up", "1 while the invalidation stream (pub/sub) is subscribed, else 0."),
 		streamLosses:  d("valkey_stream_losses_total", "Times the invalidation stream was lost."),
@@ -176,7 +172,7 @@ func NewCollector(stats *Stats) *Collector {
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.requests, c.l1Bytes, c.l1Entries, c.evictions, c.valkeyErrors, c.sessions, c.invalidations,
+	for _, d := range []*prometheus.Desc{c.requests, c.l1Bytes, c.l1Entries, c.evictions, c.valkeyErrors, c.invalidations,
 		c.streamUp, c.streamLosses, c.nodes, c.staleServed, c.wbPending, c.wbWritten, c.wbDropped} {
 		ch <- d
 	}
@@ -203,7 +199,6 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	for i, r := range reasons {
 		counter(c.valkeyErrors, s.errs[i].Load(), r)
 	}
-	counter(c.sessions, s.SessionsCreated.Load())
 	counter(c.invalidations, s.Invalidations.Load())
 	gauge(c.streamUp, s.StreamUp.Load())
 	counter(c.streamLosses, s.StreamLosses.Load())

@@ -20,6 +20,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/caddy-oidc/caddy-oidc/cache"
 )
 
 // ErrClosed is returned after Close.
@@ -56,14 +58,18 @@ type Options struct {
 	// Poll is how often a waiting replica looks for the result when no
 	// notification came. Default: 250 ms.
 	Poll time.Duration
+	// Now is the coordinator's clock (hand-off windows, waiting limits);
+	// timers run on the runtime's, which a synctest bubble controls.
+	// Default: time.Now.
+	Now func() time.Time
 }
 
 // Via says how one call coordinates beyond this process. It comes with each
 // call (from the config that serves the request), so a reload that changes
 // it affects new flights only.
 type Via struct {
-	// Shared, when set, extends the one-grant rule across replicas; nil
-	// keeps it in-process.
+	// Shared extends the one-grant rule to every user of it (the replicas
+	// of a deployment); nil keeps it to this Coordinator.
 	Shared Shared
 	// Lease is how long a replica's right to spend a token lasts without a
 	// heartbeat: how soon another replica takes over from one that died
@@ -87,9 +93,10 @@ func (v Via) withDefaults() Via {
 	return v
 }
 
-// Shared is the cross-replica state a Coordinator needs: fenced leases,
-// results written under a lease, and change notifications (the oidc app's
-// Valkey-backed cache). Errors are transient: the answer is unknown.
+// Shared is the part of cache.Shared a Coordinator needs: fenced leases,
+// results written under a lease, and change notifications. The oidc app
+// passes its cache backend (in memory, a process is one replica; with
+// Valkey, replicas coordinate). Errors are transient: the answer is unknown.
 type Shared interface {
 	// TryLease takes key for ttl unless another token holds it; taking it
 	// again with the same token succeeds and extends it.
@@ -156,6 +163,9 @@ func New[T any](o Options) *Coordinator[T] {
 	if o.Poll <= 0 {
 		o.Poll = 250 * time.Millisecond
 	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
 	return &Coordinator[T]{opts: o, flights: make(map[[32]byte]*flight[T])}
 }
 
@@ -174,7 +184,7 @@ func New[T any](o Options) *Coordinator[T] {
 // (of any config) join it.
 func (c *Coordinator[T]) Do(ctx context.Context, refreshToken string, grant func(context.Context) (T, error), codec *Codec[T], via Via) (T, error) {
 	key := sha256.Sum256([]byte(refreshToken))
-	now := time.Now()
+	now := c.opts.Now()
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
@@ -247,7 +257,7 @@ func (c *Coordinator[T]) finish(f *flight[T], val T, err error, via Via) {
 	}
 	c.mu.Lock()
 	if !isDone(f) {
-		f.val, f.err, f.expires = val, err, time.Now().Add(hold)
+		f.val, f.err, f.expires = val, err, c.opts.Now().Add(hold)
 		close(f.done)
 	}
 	c.mu.Unlock()
@@ -290,15 +300,14 @@ func (c *Coordinator[T]) sweep(now time.Time) {
 // A transient grant failure is not published: the token may still be good.
 func (c *Coordinator[T]) acrossReplicas(f *flight[T], id string, grant func(context.Context) (T, error), codec *Codec[T], via Via) (T, error) {
 	sh := via.Shared
-	// One hash tag: the fenced publish touches both keys in one script.
-	resultKey, leaseKey := "rfr:{"+id+"}", "lease:{"+id+"}"
+	resultKey, leaseKey := cache.RefreshKey(id), cache.LeaseKey(id)
 	// One token for the whole flight: a lease taken by a call whose answer
 	// was lost is found to be ours on the next try.
 	token := randomToken()
 	bg := context.Background()
 	// Past this, any lease holder's grant has ended (GrantTimeout) and its
 	// lease run out: waiting longer can only mean something is wrong.
-	waitUntil := time.Now().Add(c.opts.GrantTimeout + 2*via.Lease)
+	waitUntil := c.opts.Now().Add(c.opts.GrantTimeout + 2*via.Lease)
 	var troubleSince time.Time
 	for {
 		// Watching before looking: an announcement in between is not lost.
@@ -308,7 +317,7 @@ func (c *Coordinator[T]) acrossReplicas(f *flight[T], id string, grant func(cont
 			stop()
 			return val, err
 		}
-		now := time.Now()
+		now := c.opts.Now()
 		if err != nil {
 			if troubleSince.IsZero() {
 				troubleSince = now
@@ -429,14 +438,14 @@ func (c *Coordinator[T]) heartbeat(sh Shared, key, token string, lease time.Dura
 // replicas that find no result once the lease is released spend the token
 // again. It reports false when the lease was found lost.
 func (c *Coordinator[T]) publish(sh Shared, leaseKey, resultKey, token string, b []byte, via Via, lost *atomic.Bool) bool {
-	deadline := time.Now().Add(via.HandOff)
+	deadline := c.opts.Now().Add(via.HandOff)
 	backoff := 50 * time.Millisecond
 	for {
 		ok, err := sh.PublishLeased(context.Background(), leaseKey, token, resultKey, b, via.HandOff)
 		if err == nil {
 			return ok
 		}
-		if lost.Load() || !time.Now().Add(backoff).Before(deadline) {
+		if lost.Load() || !c.opts.Now().Add(backoff).Before(deadline) {
 			return false // nothing was written
 		}
 		t := time.NewTimer(backoff)

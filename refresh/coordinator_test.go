@@ -11,6 +11,8 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/caddy-oidc/caddy-oidc/cache"
 )
 
 // These tests run in synctest bubbles: time is virtual, so leases expire,
@@ -51,7 +53,7 @@ var textCodec = &Codec[string]{
 
 func resultKey(rt string) string {
 	sum := sha256.Sum256([]byte(rt))
-	return "rfr:{" + hex.EncodeToString(sum[:]) + "}"
+	return cache.RefreshKey(hex.EncodeToString(sum[:]))
 }
 
 // fakeIdP refuses a reused refresh token, as IdPs that rotate do, and

@@ -33,7 +33,7 @@ func (n *node) do(ctx context.Context, rt string, grant func(context.Context) (s
 	return n.c.Do(ctx, rt, grant, plainCodec, n.via)
 }
 
-func newNode(t *testing.T, addrs []string, prefix string, lease time.Duration) *node {
+func newNode(t *testing.T, addrs []string, prefix string, lease time.Duration, tune ...func(*refresh.Options)) *node {
 	t.Helper()
 	stats := new(cache.Stats)
 	h := cache.NewHybrid(cache.NewMemory(1<<20, 1000, nil), cache.ValkeyOptions{Addresses: addrs, KeyPrefix: prefix}, stats, nil)
@@ -44,8 +44,11 @@ func newNode(t *testing.T, addrs []string, prefix string, lease time.Duration) *
 	case <-time.After(10 * time.Second):
 		t.Fatal("no valkey")
 	}
-	c := refresh.New[string](refresh.Options{Poll: 50 * time.Millisecond,
-		IsDefinitive: func(err error) bool { return errors.Is(err, errInvalidGrant) }})
+	o := refresh.Options{Poll: 50 * time.Millisecond, IsDefinitive: func(err error) bool { return errors.Is(err, errInvalidGrant) }}
+	for _, f := range tune {
+		f(&o)
+	}
+	c := refresh.New[string](o)
 	// Registered after h.Close, so it runs first: flights publish through h.
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -208,7 +211,7 @@ func TestDeadLeaderIsTakenOver(t *testing.T) {
 	b := newNode(t, addr, p, lease)
 	// A leader took the lease and died (kill -9): nobody releases it.
 	sum := sha256.Sum256([]byte("rt-x"))
-	if ok, err := b.h.TryLease(context.Background(), "lease:{"+hex.EncodeToString(sum[:])+"}", "dead-leader", lease); !ok || err != nil {
+	if ok, err := b.h.TryLease(context.Background(), cache.LeaseKey(hex.EncodeToString(sum[:])), "dead-leader", lease); !ok || err != nil {
 		t.Fatalf("taking the lease: %v %v", ok, err)
 	}
 	server := newIdP(0)
@@ -269,7 +272,10 @@ func TestValkeyTimeoutKeepsWaiting(t *testing.T) {
 // coordinates in-process only (one grant for its concurrent callers).
 func TestValkeyDownDegradesToInProcess(t *testing.T) {
 	srv := redistest.Start(t)
-	n := newNode(t, []string{srv.Addr}, prefix(), time.Second)
+	// The fallback waits for any grant another replica may run
+	// (GrantTimeout) and one lease more: a short grant timeout keeps that
+	// wait (30 s by default) short.
+	n := newNode(t, []string{srv.Addr}, prefix(), time.Second, func(o *refresh.Options) { o.GrantTimeout = 2 * time.Second })
 	srv.Kill()
 	server := newIdP(50 * time.Millisecond)
 	var wg sync.WaitGroup
@@ -284,6 +290,9 @@ func TestValkeyDownDegradesToInProcess(t *testing.T) {
 	}
 	wg.Wait()
 	t.Logf("valkey down: served after %s (lease %s)", time.Since(start).Round(time.Millisecond), n.via.Lease)
+	if waited := time.Since(start); waited < 3*time.Second {
+		t.Errorf("the token was spent alone after %s, before a grant of another replica (2 s) and its lease (1 s) could have ended", waited)
+	}
 	if server.attempts.Load() != 1 || failures.Load() != 0 || n.c.Fallbacks() != 1 {
 		t.Errorf("valkey down: %d grants, %d failures, %d fallbacks; want 1, 0, 1", server.attempts.Load(), failures.Load(), n.c.Fallbacks())
 	}

@@ -204,8 +204,7 @@ func (s *core) cookieAAD(name string) string {
 // Valkey), in the route's namespace.
 func Key(namespace, id string) string {
 	sum := sha256.Sum256([]byte(id))
-	// One concatenation: this runs on every request of a cache-kept session.
-	return cache.NSSession + ":" + namespace + ":" + hex.EncodeToString(sum[:])
+	return cache.SessionKey(namespace, hex.EncodeToString(sum[:]))
 }
 
 func (s *core) Key(id string) string { return Key(s.Namespace, id) }
