@@ -340,10 +340,14 @@ func (h *Handler) Validate() error {
 	if u, err := url.Parse(h.Issuer); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
 		return fmt.Errorf("issuer %q must be an absolute http(s) URL without query or fragment", h.Issuer)
 	}
-	if err := h.validateClient(); err != nil {
+	if err := h.Client.validate(); err != nil {
 		return err
 	}
-	if err := h.validateSession(); err != nil {
+	secrets := h.secrets
+	if secrets == nil {
+		secrets = h.Session.Secrets // not provisioned: the raw values
+	}
+	if err := h.Session.validate(secrets, h.Login.RedirectURI); err != nil {
 		return err
 	}
 	if !slices.Contains(h.Login.Scopes, "openid") {
@@ -395,68 +399,6 @@ func (h *Handler) Validate() error {
 		}
 	}
 	return nil
-}
-
-func (h *Handler) validateClient() error {
-	if h.Client.ID == "" {
-		return errors.New("client_id is required: the client id registered at the IdP")
-	}
-	switch h.Client.AuthMethod {
-	case "", provider.AuthSecretBasic, provider.AuthSecretPost, provider.AuthPrivateKeyJWT, provider.AuthNone:
-	default:
-		return fmt.Errorf("client_auth_method %q is unknown; use client_secret_basic, client_secret_post, private_key_jwt or none", h.Client.AuthMethod)
-	}
-	if (h.Client.AuthMethod == provider.AuthSecretBasic || h.Client.AuthMethod == provider.AuthSecretPost) && h.Client.Secret == "" {
-		return fmt.Errorf("client_auth_method %s needs client_secret", h.Client.AuthMethod)
-	}
-	if h.Client.AuthMethod == provider.AuthPrivateKeyJWT && h.Client.PrivateKey == "" {
-		return errors.New("client_auth_method private_key_jwt needs client_private_key (a PEM file)")
-	}
-	return nil
-}
-
-func (h *Handler) validateSession() error {
-	secrets := h.secrets
-	if secrets == nil {
-		secrets = h.Session.Secrets // not provisioned: the raw values
-	}
-	if len(secrets) == 0 {
-		return errors.New("session_secret is required (at least 32 bytes); generate one with: openssl rand -base64 48")
-	}
-	for i, s := range secrets {
-		if s == "" {
-			return fmt.Errorf("session_secret #%d is empty (is its environment variable set?)", i+1)
-		}
-		if len(s) < session.MinSecretLen {
-			return fmt.Errorf("session_secret #%d is %d bytes, want at least %d; generate one with: openssl rand -base64 48", i+1, len(s), session.MinSecretLen)
-		}
-	}
-	switch h.Session.Store {
-	case "", "cookie", "cache":
-	default:
-		return fmt.Errorf("session_store %q is unknown; use cookie or cache", h.Session.Store)
-	}
-	mode, ok := sameSiteModes[strings.ToLower(h.Session.CookieSameSite)]
-	if !ok {
-		return fmt.Errorf("cookie_samesite %q is unknown; use lax, strict or none", h.Session.CookieSameSite)
-	}
-	// Browsers drop SameSite=None cookies without Secure.
-	if mode == http.SameSiteNoneMode && !strings.HasPrefix(h.Login.RedirectURI, "https://") {
-		return fmt.Errorf("cookie_samesite none needs an https redirect_uri (SameSite=None cookies must be Secure); set redirect_uri https://<host>%s", h.redirectPath())
-	}
-	if strings.ContainsAny(h.Session.CookieName, "=;, \t\"") || strings.HasPrefix(h.Session.CookieName, "__") {
-		return fmt.Errorf("cookie_name %q is not a valid cookie name (no prefix, no separators)", h.Session.CookieName)
-	}
-	return nil
-}
-
-// redirectPath is the path part of redirect_uri ("" if it does not parse).
-func (h *Handler) redirectPath() string {
-	u, err := url.Parse(h.Login.RedirectURI)
-	if err != nil {
-		return ""
-	}
-	return u.Path
 }
 
 func (h *Handler) validatePaths() error {

@@ -1,6 +1,17 @@
 package caddyoidc
 
-import "github.com/caddyserver/caddy/v2"
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/caddy-oidc/caddy-oidc/internal/provider"
+	"github.com/caddy-oidc/caddy-oidc/session"
+)
 
 // The handler's configuration is grouped by what each part is about, as
 // reverseproxy groups load_balancing and health_checks. Every field keeps
@@ -115,4 +126,65 @@ type BearerConfig struct {
 	// that serve RFC 7662 elsewhere (Ory Hydra: its admin API's
 	// /admin/oauth2/introspect, which must stay private).
 	IntrospectionEndpoint string `json:"introspection_endpoint,omitempty"`
+}
+
+// validate checks the client settings; errors name the field.
+func (c *ClientConfig) validate() error {
+	if c.ID == "" {
+		return errors.New("client_id is required: the client id registered at the IdP")
+	}
+	switch c.AuthMethod {
+	case "", provider.AuthSecretBasic, provider.AuthSecretPost, provider.AuthPrivateKeyJWT, provider.AuthNone:
+	default:
+		return fmt.Errorf("client_auth_method %q is unknown; use client_secret_basic, client_secret_post, private_key_jwt or none", c.AuthMethod)
+	}
+	if (c.AuthMethod == provider.AuthSecretBasic || c.AuthMethod == provider.AuthSecretPost) && c.Secret == "" {
+		return fmt.Errorf("client_auth_method %s needs client_secret", c.AuthMethod)
+	}
+	if c.AuthMethod == provider.AuthPrivateKeyJWT && c.PrivateKey == "" {
+		return errors.New("client_auth_method private_key_jwt needs client_private_key (a PEM file)")
+	}
+	return nil
+}
+
+// validate checks the session settings with the resolved secrets; a
+// SameSite=None cookie needs an https redirectURI.
+func (s *SessionConfig) validate(secrets []string, redirectURI string) error {
+	if len(secrets) == 0 {
+		return errors.New("session_secret is required (at least 32 bytes); generate one with: openssl rand -base64 48")
+	}
+	for i, secret := range secrets {
+		if secret == "" {
+			return fmt.Errorf("session_secret #%d is empty (is its environment variable set?)", i+1)
+		}
+		if len(secret) < session.MinSecretLen {
+			return fmt.Errorf("session_secret #%d is %d bytes, want at least %d; generate one with: openssl rand -base64 48", i+1, len(secret), session.MinSecretLen)
+		}
+	}
+	switch s.Store {
+	case "", "cookie", "cache":
+	default:
+		return fmt.Errorf("session_store %q is unknown; use cookie or cache", s.Store)
+	}
+	mode, ok := sameSiteModes[strings.ToLower(s.CookieSameSite)]
+	if !ok {
+		return fmt.Errorf("cookie_samesite %q is unknown; use lax, strict or none", s.CookieSameSite)
+	}
+	// Browsers drop SameSite=None cookies without Secure.
+	if mode == http.SameSiteNoneMode && !strings.HasPrefix(redirectURI, "https://") {
+		return fmt.Errorf("cookie_samesite none needs an https redirect_uri (SameSite=None cookies must be Secure); set redirect_uri https://<host>%s", redirectPath(redirectURI))
+	}
+	if strings.ContainsAny(s.CookieName, "=;, \t\"") || strings.HasPrefix(s.CookieName, "__") {
+		return fmt.Errorf("cookie_name %q is not a valid cookie name (no prefix, no separators)", s.CookieName)
+	}
+	return nil
+}
+
+// redirectPath is the path part of redirect_uri ("" if it does not parse).
+func redirectPath(redirectURI string) string {
+	u, err := url.Parse(redirectURI)
+	if err != nil {
+		return ""
+	}
+	return u.Path
 }
