@@ -197,13 +197,13 @@ func (a *App) Provision(ctx caddy.Context) error {
 	case a.RefreshLease == 0:
 		a.RefreshLease = caddy.Duration(DefaultRefreshLease)
 	case time.Duration(a.RefreshLease) < time.Second:
-		return fmt.Errorf("oidc app: refresh_lease %s is too short (every lease would expire mid-grant): use at least 1s", time.Duration(a.RefreshLease))
+		return fmt.Errorf("refresh_lease %s is too short (every lease would expire mid-grant): use at least 1s", time.Duration(a.RefreshLease))
 	}
 	switch {
 	case a.RefreshHandOff == 0:
 		a.RefreshHandOff = caddy.Duration(DefaultRefreshHandOff)
 	case time.Duration(a.RefreshHandOff) < time.Second:
-		return fmt.Errorf("oidc app: refresh_handoff %s is too short: use at least 1s", time.Duration(a.RefreshHandOff))
+		return fmt.Errorf("refresh_handoff %s is too short: use at least 1s", time.Duration(a.RefreshHandOff))
 	}
 	// The set's identity is its backend only: what a reload may change
 	// without losing sessions, revocations or connections is left out.
@@ -221,7 +221,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return set, err
 	})
 	if err != nil {
-		return fmt.Errorf("oidc app: cache: %w", err)
+		return fmt.Errorf("cache: %w", err)
 	}
 	a.caches = v.(*cacheSet)
 	a.l1Limits = [2]int64{cfg.L1MaxBytes, int64(cfg.L1MaxEntries)}
@@ -382,7 +382,7 @@ func (a *App) resolveCache() (CacheConfig, error) {
 	if strings.ContainsAny(c.KeyPrefix, "{}") {
 		// Braces would split the hash tag that keeps a lease and its
 		// result on one cluster slot.
-		return c, fmt.Errorf("oidc app: cache key_prefix %q must not contain { or }", c.KeyPrefix)
+		return c, fmt.Errorf("cache key_prefix %q must not contain { or }", c.KeyPrefix)
 	}
 	for _, ad := range c.Address {
 		addrs = append(addrs, repl.ReplaceAll(ad, ""))
@@ -399,17 +399,17 @@ func (a *App) resolveCache() (CacheConfig, error) {
 	}
 	switch {
 	case c.Backend != backendMemory && c.Backend != backendValkey:
-		return c, fmt.Errorf("oidc app: cache backend %q is unknown; use memory or valkey", c.Backend)
+		return c, fmt.Errorf("cache backend %q is unknown; use memory or valkey", c.Backend)
 	case c.Backend == backendValkey && len(c.Address) == 0:
-		return c, errors.New("oidc app: cache valkey: address is required (host:port of Valkey or Redis)")
+		return c, errors.New("cache valkey: address is required (host:port of Valkey or Redis)")
 	case c.L1MaxBytes < minL1MaxBytes:
-		return c, fmt.Errorf("oidc app: cache l1_max_bytes %d is too small to hold sessions: use at least %d (1 MiB)", c.L1MaxBytes, minL1MaxBytes)
+		return c, fmt.Errorf("cache l1_max_bytes %d is too small to hold sessions: use at least %d (1 MiB)", c.L1MaxBytes, minL1MaxBytes)
 	case c.L1MaxEntries < minL1MaxEntries:
-		return c, fmt.Errorf("oidc app: cache l1_max_entries %d is too small: use at least %d", c.L1MaxEntries, minL1MaxEntries)
+		return c, fmt.Errorf("cache l1_max_entries %d is too small: use at least %d", c.L1MaxEntries, minL1MaxEntries)
 	case c.DB < 0:
-		return c, fmt.Errorf("oidc app: cache db %d must not be negative", c.DB)
+		return c, fmt.Errorf("cache db %d must not be negative", c.DB)
 	case c.Timeout < 0 || c.Timeout > 0 && time.Duration(c.Timeout) < 10*time.Millisecond:
-		return c, fmt.Errorf("oidc app: cache timeout %s must be at least 10ms", time.Duration(c.Timeout))
+		return c, fmt.Errorf("cache timeout %s must be at least 10ms", time.Duration(c.Timeout))
 	}
 	if c.Backend == backendMemory {
 		// Settings of a Valkey connection on the memory backend are a
@@ -417,13 +417,13 @@ func (a *App) resolveCache() (CacheConfig, error) {
 		for field, set := range map[string]bool{"address": len(c.Address) > 0, "username": c.Username != "", "password": c.Password != "",
 			"db": c.DB != 0, "key_prefix": c.KeyPrefix != "", "tls": c.TLS, "tls_server_name": c.TLSServerName != "", "sentinel_master": c.SentinelMaster != ""} {
 			if set {
-				return c, fmt.Errorf("oidc app: cache %s is set but the backend is memory; add backend valkey or remove %s", field, field)
+				return c, fmt.Errorf("cache %s is set but the backend is memory; add backend valkey or remove %s", field, field)
 			}
 		}
 	}
 	for _, ad := range c.Address {
 		if ad == "" || strings.Contains(ad, "://") {
-			return c, fmt.Errorf("oidc app: cache valkey: address %q must be host:port", ad)
+			return c, fmt.Errorf("cache valkey: address %q must be host:port", ad)
 		}
 	}
 	if c.KeyPrefix == "" && c.Backend == backendValkey {
