@@ -134,6 +134,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("%s takes exactly one value", field)
 			}
 			*h.durationField(field) = caddy.Duration(dur)
+		case "provider":
+			p, err := parseProvider(d)
+			if err != nil {
+				return err
+			}
+			h.Providers = append(h.Providers, p)
 		case "auth_param":
 			args := d.RemainingArgs()
 			if len(args) != 2 {

@@ -110,8 +110,17 @@ type Handler struct {
 	IdPTimeout caddy.Duration `json:"idp_timeout,omitempty"`
 	// Tolerated when checking token times. Default: 60s.
 	ClockSkew caddy.Duration `json:"clock_skew,omitempty"`
+	// Several identity providers on one site (staff through Entra ID,
+	// contractors through Google): each with its own issuer, client,
+	// session cookie and endpoints, inheriting the rest of this block. A
+	// request without a session goes to the provider its login_hint's
+	// domain names, or gets a chooser page. At least two; then issuer and
+	// client_id go inside each provider.
+	Providers []ProviderConfig `json:"providers,omitempty"`
 
 	app *App
+	// children are the providers of a block with several.
+	children []*childProvider
 	// shared is the app's current shared cache (introspection results);
 	// sessions keeps this route's sessions in cookies or in it.
 	shared   cache.Store
@@ -162,7 +171,11 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // shared state from the `oidc` app. It does no network I/O: discovery is
 // fetched lazily.
 func (h *Handler) Provision(ctx caddy.Context) error {
-	if err := h.provision(ctx, ctx.Logger()); err != nil {
+	if len(h.Providers) > 0 {
+		if err := h.provisionProviders(ctx, ctx.Logger()); err != nil {
+			return err
+		}
+	} else if err := h.provision(ctx, ctx.Logger()); err != nil {
 		return err
 	}
 	appIface, err := ctx.App("oidc")
@@ -279,6 +292,14 @@ func (h *Handler) applyDefaults() {
 // attach takes this handler's share of the app's state.
 func (h *Handler) attach(app *App) error {
 	h.app = app
+	if h.children != nil {
+		for _, c := range h.children {
+			if err := c.h.attach(app); err != nil {
+				return fmt.Errorf("provider %s: %w", c.name, err)
+			}
+		}
+		return nil
+	}
 	// An old handler may still serve requests after a reload: the store
 	// follows the current config, the rest outlives every config.
 	h.shared = liveStore{app}
@@ -334,6 +355,14 @@ var sameSiteModes = map[string]http.SameSite{"": http.SameSiteLaxMode, "lax": ht
 // placeholders and applied its defaults); every error names the field and
 // the fix. It changes nothing.
 func (h *Handler) Validate() error {
+	if h.children != nil {
+		for _, c := range h.children {
+			if err := c.h.Validate(); err != nil {
+				return fmt.Errorf("provider %s: %w", c.name, err)
+			}
+		}
+		return nil
+	}
 	if h.Issuer == "" {
 		return errors.New("issuer is required: the IdP's issuer URL, e.g. https://idp.example.com/realms/main")
 	}
@@ -457,6 +486,10 @@ func (h *Handler) bearerAudience() []string {
 // running (Caddy does not wait for them on a reload): nothing they use is
 // cleared here, and a released provider keeps answering.
 func (h *Handler) Cleanup() error {
+	if h.children != nil {
+		h.providersCleanup()
+		return nil
+	}
 	if h.rp != nil && h.app != nil {
 		h.app.releaseProvider(h.Issuer, time.Duration(h.IdPTimeout))
 	}
@@ -470,6 +503,9 @@ func (h *Handler) Cleanup() error {
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if h.children != nil {
+		return h.serveProviders(w, r, next)
+	}
 	// The app's shared state outlives this request, even across a reload.
 	h.app.hold()
 	defer h.app.release()

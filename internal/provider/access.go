@@ -171,3 +171,17 @@ func introspectedAudience(claims map[string]any, audiences []string) error {
 	}
 	return fmt.Errorf("introspected token has no aud and client_id %q is not one of %v: %w", clip(cid), audiences, ErrInvalidToken)
 }
+
+// UnverifiedIssuer reads a JWT's iss claim without verifying anything, to
+// route a token to the relying party that will verify it; "" if it is not
+// a JWT.
+func UnverifiedIssuer(token string) string {
+	if !IsJWT(token) {
+		return ""
+	}
+	tok, err := jwt.ParseInsecure([]byte(token))
+	if err != nil {
+		return ""
+	}
+	return tok.Issuer()
+}
