@@ -174,7 +174,9 @@ func (s *SessionConfig) validate(secrets []string, redirectURI string) error {
 	if mode == http.SameSiteNoneMode && !strings.HasPrefix(redirectURI, "https://") {
 		return fmt.Errorf("cookie_samesite none needs an https redirect_uri (SameSite=None cookies must be Secure); set redirect_uri https://<host>%s", redirectPath(redirectURI))
 	}
-	if strings.ContainsAny(s.CookieName, "=;, \t\"") || strings.HasPrefix(s.CookieName, "__") {
+	// net/http silently drops a cookie with an invalid name: every login
+	// would fail. The longest name derived from it is an attempt cookie's.
+	if (&http.Cookie{Name: s.CookieName + "_state_0123456789ab", Value: "x"}).Valid() != nil || strings.HasPrefix(s.CookieName, "__") {
 		return fmt.Errorf("cookie_name %q is not a valid cookie name (no prefix, no separators)", s.CookieName)
 	}
 	return nil

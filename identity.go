@@ -25,6 +25,9 @@ type identity struct {
 	// '.' read as '-': a client header equal to one of them after that
 	// mapping is removed (CGI and FastCGI map all three alike).
 	spellings []string
+	// variantNames: a configured name has '_' or '.', so a client's
+	// plain-dash spelling of it is not removed by its canonical name.
+	variantNames bool
 }
 
 // headerRule is one `header` line. userKey is set when the value is
@@ -38,6 +41,7 @@ func newIdentity(header map[string]string, groupsClaim, rolesClaim string) ident
 	id := identity{groupsClaim: cmp.Or(groupsClaim, "groups"), rolesClaim: cmp.Or(rolesClaim, "roles")}
 	for name, value := range header {
 		id.spellings = append(id.spellings, headerIdentity(name))
+		id.variantNames = id.variantNames || strings.ContainsAny(name, "_.")
 		hr := headerRule{name: http.CanonicalHeaderKey(name), value: value}
 		if k, ok := strings.CutPrefix(value, "{"+userPrefix); ok && strings.HasSuffix(k, "}") && !strings.ContainsAny(k[:len(k)-1], "{}") {
 			hr.userKey = k[:len(k)-1]
@@ -77,7 +81,7 @@ func (id *identity) strip(r *http.Request) {
 		return
 	}
 	for name := range r.Header {
-		if strings.ContainsAny(name, "_.") && slices.Contains(id.spellings, headerIdentity(name)) {
+		if (id.variantNames || strings.ContainsAny(name, "_.")) && slices.Contains(id.spellings, headerIdentity(name)) {
 			delete(r.Header, name)
 		}
 	}

@@ -689,7 +689,11 @@ func (a *attachment) resync() {
 	a.r.prune()
 	if complete && failed.Load() == 0 {
 		a.queueAll(stored)
-		a.r.synced.Store(true)
+		if a.h.Replicated() {
+			// Only a backend other replicas write to tells this process
+			// their logouts (an in-process one holds only its own).
+			a.r.synced.Store(true)
+		}
 		return
 	}
 	// Incomplete: read again later rather than take a part for the whole.
@@ -703,15 +707,21 @@ func (a *attachment) resync() {
 }
 
 // ready reports whether the set knows the logouts of the other replicas:
-// it has read a backend completely once in this process (the memory
-// backend is read as it attaches), or nothing is attached. A reload keeps it.
+// it has read a replicated backend (Valkey) completely once in this
+// process, or none is attached (memory alone: there are no other
+// replicas). A reload keeps it.
 func (r *revocations) ready() bool {
 	if r.synced.Load() {
 		return true
 	}
 	r.attMu.Lock()
 	defer r.attMu.Unlock()
-	return len(r.att) == 0
+	for _, a := range r.att {
+		if a.h.Replicated() {
+			return false
+		}
+	}
+	return true
 }
 
 // queueAll queues every unexpired revocation that stored (what Valkey has)

@@ -143,6 +143,9 @@ func (h *Hybrid) Connected() <-chan struct{} { return h.connectedCh }
 // Healthy reports whether the invalidation stream is up.
 func (h *Hybrid) Healthy() bool { return h.subscribed.Load() }
 
+// Replicated is true: the replicas of a deployment share the Valkey.
+func (h *Hybrid) Replicated() bool { return true }
+
 func (h *Hybrid) clientOption() valkey.ClientOption {
 	o := valkey.ClientOption{
 		InitAddress: h.opts.Addresses,

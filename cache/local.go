@@ -202,6 +202,9 @@ func (l *Local) Connected() <-chan struct{} { return l.connected }
 // Healthy implements Shared: always.
 func (l *Local) Healthy() bool { return true }
 
+// Replicated is false: a Local is this process's own.
+func (l *Local) Replicated() bool { return false }
+
 // keys appends the unexpired keys with prefix that out lacks.
 func (m *Memory) keys(prefix string, out []string) []string {
 	now := time.Now()

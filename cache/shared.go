@@ -57,6 +57,9 @@ type Shared interface {
 	Close()
 	Connected() <-chan struct{}
 	Healthy() bool
+	// Replicated reports whether other processes share this backend:
+	// what it holds may be news to this one (Valkey), or not (Local).
+	Replicated() bool
 }
 
 // Follower is told of changes to keys with a prefix made by other
