@@ -176,7 +176,7 @@ func (s *SessionConfig) validate(secrets []string, redirectURI string) error {
 	}
 	// net/http silently drops a cookie with an invalid name: every login
 	// would fail. The longest name derived from it is an attempt cookie's.
-	if (&http.Cookie{Name: s.CookieName + "_state_0123456789ab", Value: "x"}).Valid() != nil || strings.HasPrefix(s.CookieName, "__") {
+	if (&http.Cookie{Name: s.CookieName + "_state_0123456789ab", Value: "x", Secure: true, HttpOnly: true, SameSite: http.SameSiteLaxMode}).Valid() != nil || strings.HasPrefix(s.CookieName, "__") {
 		return fmt.Errorf("cookie_name %q is not a valid cookie name (no prefix, no separators)", s.CookieName)
 	}
 	return nil
