@@ -44,8 +44,8 @@ var scenarioOrder = []string{scLogin, scHeaders, scBurst, scRefreshed, scRPLogou
 
 const (
 	// Access tokens live 20 s and are refreshed 25 s before they expire:
-	// every request with a session refreshes (the login's own landing
-	// too), so the burst needs no wait for the token to come due.
+	// every request with a session refreshes (the login's own landing too),
+	// so the burst needs no wait for the token to come due.
 	accessTTL     = 20 * time.Second
 	refreshBefore = "25s"
 	apiAudience   = "https://api.interop.test"
