@@ -313,16 +313,17 @@ func TestIdPOutageKeepsSessions(t *testing.T) {
 
 	// Once the token has expired: 503, never a login, the cookie kept.
 	// Until then each request is still served.
-	var last *http.Response
+	var retryAfter string
 	waitUntil(t, 10*time.Second, "a 503 once the access token has expired", func() bool {
-		last = e.get(noRedirect(c), "/expired", nil)
-		last.Body.Close()
-		if last.StatusCode != http.StatusOK && last.StatusCode != http.StatusServiceUnavailable {
-			t.Fatalf("IdP down: got %d, want 200 while the token is valid, then 503", last.StatusCode)
+		resp := e.get(noRedirect(c), "/expired", nil)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusServiceUnavailable {
+			t.Fatalf("IdP down: got %d, want 200 while the token is valid, then 503", resp.StatusCode)
 		}
-		return last.StatusCode == http.StatusServiceUnavailable
+		retryAfter = resp.Header.Get("Retry-After")
+		return resp.StatusCode == http.StatusServiceUnavailable
 	})
-	if last.Header.Get("Retry-After") == "" {
+	if retryAfter == "" {
 		t.Fatal("IdP down and token expired: a 503 without Retry-After")
 	}
 	if n, _ := sessionCookies(c, e.caddyURL); n == 0 {
