@@ -19,15 +19,16 @@ import (
 )
 
 // refreshEnv: three replicas sharing a Valkey, access tokens that need a
-// refresh as soon as they are issued, still valid for a while (lifetime
-// 15 s, refresh_before 17 s): no wait for them to come due. A test that
-// wants refreshed tokens not to need another raises the IdP's lifetime.
+// refresh as soon as they are issued and stay valid for a minute (lifetime
+// 60 s, refresh_before 70 s): no wait for them to come due, and none
+// expires while a loaded machine logs 200 sessions in. A test that wants
+// refreshed tokens not to need another raises the IdP's lifetime.
 func refreshEnv(t *testing.T, store string, extraGlobal string, extraOIDC ...string) *env {
 	srv := redistest.Start(t, persistent...)
 	return newEnv(t, envOptions{
 		replicas:  3,
-		accessTTL: 15 * time.Second,
-		oidc:      "refresh_before 17s\n\t\tsession_store " + store + "\n\t\t" + strings.Join(extraOIDC, "\n\t\t"),
+		accessTTL: time.Minute,
+		oidc:      "refresh_before 70s\n\t\tsession_store " + store + "\n\t\t" + strings.Join(extraOIDC, "\n\t\t"),
 		global:    "oidc {\n\t\t" + extraGlobal + "\n\t\tcache valkey {\n\t\t\taddress " + srv.Addr + "\n\t\t}\n\t}",
 	})
 }
@@ -199,7 +200,7 @@ func TestTwoHundredSessionsRefreshAcrossReplicas(t *testing.T) {
 		sessions = append(sessions, e.replicas[i%3].loginCookies(t, user))
 	}
 	// Every session's access token needs a refresh. Refreshed tokens last
-	// long: a refreshed 15 s token would rightly be refreshed again.
+	// long: a refreshed 60 s token would rightly be refreshed again.
 	e.idp.SetAccessTokenLifetime(5 * time.Minute)
 	before := e.idp.RefreshGrants()
 	var ok, bad atomic.Int64
