@@ -50,14 +50,18 @@ func TestCacheStoreSessionAcrossReplicas(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	time.Sleep(100 * time.Millisecond) // the invalidation crosses the pub/sub channel
 	u, _ := url.Parse(a.caddyURL)
 	stale := e.browser()
 	stale.Jar.SetCookies(u, c.Jar.Cookies(u)) // even a cookie kept from before logout
-	resp = a.get(noRedirect(stale), "/on-a", map[string]string{"Accept": "application/json"})
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusUnauthorized {
-		t.Errorf("after logout on b, replica a answered %d, want 401", resp.StatusCode)
+	// The invalidation crosses the pub/sub channel to a's L1.
+	var last int
+	if !redistest.Poll(5*time.Second, func() bool {
+		resp := a.get(noRedirect(stale), "/on-a", map[string]string{"Accept": "application/json"})
+		resp.Body.Close()
+		last = resp.StatusCode
+		return last == http.StatusUnauthorized
+	}) {
+		t.Errorf("after logout on b, replica a still answered %d after 5 s, want 401", last)
 	}
 }
 
@@ -79,6 +83,8 @@ func TestValkeyOutageDegradesAndRecovers(t *testing.T) {
 	var results []result
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
+	stopLoad := sync.OnceFunc(func() { close(stop); wg.Wait() })
+	defer stopLoad() // also when a wait below fails the test
 	for _, r := range []*env{a, b} {
 		wg.Add(1)
 		go func() {
@@ -112,9 +118,30 @@ func TestValkeyOutageDegradesAndRecovers(t *testing.T) {
 			}
 		}()
 	}
-	time.Sleep(300 * time.Millisecond) // b has read the session into its L1 too
+	// answeredEach reports whether each replica has answered at least n
+	// requests from the from-th result on (the statuses are checked below).
+	answeredEach := func(from, n int) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		perReplica := map[string]int{}
+		for _, r := range results[min(from, len(results)):] {
+			perReplica[r.replica]++
+		}
+		return perReplica[a.caddyURL] >= n && perReplica[b.caddyURL] >= n
+	}
+	resultCount := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(results)
+	}
+	// Both replicas have read the session into their L1.
+	waitUntil(t, 10*time.Second, "each replica to answer 10 requests", func() bool { return answeredEach(0, 10) })
 	srv.Kill()
-	time.Sleep(1500 * time.Millisecond)
+	// The outage lasts until each replica has answered 25 requests without
+	// Valkey (each must be a 200 from L1: checked below), and on through
+	// the cold replica's start.
+	killedAt := resultCount()
+	waitUntil(t, 20*time.Second, "each replica to answer 25 requests during the outage", func() bool { return answeredEach(killedAt, 25) })
 
 	// A replica whose L1 never held the session answers 503, not a login.
 	d := e.coldReplica(envOptions{oidc: "session_store cache", global: valkeyGlobal(srv.Addr)})
@@ -133,23 +160,18 @@ func TestValkeyOutageDegradesAndRecovers(t *testing.T) {
 
 	srv.Restart()
 	// It recovers by itself: the cold replica connects and finds the session.
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	waitUntil(t, 20*time.Second, "the cold replica to recover after Valkey came back", func() bool {
 		resp, err := noRedirect(http.DefaultClient).Do(req.Clone(context.Background()))
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				break
-			}
+		if err != nil {
+			return false
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the cold replica did not recover after Valkey came back")
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	time.Sleep(500 * time.Millisecond)
-	close(stop)
-	wg.Wait()
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	// The warm replicas go on serving once Valkey is back.
+	recoveredAt := resultCount()
+	waitUntil(t, 10*time.Second, "each replica to answer 10 requests after the recovery", func() bool { return answeredEach(recoveredAt, 10) })
+	stopLoad()
 
 	counts := map[string]map[int]int{}
 	for _, r := range results {
@@ -195,16 +217,12 @@ func TestStartsWhileValkeyIsDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cl.Close()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		keys, _ := cl.Do(context.Background(), cl.B().Keys().Pattern("caddy-oidc:sess:*").Build()).AsStrSlice()
-		if len(keys) == 1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the session written while Valkey was down never reached it (keys %v)", keys)
-		}
-		time.Sleep(100 * time.Millisecond)
+	var keys []string
+	if !redistest.Poll(20*time.Second, func() bool {
+		keys, _ = cl.Do(context.Background(), cl.B().Keys().Pattern("caddy-oidc:sess:*").Build()).AsStrSlice()
+		return len(keys) == 1
+	}) {
+		t.Fatalf("the session written while Valkey was down never reached it (keys %v)", keys)
 	}
 	readEcho(t, e.get(c, "/after", nil))
 }
@@ -254,6 +272,23 @@ func valkeyClients(t *testing.T, addr string) int {
 	return strings.Count(string(out), "name=caddy-oidc")
 }
 
+// steady waits (at most d) until read returns the same value on 10
+// consecutive polls (about 200 ms): a count that has settled.
+func steady(t *testing.T, d time.Duration, what string, read func() any) {
+	t.Helper()
+	var last any
+	same := 0
+	waitUntil(t, d, what, func() bool {
+		v := read()
+		if v == last {
+			same++
+		} else {
+			last, same = v, 1
+		}
+		return same >= 10
+	})
+}
+
 func TestHundredReloadsKeepConnectionsAndL1(t *testing.T) {
 	srv := redistest.Start(t, persistent...)
 	// The load goes to a respond route: Caddy's reverse_proxy keeps the idle
@@ -263,8 +298,13 @@ func TestHundredReloadsKeepConnectionsAndL1(t *testing.T) {
 	c := e.browser()
 	readEcho(t, e.login(c, "/", "alice", "alice-password"))
 	readEcho(t, e.get(c, "/warm", nil))
-	time.Sleep(300 * time.Millisecond)
-	g0, conns0 := goroutines(t, e.admin), valkeyClients(t, srv.Addr)
+	// The baseline is taken once the login's goroutines and connections
+	// have settled: the same counts read for 200 ms.
+	var g0, conns0 int
+	steady(t, 10*time.Second, "the goroutine and Valkey connection counts to settle after the login", func() any {
+		g0, conns0 = goroutines(t, e.admin), valkeyClients(t, srv.Addr)
+		return [2]int{g0, conns0}
+	})
 	l1 := metric(t, e.admin, "caddy_oidc_cache_l1_entries")
 	t.Logf("L1 after one cache-store login: %.0f entries, %.0f bytes", l1, metric(t, e.admin, "caddy_oidc_cache_l1_bytes"))
 
@@ -305,10 +345,15 @@ func TestHundredReloadsKeepConnectionsAndL1(t *testing.T) {
 	}
 	close(stop)
 	<-done
-	time.Sleep(500 * time.Millisecond)
 	http.DefaultClient.CloseIdleConnections()
-	time.Sleep(200 * time.Millisecond)
-	g1, conns1 := goroutines(t, e.admin), valkeyClients(t, srv.Addr)
+	// The load's connection goroutines end a moment after their connections
+	// close: give them up to 10 s to get back to the baseline (the asserts
+	// below say by how much they missed it).
+	var g1, conns1 int
+	redistest.Poll(10*time.Second, func() bool {
+		g1, conns1 = goroutines(t, e.admin), valkeyClients(t, srv.Addr)
+		return g1 <= g0+5 && conns1 == conns0
+	})
 	l1After := metric(t, e.admin, "caddy_oidc_cache_l1_entries")
 	t.Logf("100 reloads under load: %d requests, %d failed; goroutines %d -> %d; valkey connections %d -> %d; L1 entries %.0f -> %.0f",
 		total, failures, g0, g1, conns0, conns1, l1, l1After)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/caddy-oidc/caddy-oidc/integration/devidp"
+	"github.com/caddy-oidc/caddy-oidc/internal/redistest"
 )
 
 // capturedCallback runs a login at the IdP for user and returns the callback
@@ -102,16 +103,14 @@ func TestIdPDownAtStart(t *testing.T) {
 	defer idp.Close()
 	e.idp = idp
 	start := time.Now()
-	for {
+	var last int
+	if !redistest.Poll(15*time.Second, func() bool {
 		resp := e.get(noRedirect(http.DefaultClient), "/", nil)
 		resp.Body.Close()
-		if resp.StatusCode == http.StatusFound {
-			break
-		}
-		if time.Since(start) > 15*time.Second {
-			t.Fatalf("still %d 15s after the IdP came up", resp.StatusCode)
-		}
-		time.Sleep(200 * time.Millisecond)
+		last = resp.StatusCode
+		return last == http.StatusFound
+	}) {
+		t.Fatalf("still %d 15s after the IdP came up", last)
 	}
 	t.Logf("logins work again %s after the IdP came up", time.Since(start).Round(100*time.Millisecond))
 	readEcho(t, e.login(e.browser(), "/", "alice", "alice-password"))

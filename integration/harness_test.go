@@ -18,6 +18,7 @@ import (
 
 	"github.com/caddy-oidc/caddy-oidc/integration/devidp"
 	"github.com/caddy-oidc/caddy-oidc/integration/flow"
+	"github.com/caddy-oidc/caddy-oidc/internal/redistest"
 )
 
 // caddyBin is the Caddy binary built from ../cmd/caddy in TestMain: the
@@ -225,19 +226,22 @@ func (e *env) start(cfg string) {
 			t.Logf("caddy logs:\n%s", e.logs.String())
 		}
 	})
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
+	started := redistest.Poll(20*time.Second, func() bool {
 		resp, err := http.Get("http://" + e.admin + "/config/")
-		if err == nil {
-			resp.Body.Close()
-			if c, err := net.Dial("tcp", strings.TrimPrefix(e.caddyURL, "http://")); err == nil {
-				c.Close()
-				return
-			}
+		if err != nil {
+			return false
 		}
-		time.Sleep(50 * time.Millisecond)
+		resp.Body.Close()
+		c, err := net.Dial("tcp", strings.TrimPrefix(e.caddyURL, "http://"))
+		if err != nil {
+			return false
+		}
+		c.Close()
+		return true
+	})
+	if !started {
+		t.Fatalf("caddy did not start:\n%s", e.logs.String())
 	}
-	t.Fatalf("caddy did not start:\n%s", e.logs.String())
 }
 
 // browser is an HTTP client that behaves like a browser for the flow.

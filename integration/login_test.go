@@ -229,14 +229,20 @@ func TestTamperedSessionCookies(t *testing.T) {
 }
 
 func TestRefreshSharesOneGrant(t *testing.T) {
-	e := newEnv(t, envOptions{accessTTL: 3 * time.Second, oidc: "refresh_before 1s"})
+	// A 2 s token: the IdP says expires_in 1 (it rounds down), and the
+	// login's own last request already refreshes it (refresh_before 1s).
+	e := newEnv(t, envOptions{accessTTL: 2 * time.Second, oidc: "refresh_before 1s"})
 	c := e.browser()
 	readEcho(t, e.login(c, "/", "alice", "alice-password"))
-	time.Sleep(3500 * time.Millisecond) // the access token has expired
+	// Every token the session holds was granted before the login returned,
+	// for 1 s at most, and the module keeps its expiry in whole seconds: it
+	// has expired once the clock reaches the second after now + 1 s. (An
+	// absolute expiry, so the wait is on the clock, at most 1 s.)
+	expiredAt := time.Now().Add(time.Second).Unix()
+	waitUntil(t, 3*time.Second, "the access token to expire", func() bool { return time.Now().Unix() >= expiredAt })
 
-	// 20 concurrent requests carrying the same (old) cookie. (With a 3 s
-	// token whose expires_in the IdP rounds down, the login's own last
-	// request may already have refreshed it: count from here.)
+	// 20 concurrent requests carrying the same (old) cookie; grants are
+	// counted from here.
 	u, _ := url.Parse(e.caddyURL)
 	cookies := c.Jar.Cookies(u)
 	grantsBefore, refusedBefore := e.idp.RefreshGrants(), e.idp.RefusedRefreshGrants()
@@ -275,13 +281,13 @@ func TestRefreshSharesOneGrant(t *testing.T) {
 }
 
 func TestRefreshRefusedEndsSession(t *testing.T) {
-	e := newEnv(t, envOptions{accessTTL: 2 * time.Second, oidc: "refresh_before 1s"})
+	// refresh_before longer than the tokens live: every request refreshes.
+	e := newEnv(t, envOptions{accessTTL: 20 * time.Second, oidc: "refresh_before 30s"})
 	c := e.browser()
 	readEcho(t, e.login(c, "/", "alice", "alice-password"))
 	if err := e.idp.RevokeRefreshTokens("alice-id"); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(2500 * time.Millisecond)
 	resp := e.get(noRedirect(c), "/api", map[string]string{"Accept": "application/json"})
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusUnauthorized || !strings.Contains(resp.Header.Get("WWW-Authenticate"), "invalid_token") {
@@ -295,26 +301,48 @@ func TestRefreshRefusedEndsSession(t *testing.T) {
 }
 
 func TestIdPOutageKeepsSessions(t *testing.T) {
-	e := newEnv(t, envOptions{accessTTL: 4 * time.Second, oidc: "refresh_before 3s"})
+	// refresh_before longer than the tokens live: every request tries a
+	// refresh. A 3 s token: expires_in 2, so it expires 1-2 s after login.
+	e := newEnv(t, envOptions{accessTTL: 3 * time.Second, oidc: "refresh_before 10s"})
 	c := e.browser()
 	readEcho(t, e.login(c, "/", "alice", "alice-password"))
 	e.idp.SetTokenEndpointDown(true)
-	time.Sleep(1500 * time.Millisecond) // inside refresh_before, not yet expired
+	grants := e.idp.RefreshGrants()
+	// Not yet expired: served although the refresh fails.
 	readEcho(t, e.get(c, "/still-valid", nil))
 
-	time.Sleep(3 * time.Second) // now really expired
-	resp := e.get(noRedirect(c), "/expired", nil)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
-		t.Fatalf("IdP down and token expired: got %d, want 503 with Retry-After", resp.StatusCode)
+	// Once the token has expired: 503, never a login, the cookie kept.
+	// Until then each request is still served.
+	var retryAfter string
+	waitUntil(t, 10*time.Second, "a 503 once the access token has expired", func() bool {
+		resp := e.get(noRedirect(c), "/expired", nil)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusServiceUnavailable {
+			t.Fatalf("IdP down: got %d, want 200 while the token is valid, then 503", resp.StatusCode)
+		}
+		retryAfter = resp.Header.Get("Retry-After")
+		return resp.StatusCode == http.StatusServiceUnavailable
+	})
+	if retryAfter == "" {
+		t.Fatal("IdP down and token expired: a 503 without Retry-After")
 	}
 	if n, _ := sessionCookies(c, e.caddyURL); n == 0 {
 		t.Fatal("the session cookie was removed during an IdP outage")
 	}
 	e.idp.SetTokenEndpointDown(false)
-	time.Sleep(5500 * time.Millisecond) // past the coordinator's error hold
+	// The coordinator hands out the last failure for its error hold (5 s),
+	// then refreshes: 503s with Retry-After until then, then the session.
+	waitUntil(t, 15*time.Second, "the session to be served after the IdP came back", func() bool {
+		resp := e.get(noRedirect(c), "/recovering", nil)
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusServiceUnavailable && resp.Header.Get("Retry-After") == "" ||
+			resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusServiceUnavailable {
+			t.Fatalf("IdP back: got %d (Retry-After %q), want 503 with Retry-After until the refresh, then 200", resp.StatusCode, resp.Header.Get("Retry-After"))
+		}
+		return resp.StatusCode == http.StatusOK
+	})
 	readEcho(t, e.get(c, "/recovered", nil))
-	if e.idp.RefreshGrants() < 1 {
+	if e.idp.RefreshGrants() == grants {
 		t.Error("no refresh grant after the IdP came back")
 	}
 }

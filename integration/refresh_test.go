@@ -1,9 +1,11 @@
 package integration
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
 	"sort"
 	"strings"
@@ -17,13 +19,16 @@ import (
 )
 
 // refreshEnv: three replicas sharing a Valkey, access tokens that need a
-// refresh 3 s after they are issued (lifetime 20 s, refresh_before 17 s).
+// refresh as soon as they are issued and stay valid for a minute (lifetime
+// 60 s, refresh_before 70 s): no wait for them to come due, and none
+// expires while a loaded machine logs 200 sessions in. A test that wants
+// refreshed tokens not to need another raises the IdP's lifetime.
 func refreshEnv(t *testing.T, store string, extraGlobal string, extraOIDC ...string) *env {
 	srv := redistest.Start(t, persistent...)
 	return newEnv(t, envOptions{
 		replicas:  3,
-		accessTTL: 20 * time.Second,
-		oidc:      "refresh_before 17s\n\t\tsession_store " + store + "\n\t\t" + strings.Join(extraOIDC, "\n\t\t"),
+		accessTTL: time.Minute,
+		oidc:      "refresh_before 70s\n\t\tsession_store " + store + "\n\t\t" + strings.Join(extraOIDC, "\n\t\t"),
 		global:    "oidc {\n\t\t" + extraGlobal + "\n\t\tcache valkey {\n\t\t\taddress " + srv.Addr + "\n\t\t}\n\t}",
 	})
 }
@@ -32,6 +37,18 @@ func refreshEnv(t *testing.T, store string, extraGlobal string, extraOIDC ...str
 // over the given replicas, and returns their statuses and latencies.
 func burst(t *testing.T, replicas []*env, cookies []*http.Cookie, n int) (statuses map[int]int, latencies []time.Duration) {
 	t.Helper()
+	return burstCounting(t, replicas, cookies, n, new(atomic.Int64))
+}
+
+// burstCounting is burst that adds to sent each request written in full to
+// its replica, so a test can act once they have all arrived.
+func burstCounting(t *testing.T, replicas []*env, cookies []*http.Cookie, n int, sent *atomic.Int64) (statuses map[int]int, latencies []time.Duration) {
+	t.Helper()
+	trace := &httptrace.ClientTrace{WroteRequest: func(info httptrace.WroteRequestInfo) {
+		if info.Err == nil {
+			sent.Add(1)
+		}
+	}}
 	var mu sync.Mutex
 	statuses = map[int]int{}
 	var wg sync.WaitGroup
@@ -41,7 +58,7 @@ func burst(t *testing.T, replicas []*env, cookies []*http.Cookie, n int) (status
 		go func() {
 			defer wg.Done()
 			r := replicas[i%len(replicas)]
-			req, _ := http.NewRequest(http.MethodGet, fmt.Sprintf("%s/burst/%d", r.caddyURL, i), nil)
+			req, _ := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace), http.MethodGet, fmt.Sprintf("%s/burst/%d", r.caddyURL, i), nil)
 			for _, ck := range cookies {
 				req.AddCookie(ck)
 			}
@@ -97,8 +114,8 @@ func TestRefreshBurstsOneGrantPerSession(t *testing.T) {
 					combos = append(combos, &combo{replicas: r, requests: n, cookies: e.loginCookies(t, "alice")})
 				}
 			}
-			time.Sleep(3200 * time.Millisecond) // every session's access token now needs a refresh
-			// and a refreshed one does not, however long the bursts take.
+			// Every session's access token needs a refresh, and a refreshed
+			// one does not, however long the bursts take.
 			e.idp.SetAccessTokenLifetime(5 * time.Minute)
 			for _, c := range combos {
 				before, refusedBefore := e.idp.RefreshGrants(), e.idp.RefusedRefreshGrants()
@@ -118,8 +135,12 @@ func TestRefreshBurstsOneGrantPerSession(t *testing.T) {
 func TestRefreshLeaderKilledMidGrant(t *testing.T) {
 	// idp_timeout at most half the lease, as the config requires.
 	e := refreshEnv(t, "cookie", "refresh_lease 2s", "idp_timeout 1s")
-	cookies := e.loginCookies(t, "alice")
-	time.Sleep(3200 * time.Millisecond)
+	cookies := e.loginCookies(t, "alice") // its access token needs a refresh
+	// The login's own last request refreshed already: count from here.
+	grants0, refused0 := e.idp.RefreshGrants(), e.idp.RefusedRefreshGrants()
+	grants := func() (ok, refused int64) {
+		return e.idp.RefreshGrants() - grants0, e.idp.RefusedRefreshGrants() - refused0
+	}
 	e.idp.SetRefreshDelay(500 * time.Millisecond)
 
 	leader, followers := e.replicas[0], e.replicas[1:]
@@ -133,15 +154,17 @@ func TestRefreshLeaderKilledMidGrant(t *testing.T) {
 			resp.Body.Close()
 		}
 	}()
-	time.Sleep(300 * time.Millisecond) // the leader holds the lease and waits on the IdP
+	waitUntil(t, 5*time.Second, "the leader's grant to reach the IdP", func() bool { return e.idp.GrantsWaiting() > 0 })
 	start := time.Now()
 	done := make(chan struct{})
 	var statuses map[int]int
+	var sent atomic.Int64
 	go func() {
-		statuses, _ = burst(t, followers, cookies, 20)
+		statuses, _ = burstCounting(t, followers, cookies, 20, &sent)
 		close(done)
 	}()
-	time.Sleep(100 * time.Millisecond)
+	// The leader dies once the followers' requests have reached them.
+	waitUntil(t, 5*time.Second, "the followers' requests to be sent", func() bool { return sent.Load() == 20 })
 	if err := leader.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -150,14 +173,15 @@ func TestRefreshLeaderKilledMidGrant(t *testing.T) {
 	// The followers' access token is still valid: they serve it while the
 	// lease of the dead leader runs out, and one of them then spends the
 	// refresh token.
-	waitUntil(t, 10*time.Second, "a follower to take the refresh over", func() bool { return e.idp.RefreshGrants() >= 1 })
+	waitUntil(t, 10*time.Second, "a follower to take the refresh over", func() bool { ok, _ := grants(); return ok >= 1 })
 	took := time.Since(start)
+	g, r := grants()
 	t.Logf("leader killed mid-grant: followers answered %v after %s; the refresh was taken over after %s (lease 2s, IdP delay 0.5s); %d grant(s), %d refused",
-		statuses, answered.Round(time.Millisecond), took.Round(time.Millisecond), e.idp.RefreshGrants(), e.idp.RefusedRefreshGrants())
+		statuses, answered.Round(time.Millisecond), took.Round(time.Millisecond), g, r)
 	if statuses[200] != 20 {
 		t.Errorf("followers: %v, want 20 x 200", statuses)
 	}
-	if g, r := e.idp.RefreshGrants(), e.idp.RefusedRefreshGrants(); g != 1 || r != 0 {
+	if g != 1 || r != 0 {
 		t.Errorf("%d successful grants and %d refused, want exactly 1 and 0", g, r)
 	}
 	if took > 2*time.Second+time.Second+2*time.Second {
@@ -175,10 +199,8 @@ func TestTwoHundredSessionsRefreshAcrossReplicas(t *testing.T) {
 		}
 		sessions = append(sessions, e.replicas[i%3].loginCookies(t, user))
 	}
-	time.Sleep(3200 * time.Millisecond)
-	// Refreshed tokens last long: on a loaded machine a burst can outlast
-	// the 3 s a 20 s token spends outside refresh_before, and a session
-	// would then rightly refresh its new token again.
+	// Every session's access token needs a refresh. Refreshed tokens last
+	// long: a refreshed 60 s token would rightly be refreshed again.
 	e.idp.SetAccessTokenLifetime(5 * time.Minute)
 	before := e.idp.RefreshGrants()
 	var ok, bad atomic.Int64

@@ -63,7 +63,9 @@ http://127.0.0.1:%d {
 	oidc {
 		import %s
 		post_logout_redirect_uri /bye
-		exclude /bye
+		# The browser's own favicon fetches would refresh the session
+		# (every request does, see refreshBefore) besides the scenarios'.
+		exclude /bye /favicon.ico
 		header X-Auth-User {http.auth.user.id}
 		header X-Auth-Email {http.auth.user.email}
 		header X-Auth-Name {http.auth.user.claims.name}
