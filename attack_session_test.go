@@ -190,7 +190,7 @@ func TestAttackUnverifiedEmailAndUnicodeFolding(t *testing.T) {
 func TestAttackRefreshDropsNoClaims(t *testing.T) {
 	idp := testidp.New()
 	defer idp.Close()
-	h := newTestHandler(t, idp, func(h *Handler) { h.Allow.Groups = []string{"staff"}; h.Login.UserInfo = true })
+	h := newTestHandler(t, idp, func(h *Handler) { h.Allow.Groups = []string{"staff"}; h.Login.UserInfo = UserInfoOn })
 	var grants atomic.Int64
 	idp.OnToken(func(w http.ResponseWriter, r *http.Request) {
 		grants.Add(1)

@@ -67,7 +67,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		exclude                  <path...>
 //		header                   <name> <value>
 //		auth_param               <name> <value>
-//		userinfo
+//		userinfo                 [auto|on|off]
 //		bearer
 //		bearer_audience          <audience...>
 //	}
@@ -106,14 +106,24 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("require_email_verified: %q is not true or false", d.Val())
 			}
 			h.Allow.RequireEmailVerified = &v
-		case "bearer", "userinfo":
+		case "bearer":
 			if d.NextArg() {
 				return d.ArgErr()
 			}
-			if field == "bearer" {
-				bearerOn = true
-			} else {
-				h.Login.UserInfo = true
+			bearerOn = true
+		case "userinfo":
+			// Bare, as before modes existed, it means on.
+			h.Login.UserInfo = UserInfoOn
+			if d.NextArg() {
+				switch mode := d.Val(); mode {
+				case UserInfoAuto, UserInfoOn, UserInfoOff:
+					h.Login.UserInfo = mode
+				default:
+					return d.Errf("userinfo %q is unknown; use auto, on or off", mode)
+				}
+			}
+			if d.NextArg() {
+				return d.ArgErr()
 			}
 		case "scopes", "session_secret", "allow_users", "allow_domains", "allow_groups", "allow_roles", "exclude", "bearer_audience":
 			args := d.RemainingArgs()

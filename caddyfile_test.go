@@ -152,7 +152,7 @@ func TestCaddyfileAllFields(t *testing.T) {
 	}
 	fields(reflect.TypeFor[Handler]())
 	if h.Bearer == nil || h.Client.ID != "my-app" || h.Session.Store != "cache" || h.Allow.RequireEmailVerified == nil ||
-		h.Logout.EndSessionMethod != "get" || !h.Login.UserInfo || h.Login.AuthParams["prompt"] != "consent" {
+		h.Logout.EndSessionMethod != "get" || h.Login.UserInfo != UserInfoOn || h.Login.AuthParams["prompt"] != "consent" {
 		t.Errorf("parsed config: %s", raw)
 	}
 }

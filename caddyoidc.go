@@ -141,6 +141,7 @@ type Handler struct {
 	absRedirect    bool
 	exclude        caddyhttp.MatchPath
 	identity       identity
+	userInfoNeeds  userInfoNeeds
 	secureDefault  bool
 	sameSite       http.SameSite
 	// route binds sealed values to this issuer and client; ns names this
@@ -252,6 +253,7 @@ func (h *Handler) provision(ctx caddy.Context, logger *zap.Logger) error {
 		h.client.Key = key
 	}
 	h.identity = newIdentity(h.Header, h.GroupsClaim, h.RolesClaim)
+	h.userInfoNeeds = newUserInfoNeeds(h.Login.Scopes, &h.Allow, h.Header, h.identity.groupsClaim, h.identity.rolesClaim)
 	if len(h.Exclude) > 0 {
 		h.exclude = caddyhttp.MatchPath(h.Exclude)
 		if err := h.exclude.Provision(ctx); err != nil {
@@ -278,6 +280,7 @@ func (h *Handler) applyDefaults() {
 	if len(h.Login.Scopes) == 0 {
 		h.Login.Scopes = DefaultScopes
 	}
+	defaultString(&h.Login.UserInfo, UserInfoAuto)
 	defaultString(&h.Session.Store, "cookie")
 	defaultString(&h.Session.CookieName, DefaultCookieName)
 	defaultDuration(&h.Session.Lifetime, DefaultSessionLifetime)
@@ -404,6 +407,11 @@ func (h *Handler) Validate() error {
 	}
 	if h.IdPTimeout > 0 && time.Duration(h.IdPTimeout) < 100*time.Millisecond {
 		return fmt.Errorf("idp_timeout %s is too short for any IdP call; use at least 100ms", time.Duration(h.IdPTimeout))
+	}
+	switch h.Login.UserInfo {
+	case "", UserInfoAuto, UserInfoOn, UserInfoOff:
+	default:
+		return fmt.Errorf("userinfo %q is unknown; use auto, on or off", h.Login.UserInfo)
 	}
 	switch h.Logout.EndSessionMethod {
 	case "", "post", "get":

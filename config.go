@@ -53,10 +53,15 @@ type LoginConfig struct {
 	// audience (Auth0), resource, hd (Google)... A login_hint query
 	// parameter of the request that starts the login is passed on.
 	AuthParams map[string]string `json:"auth_params,omitempty"`
-	// Fetch the UserInfo endpoint at login and on refresh, and add the
-	// claims the ID token lacks (some IdPs put only sub in the ID token).
-	// Its sub must match. Default: off.
-	UserInfo bool `json:"userinfo,omitempty"`
+	// When to fetch the UserInfo endpoint and add the claims the ID token
+	// lacks (some IdPs, such as panva's oidc-provider, put only sub in ID
+	// tokens): "auto" at login when the ID token lacks the claims the
+	// requested scopes imply (email; any profile claim; address;
+	// phone_number) or that an allow rule or header line reads, and on each
+	// refresh of such a session; "on" at every login and refresh; "off"
+	// never. Its sub must be the ID token's. A signed (application/jwt)
+	// response is verified with the IdP's keys. Default: auto.
+	UserInfo string `json:"userinfo,omitempty"`
 }
 
 // SessionConfig is how sessions are kept and how long they live.

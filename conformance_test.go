@@ -40,7 +40,7 @@ func TestRPConformance(t *testing.T) {
 		}},
 		{id: "rp-scope-userinfo-claims", expect: accept,
 			setup: func(e *env) {
-				e.h.Login.UserInfo = true
+				e.h.Login.UserInfo = UserInfoOn
 				e.idp.OnUserInfo(func(w http.ResponseWriter, r *http.Request) {
 					w.Header().Set("Content-Type", "application/json")
 					_, _ = w.Write([]byte(`{"sub":"user-1","phone_number":"+1 555"}`))
@@ -108,14 +108,14 @@ func TestRPConformance(t *testing.T) {
 			return e.idp.Sign(c)
 		}},
 		{id: "rp-userinfo-bad-sub-claim", expect: reject, setup: func(e *env) {
-			e.h.Login.UserInfo = true
+			e.h.Login.UserInfo = UserInfoOn
 			e.idp.OnUserInfo(func(w http.ResponseWriter, r *http.Request) {
 				w.Header().Set("Content-Type", "application/json")
 				_, _ = w.Write([]byte(`{"sub":"not-the-same"}`))
 			})
 		}},
 		{id: "rp-userinfo-bearer-header", expect: accept, setup: func(e *env) {
-			e.h.Login.UserInfo = true
+			e.h.Login.UserInfo = UserInfoOn
 			e.idp.OnUserInfo(func(w http.ResponseWriter, r *http.Request) {
 				e.seen["userinfo-auth"] = r.Header.Get("Authorization")
 				w.Header().Set("Content-Type", "application/json")

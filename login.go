@@ -309,8 +309,11 @@ func (h *Handler) callback(w http.ResponseWriter, r *http.Request) error {
 		return caddyhttp.Error(http.StatusUnauthorized, fmt.Errorf("callback: %w", err))
 	}
 	var fromUserInfo []string
-	if h.Login.UserInfo {
+	if fetch, why := h.wantsUserInfo(claims, nil); fetch {
 		sub, _ := claims["sub"].(string)
+		if c := h.logger.Check(zapcore.DebugLevel, "fetching userinfo at login"); c != nil {
+			c.Write(zap.String("sub", sub), zap.String("why", why))
+		}
 		extra, err := h.rp.UserInfo(r.Context(), tr.AccessToken, sub)
 		switch {
 		case errors.Is(err, provider.ErrInvalidToken):

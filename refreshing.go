@@ -45,10 +45,13 @@ func (h *Handler) refresh(ctx context.Context, s *session.Session) error {
 	flight := h.route + rt
 	sum := sha256.Sum256([]byte(flight))
 	codec := newRefreshCodec(h.codec, h.bind(purposeHandOff+hex.EncodeToString(sum[:])), sub)
+	// Decided on the session as it is: UserInfo that filled in claims at
+	// login is fetched again, so they stay current.
+	withUserInfo, _ := h.wantsUserInfo(s.Claims, s.FromUserInfo)
 	grant := func(gctx context.Context) (*refreshResult, error) {
 		h.app.hold()
 		defer h.app.release()
-		return h.grant(gctx, rt, sub)
+		return h.grant(gctx, rt, sub, withUserInfo)
 	}
 	res, err := h.app.coordinator.Do(ctx, flight, grant, codec, h.app.via())
 	if err != nil {
@@ -58,8 +61,9 @@ func (h *Handler) refresh(ctx context.Context, s *session.Session) error {
 	return nil
 }
 
-// grant spends rt at the IdP and verifies what comes back.
-func (h *Handler) grant(ctx context.Context, rt, sub string) (res *refreshResult, err error) {
+// grant spends rt at the IdP and verifies what comes back, and fetches
+// UserInfo with the new access token if withUserInfo.
+func (h *Handler) grant(ctx context.Context, rt, sub string, withUserInfo bool) (res *refreshResult, err error) {
 	start := time.Now()
 	defer func() {
 		outcome := "ok"
@@ -98,7 +102,7 @@ func (h *Handler) grant(ctx context.Context, rt, sub string) (res *refreshResult
 			return nil, err
 		}
 	}
-	if h.Login.UserInfo {
+	if withUserInfo {
 		ui, err := h.rp.UserInfo(ctx, tr.AccessToken, sub)
 		if err != nil {
 			h.warned.userinfoFailed.Warn(h.logger, "userinfo not refreshed; the session keeps its earlier claims", zap.String("sub", sub), zap.Error(err))

@@ -105,7 +105,10 @@ func TestAuthorizationParams(t *testing.T) {
 func TestUserInfoClaims(t *testing.T) {
 	idp := testidp.New()
 	defer idp.Close()
-	h := newTestHandler(t, idp, func(h *Handler) { h.Login.UserInfo = true; h.Header["X-Dept"] = "{http.auth.user.claims.department}" })
+	h := newTestHandler(t, idp, func(h *Handler) {
+		h.Login.UserInfo = UserInfoOn
+		h.Header["X-Dept"] = "{http.auth.user.claims.department}"
+	})
 	login := func(userinfoSub string) (int, *http.Cookie) {
 		idp.OnUserInfo(func(w http.ResponseWriter, r *http.Request) {
 			if !strings.HasPrefix(r.Header.Get("Authorization"), "Bearer at-") {

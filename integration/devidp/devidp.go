@@ -50,6 +50,10 @@ type Options struct {
 	// BackchannelLogoutURIs receive a signed logout token (sub of the user)
 	// when a user's session ends at the IdP (its end_session endpoint).
 	BackchannelLogoutURIs []string
+	// ThinIDTokens puts only sub and protocol claims in ID tokens, as
+	// panva's certified oidc-provider does by default: email, profile and
+	// groups are served by the UserInfo endpoint alone.
+	ThinIDTokens bool
 }
 
 // IdP is a running development OpenID Provider.
@@ -90,9 +94,10 @@ func Start(o Options) (*IdP, error) {
 	s := &store{
 		Storage: storage.NewStorageWithClients(us, map[string]*storage.Client{o.ClientID: client}),
 		users:   us,
-		client:  &devClient{Client: client, postLogout: o.PostLogoutRedirectURIs},
+		client:  &devClient{Client: client, postLogout: o.PostLogoutRedirectURIs, thin: o.ThinIDTokens},
 		issuer:  issuer,
 		bcl:     o.BackchannelLogoutURIs,
+		thin:    o.ThinIDTokens,
 	}
 	router := exampleop.SetupServer(issuer, s, nil, false)
 	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -180,6 +185,8 @@ type store struct {
 	issuer                                    string
 	bcl                                       []string
 	backchannelSent                           atomic.Int64
+	thin                                      bool
+	userinfoHits                              atomic.Int64
 }
 
 // TerminateSession ends the user's refresh tokens and, like an IdP with
@@ -306,16 +313,33 @@ func (s *store) TokenRequestByRefreshToken(ctx context.Context, rt string) (op.R
 	return r, err
 }
 
-// SetUserinfoFromRequest adds the groups claim to ID tokens.
+// SetUserinfoFromRequest adds the groups claim to ID tokens (unless they
+// are thin).
 func (s *store) SetUserinfoFromRequest(ctx context.Context, ui *oidc.UserInfo, token op.IDTokenRequest, scopes []string) error {
 	if err := s.Storage.SetUserinfoFromRequest(ctx, ui, token, scopes); err != nil {
 		return err
 	}
-	if g := s.users.groups[token.GetSubject()]; len(g) > 0 {
+	if g := s.users.groups[token.GetSubject()]; len(g) > 0 && !s.thin {
 		ui.AppendClaims("groups", g)
 	}
 	return nil
 }
+
+// SetUserinfoFromToken answers the UserInfo endpoint, counting its calls;
+// with thin ID tokens it carries the groups they leave out.
+func (s *store) SetUserinfoFromToken(ctx context.Context, ui *oidc.UserInfo, tokenID, subject, origin string) error {
+	s.userinfoHits.Add(1)
+	if err := s.Storage.SetUserinfoFromToken(ctx, ui, tokenID, subject, origin); err != nil {
+		return err
+	}
+	if g := s.users.groups[ui.Subject]; len(g) > 0 && s.thin {
+		ui.AppendClaims("groups", g)
+	}
+	return nil
+}
+
+// UserInfoRequests counts calls of the UserInfo endpoint.
+func (i *IdP) UserInfoRequests() int64 { return i.store.userinfoHits.Load() }
 
 func (s *store) GetClientByClientID(ctx context.Context, id string) (op.Client, error) {
 	if id == s.client.GetID() {
@@ -355,14 +379,15 @@ func (s *store) ClientCredentialsTokenRequest(ctx context.Context, id string, sc
 	return s.Storage.ClientCredentialsTokenRequest(ctx, id, scopes)
 }
 
-// devClient puts the user's claims in the ID token, as most IdPs do, and
-// registers post-logout redirect URIs.
+// devClient puts the user's claims in the ID token, as most IdPs do
+// (unless thin), and registers post-logout redirect URIs.
 type devClient struct {
 	*storage.Client
 	postLogout []string
+	thin       bool
 }
 
-func (c *devClient) IDTokenUserinfoClaimsAssertion() bool { return true }
+func (c *devClient) IDTokenUserinfoClaimsAssertion() bool { return !c.thin }
 func (c *devClient) PostLogoutRedirectURIs() []string     { return c.postLogout }
 
 type userStore struct {

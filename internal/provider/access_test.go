@@ -171,7 +171,7 @@ func TestIdP429IsUnavailable(t *testing.T) {
 		t.Errorf("introspection 429: got %v, want ErrUnavailable", err)
 	}
 	idp.OnUserInfo(tooMany(`{"sub":"user-1"}`))
-	if _, err := p.UserInfo(ctx, "at", "user-1"); !errors.Is(err, provider.ErrUnavailable) {
+	if _, err := p.UserInfo(ctx, "at", provider.UserInfoOptions{ClientID: "app", Subject: "user-1"}); !errors.Is(err, provider.ErrUnavailable) {
 		t.Errorf("userinfo 429: got %v, want ErrUnavailable", err)
 	}
 	idp.OnRevoke(tooMany(``))

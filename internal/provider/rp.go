@@ -79,9 +79,10 @@ func (rp *RelyingParty) VerifyRefreshedIDToken(ctx context.Context, raw, sub str
 		FromTokenEndpoint: true, Now: rp.now})
 }
 
-// UserInfo fetches the user's claims; their sub must be sub.
+// UserInfo fetches the user's claims; their sub must be sub, and a signed
+// response must be for this client.
 func (rp *RelyingParty) UserInfo(ctx context.Context, accessToken, sub string) (map[string]any, error) {
-	return rp.p.UserInfo(ctx, accessToken, sub)
+	return rp.p.UserInfo(ctx, accessToken, UserInfoOptions{ClientID: rp.client.ID, Subject: sub, ClockSkew: rp.skew, Now: rp.now})
 }
 
 // Revoke revokes a token at the IdP (RFC 7009).

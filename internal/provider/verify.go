@@ -110,6 +110,21 @@ func (p *Provider) VerifyIDToken(ctx context.Context, raw string, o VerifyOption
 // fromTokenEndpoint says where it came from (see VerifyOptions). It returns
 // the jwt.Parse option that verifies the signature with that key and algorithm.
 func (p *Provider) signedBy(ctx context.Context, raw, what string, fromTokenEndpoint bool, typs ...string) (*Discovery, jwt.ParseOption, error) {
+	return p.signedByAlgs(ctx, raw, what, idTokenAlgs, fromTokenEndpoint, typs...)
+}
+
+// idTokenAlgs are the algorithms the IdP announces for ID tokens, which it
+// also uses for its other tokens.
+func idTokenAlgs(d *Discovery) []string {
+	if len(d.IDTokenSigningAlgValuesSupported) == 0 {
+		return []string{"RS256"} // the default of Discovery §3
+	}
+	return d.IDTokenSigningAlgValuesSupported
+}
+
+// signedByAlgs is signedBy with the announced algorithms read by announced
+// (UserInfo has its own list).
+func (p *Provider) signedByAlgs(ctx context.Context, raw, what string, announced func(*Discovery) []string, fromTokenEndpoint bool, typs ...string) (*Discovery, jwt.ParseOption, error) {
 	d, err := p.Discovery(ctx)
 	if err != nil {
 		return nil, nil, err
@@ -130,10 +145,7 @@ func (p *Provider) signedBy(ctx context.Context, raw, what string, fromTokenEndp
 		return nil, nil, fmt.Errorf("%s has typ %q (want one of %v): %w", what, clip(hdr.Type()), typs, ErrInvalidToken)
 	}
 	alg := hdr.Algorithm().String()
-	allowed := d.IDTokenSigningAlgValuesSupported
-	if len(allowed) == 0 {
-		allowed = []string{"RS256"} // the default of Discovery §3
-	}
+	allowed := announced(d)
 	if !slices.Contains(allowed, alg) || !slices.Contains(asymmetric, alg) {
 		return nil, nil, fmt.Errorf("%s algorithm %q is not accepted (IdP announces %v): %w", what, clip(alg), allowed, ErrInvalidToken)
 	}
