@@ -119,8 +119,8 @@ type Handler struct {
 	Providers []ProviderConfig `json:"providers,omitempty"`
 
 	app *App
-	// children are the providers of a block with several.
-	children []*childProvider
+	// chooser dispatches a block with several providers to them.
+	chooser *chooser
 	// shared is the app's current shared cache (introspection results);
 	// sessions keeps this route's sessions in cookies or in it.
 	shared   cache.Store
@@ -295,8 +295,8 @@ func (h *Handler) applyDefaults() {
 // attach takes this handler's share of the app's state.
 func (h *Handler) attach(app *App) error {
 	h.app = app
-	if h.children != nil {
-		for _, c := range h.children {
+	if h.chooser != nil {
+		for _, c := range h.chooser.children {
 			if err := c.h.attach(app); err != nil {
 				return fmt.Errorf("provider %s: %w", c.name, err)
 			}
@@ -358,8 +358,8 @@ var sameSiteModes = map[string]http.SameSite{"": http.SameSiteLaxMode, "lax": ht
 // placeholders and applied its defaults); every error names the field and
 // the fix. It changes nothing.
 func (h *Handler) Validate() error {
-	if h.children != nil {
-		for _, c := range h.children {
+	if h.chooser != nil {
+		for _, c := range h.chooser.children {
 			if err := c.h.Validate(); err != nil {
 				return fmt.Errorf("provider %s: %w", c.name, err)
 			}
@@ -494,8 +494,8 @@ func (h *Handler) bearerAudience() []string {
 // running (Caddy does not wait for them on a reload): nothing they use is
 // cleared here, and a released provider keeps answering.
 func (h *Handler) Cleanup() error {
-	if h.children != nil {
-		h.providersCleanup()
+	if h.chooser != nil {
+		h.chooser.providersCleanup()
 		return nil
 	}
 	if h.rp != nil && h.app != nil {
@@ -511,8 +511,8 @@ func (h *Handler) Cleanup() error {
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	if h.children != nil {
-		return h.serveProviders(w, r, next)
+	if h.chooser != nil {
+		return h.chooser.serveProviders(w, r, next)
 	}
 	// The app's shared state outlives this request, even across a reload.
 	h.app.hold()

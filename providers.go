@@ -47,6 +47,14 @@ type ProviderConfig struct {
 	Config json.RawMessage `json:"config,omitempty"`
 }
 
+// chooser serves a block with several providers: it dispatches each
+// request to the provider whose endpoint, session or login_hint it is, and
+// offers the others a choice.
+type chooser struct {
+	h        *Handler // the enclosing block: its exclude, logout, session info and health paths
+	children []*childProvider
+}
+
 // providerQuery is the query parameter the chooser's links carry.
 const providerQuery = "oidc_provider"
 
@@ -74,12 +82,12 @@ func (h *Handler) provisionProviders(ctx caddy.Context, logger *zap.Logger) erro
 	}
 	h.applyDefaults()
 	seenDomain := map[string]string{}
-	h.children = nil
+	ch := &chooser{h: h}
 	for i, p := range h.Providers {
 		if !providerName.MatchString(p.Name) {
 			return fmt.Errorf("provider #%d: name %q must be lowercase letters, digits and - (at most 32)", i+1, p.Name)
 		}
-		for _, c := range h.children {
+		for _, c := range ch.children {
 			if c.name == p.Name {
 				return fmt.Errorf("provider %s: the name is used twice", p.Name)
 			}
@@ -112,7 +120,7 @@ func (h *Handler) provisionProviders(ctx caddy.Context, logger *zap.Logger) erro
 		if err := child.provision(ctx, logger.With(zap.String("provider", p.Name))); err != nil {
 			return fmt.Errorf("provider %s: %w", p.Name, err)
 		}
-		h.children = append(h.children, &childProvider{name: p.Name, label: cmp.Or(p.Label, p.Name), domains: p.LoginHintDomains, h: child})
+		ch.children = append(ch.children, &childProvider{name: p.Name, label: cmp.Or(p.Label, p.Name), domains: p.LoginHintDomains, h: child})
 	}
 	// The enclosing block's own endpoints: the chooser's logout, session
 	// info and health dispatch to the providers.
@@ -124,7 +132,8 @@ func (h *Handler) provisionProviders(ctx caddy.Context, logger *zap.Logger) erro
 			return fmt.Errorf("exclude: %w", err)
 		}
 	}
-	return h.validateProviderPaths()
+	h.chooser = ch
+	return ch.validateProviderPaths()
 }
 
 // deriveProviderDefaults gives a provider its own cookie and endpoints
@@ -150,7 +159,7 @@ func deriveProviderDefaults(child, h *Handler, name string) {
 
 // validateProviderPaths refuses two providers (or a provider and the
 // enclosing block) answering the same path.
-func (h *Handler) validateProviderPaths() error {
+func (ch *chooser) validateProviderPaths() error {
 	owner := map[string]string{}
 	claim := func(path, who string) error {
 		if path == "" {
@@ -162,12 +171,12 @@ func (h *Handler) validateProviderPaths() error {
 		owner[path] = who
 		return nil
 	}
-	for _, p := range []string{h.Logout.Path, h.UserInfoPath, h.HealthPath} {
+	for _, p := range []string{ch.h.Logout.Path, ch.h.UserInfoPath, ch.h.HealthPath} {
 		if err := claim(p, "the oidc block"); err != nil {
 			return err
 		}
 	}
-	for _, c := range h.children {
+	for _, c := range ch.children {
 		for _, p := range []string{c.h.callbackPath, c.h.Logout.Path, c.h.Logout.BackchannelPath, c.h.Logout.FrontchannelPath} {
 			if err := claim(p, c.name); err != nil {
 				return err
@@ -195,15 +204,15 @@ func (c *childProvider) hasSession(r *http.Request) bool {
 // provider's own endpoints and its sessions go to it; a request without a
 // session goes to the provider its login_hint or the chooser names, or gets
 // the chooser page.
-func (h *Handler) serveProviders(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	for _, c := range h.children {
+func (ch *chooser) serveProviders(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	for _, c := range ch.children {
 		switch r.URL.Path {
 		case c.h.callbackPath, c.h.Logout.Path, c.h.Logout.BackchannelPath, c.h.Logout.FrontchannelPath:
-			return h.delegate(c, w, r, next)
+			return ch.delegate(c, w, r, next)
 		}
 	}
-	if h.excluded(r) {
-		for _, c := range h.children {
+	if ch.h.excluded(r) {
+		for _, c := range ch.children {
 			c.h.identity.strip(r)
 			c.h.sessions.StripCookies(r)
 		}
@@ -211,54 +220,54 @@ func (h *Handler) serveProviders(w http.ResponseWriter, r *http.Request, next ca
 	}
 	// A bearer token goes to the provider that issued it.
 	if token, ok := bearerToken(r); ok {
-		if c := h.bearerProvider(token); c != nil {
-			return h.delegate(c, w, r, next)
+		if c := ch.bearerProvider(token); c != nil {
+			return ch.delegate(c, w, r, next)
 		}
 	}
 	var signedIn *childProvider
-	for _, c := range h.children {
+	for _, c := range ch.children {
 		if c.hasSession(r) {
 			signedIn = c
 			break
 		}
 	}
 	switch r.URL.Path {
-	case h.Logout.Path:
+	case ch.h.Logout.Path:
 		// The provider the user is signed in with (or names) logs them out.
-		if c := h.childNamed(r.URL.Query().Get(providerQuery)); c != nil {
+		if c := ch.childNamed(r.URL.Query().Get(providerQuery)); c != nil {
 			signedIn = c
 		}
 		if signedIn == nil {
 			http.Redirect(w, r, "/", http.StatusFound)
 			return nil
 		}
-		return h.delegateTo(signedIn.h.Logout.Path, signedIn, w, r, next)
-	case h.UserInfoPath:
-		if h.UserInfoPath != "" {
+		return ch.delegateTo(signedIn.h.Logout.Path, signedIn, w, r, next)
+	case ch.h.UserInfoPath:
+		if ch.h.UserInfoPath != "" {
 			if signedIn == nil {
 				w.Header().Set("Cache-Control", "no-store")
 				w.Header().Set("WWW-Authenticate", `Bearer realm="oidc"`)
 				return caddyhttp.Error(http.StatusUnauthorized, errors.New("no valid session"))
 			}
-			return h.delegate(signedIn, w, r, next)
+			return ch.delegate(signedIn, w, r, next)
 		}
-	case h.HealthPath:
-		if h.HealthPath != "" {
-			return h.serveProvidersHealth(w, r)
+	case ch.h.HealthPath:
+		if ch.h.HealthPath != "" {
+			return ch.serveProvidersHealth(w, r)
 		}
 	}
 	if signedIn != nil {
-		return h.delegate(signedIn, w, r, next)
+		return ch.delegate(signedIn, w, r, next)
 	}
-	if c := h.chosen(r); c != nil {
+	if c := ch.chosen(r); c != nil {
 		// Forget the chooser's parameter: the login returns to the page
 		// first asked for.
 		q := r.URL.Query()
 		q.Del(providerQuery)
 		r.URL.RawQuery = q.Encode()
-		return h.delegate(c, w, r, next)
+		return ch.delegate(c, w, r, next)
 	}
-	for _, c := range h.children {
+	for _, c := range ch.children {
 		c.h.identity.strip(r)
 	}
 	if isAPIRequest(r) {
@@ -266,21 +275,21 @@ func (h *Handler) serveProviders(w http.ResponseWriter, r *http.Request, next ca
 		w.Header().Set("Cache-Control", "no-store")
 		return caddyhttp.Error(http.StatusUnauthorized, errors.New("no valid session"))
 	}
-	return h.serveChooser(w, r)
+	return ch.serveChooser(w, r)
 }
 
 // delegateTo serves r as a request for path on provider c.
-func (h *Handler) delegateTo(path string, c *childProvider, w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+func (ch *chooser) delegateTo(path string, c *childProvider, w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	r2 := r.Clone(r.Context())
 	r2.URL.Path = path
 	r2.URL.RawPath = ""
-	return h.delegate(c, w, r2, next)
+	return ch.delegate(c, w, r2, next)
 }
 
 // delegate hands r to provider c, without the other providers' cookies:
 // they never reach its upstream.
-func (h *Handler) delegate(c *childProvider, w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	for _, o := range h.children {
+func (ch *chooser) delegate(c *childProvider, w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	for _, o := range ch.children {
 		o.h.identity.strip(r)
 		if o != c {
 			o.h.sessions.StripCookies(r)
@@ -291,9 +300,9 @@ func (h *Handler) delegate(c *childProvider, w http.ResponseWriter, r *http.Requ
 
 // chosen is the provider the request names: by the chooser's parameter,
 // or by the domain of its login_hint.
-func (h *Handler) chosen(r *http.Request) *childProvider {
+func (ch *chooser) chosen(r *http.Request) *childProvider {
 	q := r.URL.Query()
-	if c := h.childNamed(q.Get(providerQuery)); c != nil {
+	if c := ch.childNamed(q.Get(providerQuery)); c != nil {
 		return c
 	}
 	hint := q.Get("login_hint")
@@ -302,7 +311,7 @@ func (h *Handler) chosen(r *http.Request) *childProvider {
 		return nil
 	}
 	domain := hint[at+1:]
-	for _, c := range h.children {
+	for _, c := range ch.children {
 		for _, d := range c.domains {
 			if asciiEqualFold(strings.TrimPrefix(d, "@"), domain) {
 				return c
@@ -312,11 +321,11 @@ func (h *Handler) chosen(r *http.Request) *childProvider {
 	return nil
 }
 
-func (h *Handler) childNamed(name string) *childProvider {
+func (ch *chooser) childNamed(name string) *childProvider {
 	if name == "" {
 		return nil
 	}
-	for _, c := range h.children {
+	for _, c := range ch.children {
 		if c.name == name {
 			return c
 		}
@@ -327,9 +336,9 @@ func (h *Handler) childNamed(name string) *childProvider {
 // bearerProvider picks the provider with bearer on whose issuer a JWT
 // names (unverified: it only routes; the provider verifies), or the only
 // one with bearer on.
-func (h *Handler) bearerProvider(token string) *childProvider {
+func (ch *chooser) bearerProvider(token string) *childProvider {
 	var withBearer []*childProvider
-	for _, c := range h.children {
+	for _, c := range ch.children {
 		if c.h.Bearer != nil {
 			withBearer = append(withBearer, c)
 		}
@@ -347,14 +356,14 @@ func (h *Handler) bearerProvider(token string) *childProvider {
 }
 
 // serveProvidersHealth is ready when every provider's IdP is.
-func (h *Handler) serveProvidersHealth(w http.ResponseWriter, r *http.Request) error {
+func (ch *chooser) serveProvidersHealth(w http.ResponseWriter, r *http.Request) error {
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("Content-Type", "application/json")
 	st := struct {
 		Ready bool              `json:"ready"`
 		IdP   map[string]string `json:"idp"`
 	}{Ready: true, IdP: map[string]string{}}
-	for _, c := range h.children {
+	for _, c := range ch.children {
 		ctx, cancel := context.WithTimeout(r.Context(), time.Duration(c.h.IdPTimeout))
 		err := c.h.rp.Ready(ctx)
 		cancel()
@@ -387,13 +396,13 @@ a:hover,a:focus{border-color:#3b6fe0;background:#f0f5ff;outline:none}
 {{end}}</main></body></html>
 `))
 
-func (h *Handler) serveChooser(w http.ResponseWriter, r *http.Request) error {
+func (ch *chooser) serveChooser(w http.ResponseWriter, r *http.Request) error {
 	nonce := make([]byte, 16)
 	rand.Read(nonce)
 	type link struct{ URL, Label string }
 	var links []link
 	target := returnTo(r)
-	for _, c := range h.children {
+	for _, c := range ch.children {
 		u, _ := url.Parse(target)
 		q := u.Query()
 		q.Set(providerQuery, c.name)
@@ -467,8 +476,8 @@ func parseProvider(d *caddyfile.Dispenser) (ProviderConfig, error) {
 }
 
 // providersCleanup releases every provider's share of the app.
-func (h *Handler) providersCleanup() {
-	for _, c := range slices.Backward(h.children) {
+func (ch *chooser) providersCleanup() {
+	for _, c := range slices.Backward(ch.children) {
 		_ = c.h.Cleanup()
 	}
 }

@@ -48,7 +48,7 @@ func TestSeveralProviders(t *testing.T) {
 	defer a.Close()
 	defer b.Close()
 	h := newChooser(t, a, b, nil)
-	staff, contractors := h.children[0].h, h.children[1].h
+	staff, contractors := h.chooser.children[0].h, h.chooser.children[1].h
 	if staff.callbackPath != "/oauth2/callback/staff" || contractors.Logout.Path != "/oauth2/logout/contractors" ||
 		staff.Session.CookieName != "oidc_session_staff" || contractors.Logout.BackchannelPath != "/oauth2/backchannel_logout/contractors" {
 		t.Errorf("provider endpoints: %s %s %s %s", staff.callbackPath, contractors.Logout.Path, staff.Session.CookieName, contractors.Logout.BackchannelPath)
@@ -108,7 +108,7 @@ func TestAttackSessionOfAnotherProvider(t *testing.T) {
 	defer a.Close()
 	defer b.Close()
 	h := newChooser(t, a, b, nil)
-	r := loggedIn(t, h.children[0].h, map[string]any{"sub": "u1"}, nil)
+	r := loggedIn(t, h.chooser.children[0].h, map[string]any{"sub": "u1"}, nil)
 	c, err := r.Cookie("oidc_session_staff")
 	if err != nil {
 		t.Fatal(err)
