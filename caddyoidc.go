@@ -246,6 +246,7 @@ func (h *Handler) provision(ctx caddy.Context, logger *zap.Logger) error {
 		}
 	}
 	h.warnFootguns(h.secrets)
+	h.warnUncheckedStepUp()
 	return nil
 }
 

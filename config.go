@@ -180,12 +180,11 @@ func (l *LoginConfig) validate() error {
 	if l.PreservePost != 0 && (l.PreservePost < minPreservePost || l.PreservePost > maxPreservePost) {
 		return fmt.Errorf("preserve_post %d bytes is out of range; use 1KiB to 1MiB (or leave it out to turn it off)", l.PreservePost)
 	}
-	for _, name := range []string{"acr_values", "max_age"} {
-		if _, ok := l.AuthParams[name]; ok {
-			// A parameter alone is only a request the user can edit out of
-			// the URL: the subdirective also checks the IdP's answer.
-			return fmt.Errorf("auth_param %s only asks and never checks the IdP's answer; use the %s subdirective instead", name, name)
-		}
+	if _, ok := l.AuthParams["acr_values"]; ok && len(l.ACRValues) > 0 {
+		return errors.New("auth_param acr_values and acr_values are both set; keep acr_values, which also checks the IdP's answer")
+	}
+	if _, ok := l.AuthParams["max_age"]; ok && l.MaxAge > 0 {
+		return errors.New("auth_param max_age and max_age are both set; keep max_age, which also checks the IdP's answer")
 	}
 	return nil
 }

@@ -143,6 +143,17 @@ func (h *Handler) noteStepUpRefused(err error, claims map[string]any) {
 	}
 }
 
+// warnUncheckedStepUp warns of auth_param acr_values or max_age: a
+// parameter alone is only a request, which the user can edit out of the
+// URL; the subdirectives also check the IdP's answer.
+func (h *Handler) warnUncheckedStepUp() {
+	for _, name := range []string{"acr_values", "max_age"} {
+		if _, ok := h.Login.AuthParams[name]; ok {
+			h.logger.Warn("auth_param " + name + " is sent but the IdP's answer is never checked, so a user can log in without it; use the " + name + " subdirective instead")
+		}
+	}
+}
+
 // withPrompt adds value to a space-separated prompt parameter. "none"
 // cannot go with any other value, so it gives way.
 func withPrompt(prompt, value string) string {
