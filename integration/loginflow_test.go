@@ -48,7 +48,9 @@ func TestFormPostLoginAgainstDevIdP(t *testing.T) {
 		t.Fatalf("no login form: %s", form)
 	}
 	// The IdP's answer is its form_post page.
-	action, fields := readForm(t, e.submitLogin(c, form, "alice", "alice-password"))
+	idpPage := e.submitLogin(c, form, "alice", "alice-password")
+	defer idpPage.Body.Close()
+	action, fields := readForm(t, idpPage)
 	if !strings.HasSuffix(action, "/oauth2/callback") || fields.Get("code") == "" || fields.Get("state") == "" {
 		t.Fatalf("IdP's form_post page: action %q fields %v", action, fields)
 	}
@@ -101,7 +103,9 @@ func TestPreservedPostAgainstDevIdP(t *testing.T) {
 	if resp.Request.URL.Path != "/login/username" {
 		t.Fatalf("the POST did not lead to the IdP's login form: %s (%d)", resp.Request.URL, resp.StatusCode)
 	}
-	action, fields := readForm(t, e.submitLogin(c, resp.Request.URL, "alice", "alice-password"))
+	replayPage := e.submitLogin(c, resp.Request.URL, "alice", "alice-password")
+	defer replayPage.Body.Close()
+	action, fields := readForm(t, replayPage)
 	if action != "/posts/new" || fields.Encode() != mustParse(t, body).Encode() {
 		t.Fatalf("replay page: action %q fields %v", action, fields)
 	}
