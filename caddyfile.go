@@ -68,6 +68,10 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		header                   <name> <value>
 //		auth_param               <name> <value>
 //		userinfo                 [auto|on|off]
+//		acr_values               <acr...>
+//		max_age                  <duration>
+//		response_mode            query|form_post
+//		preserve_post            [<size>]
 //		bearer
 //		bearer_audience          <audience...>
 //	}
@@ -87,7 +91,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		switch field {
 		case "issuer", "client_id", "client_secret", "redirect_uri", "session_store",
 			"logout_path", "post_logout_redirect_uri", "backchannel_logout_path", "frontchannel_logout_path", "cookie_name", "cookie_samesite", "end_session_method", "introspection_endpoint", "userinfo_path", "health_path",
-			"allow_expression", "groups_claim", "roles_claim",
+			"allow_expression", "groups_claim", "roles_claim", "response_mode",
 			"client_auth_method", "client_private_key", "client_key_id", "client_key_alg":
 			if !d.NextArg() {
 				return d.ArgErr()
@@ -125,14 +129,14 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if d.NextArg() {
 				return d.ArgErr()
 			}
-		case "scopes", "session_secret", "allow_users", "allow_domains", "allow_groups", "allow_roles", "exclude", "bearer_audience":
+		case "scopes", "session_secret", "allow_users", "allow_domains", "allow_groups", "allow_roles", "exclude", "bearer_audience", "acr_values":
 			args := d.RemainingArgs()
 			if len(args) == 0 {
 				return d.ArgErr()
 			}
 			list := h.listField(field, bearer)
 			*list = append(*list, args...)
-		case "session_lifetime", "session_idle_timeout", "refresh_before", "refresh_token_max_age", "clock_skew", "idp_timeout":
+		case "session_lifetime", "session_idle_timeout", "refresh_before", "refresh_token_max_age", "clock_skew", "idp_timeout", "max_age":
 			if !d.NextArg() {
 				return d.ArgErr()
 			}
@@ -143,6 +147,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if d.NextArg() {
 				return d.Errf("%s takes exactly one value", field)
 			}
+			if field == "max_age" && dur <= 0 {
+				return d.Errf("max_age %s must be a positive duration (e.g. 10m); leave it out for no limit", dur)
+			}
 			*h.durationField(field) = caddy.Duration(dur)
 		case "provider":
 			p, err := parseProvider(d)
@@ -150,6 +157,20 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			h.Providers = append(h.Providers, p)
+		case "preserve_post":
+			// Alone it keeps forms of up to 64 KiB.
+			size := uint64(defaultPreservePost)
+			if d.NextArg() {
+				n, err := humanize.ParseBytes(d.Val())
+				if err != nil || n < minPreservePost || n > maxPreservePost {
+					return d.Errf("preserve_post: %q is not a size from 1KiB to 1MiB (e.g. 64KiB)", d.Val())
+				}
+				size = n
+			}
+			if d.NextArg() {
+				return d.Errf("preserve_post takes at most one value, the size")
+			}
+			h.Login.PreservePost = int64(size)
 		case "auth_param":
 			args := d.RemainingArgs()
 			if len(args) != 2 {
@@ -193,6 +214,7 @@ func (h *Handler) stringField(name string, bearer *BearerConfig) *string {
 		"cookie_name": &h.Session.CookieName, "cookie_samesite": &h.Session.CookieSameSite,
 		"end_session_method": &h.Logout.EndSessionMethod, "introspection_endpoint": &bearer.IntrospectionEndpoint,
 		"userinfo_path": &h.UserInfoPath, "health_path": &h.HealthPath,
+		"response_mode": &h.Login.ResponseMode,
 	}[name]
 }
 
@@ -200,7 +222,7 @@ func (h *Handler) listField(name string, bearer *BearerConfig) *[]string {
 	return map[string]*[]string{
 		"scopes": &h.Login.Scopes, "session_secret": &h.Session.Secrets, "allow_users": &h.Allow.Users,
 		"allow_domains": &h.Allow.Domains, "allow_groups": &h.Allow.Groups, "allow_roles": &h.Allow.Roles,
-		"exclude": &h.Exclude, "bearer_audience": &bearer.Audience,
+		"exclude": &h.Exclude, "bearer_audience": &bearer.Audience, "acr_values": &h.Login.ACRValues,
 	}[name]
 }
 
@@ -208,7 +230,7 @@ func (h *Handler) durationField(name string) *caddy.Duration {
 	return map[string]*caddy.Duration{
 		"session_lifetime": &h.Session.Lifetime, "session_idle_timeout": &h.Session.IdleTimeout,
 		"refresh_before": &h.Session.RefreshBefore, "refresh_token_max_age": &h.Session.RefreshTokenMaxAge, "clock_skew": &h.ClockSkew,
-		"idp_timeout": &h.IdPTimeout,
+		"idp_timeout": &h.IdPTimeout, "max_age": &h.Login.MaxAge,
 	}[name]
 }
 

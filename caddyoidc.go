@@ -261,6 +261,7 @@ func (h *Handler) provision(ctx caddy.Context, logger *zap.Logger) error {
 		}
 	}
 	h.warnFootguns(h.secrets)
+	h.warnUncheckedStepUp()
 	return nil
 }
 
@@ -380,6 +381,9 @@ func (h *Handler) Validate() error {
 		secrets = h.Session.Secrets // not provisioned: the raw values
 	}
 	if err := h.Session.validate(secrets, h.Login.RedirectURI); err != nil {
+		return err
+	}
+	if err := h.Login.validate(); err != nil {
 		return err
 	}
 	if !slices.Contains(h.Login.Scopes, "openid") {
@@ -557,6 +561,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return h.refuseSession(w, r, loaded)
 	}
 	sess, reissue := loaded.Session, loaded.Reissue
+	if reason, reauth := h.stepUpNeeded(sess.Claims, now); reason != "" {
+		// The session stays: it serves the routes that ask less.
+		return h.requireStepUp(w, r, sess.Subject(), reason, reauth)
+	}
 	if h.needsRefresh(sess, now) {
 		rctx := r.Context()
 		if sess.AccessExpiry == 0 || now.Unix() < sess.AccessExpiry {

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 
@@ -62,6 +63,28 @@ type LoginConfig struct {
 	// never. Its sub must be the ID token's. A signed (application/jwt)
 	// response is verified with the IdP's keys. Default: auto.
 	UserInfo string `json:"userinfo,omitempty"`
+	// The authentication context classes this route requires, most
+	// preferred first, sent as acr_values. A session whose acr claim is
+	// not one of them logs in again (step-up); a login whose ID token
+	// carries no acr among them is refused with 403. Routes without it
+	// keep accepting the session. Default: none.
+	ACRValues []string `json:"acr_values,omitempty"`
+	// How long ago the user may have authenticated at the IdP for this
+	// route, sent as max_age (whole seconds, at least 1s). A session whose
+	// auth_time is older logs in again with prompt=login; a login whose ID
+	// token lacks auth_time or is older is refused with 403.
+	// Default: 0 (no limit).
+	MaxAge caddy.Duration `json:"max_age,omitempty"`
+	// How the IdP returns the authorization response: query (a redirect
+	// to the callback) or form_post (a POST the IdP's page submits; the
+	// callback then accepts POST only). Default: query.
+	ResponseMode string `json:"response_mode,omitempty"`
+	// Keeps a browser's same-origin form POST
+	// (application/x-www-form-urlencoded) that arrives without a usable
+	// session, up to this many bytes (1 KiB to 1 MiB), and submits it again
+	// after the login. A larger one is answered 413. Default: 0 (off: such
+	// a POST gets 401).
+	PreservePost int64 `json:"preserve_post,omitempty"`
 }
 
 // SessionConfig is how sessions are kept and how long they live.
@@ -131,6 +154,44 @@ type BearerConfig struct {
 	// that serve RFC 7662 elsewhere (Ory Hydra: its admin API's
 	// /admin/oauth2/introspect, which must stay private).
 	IntrospectionEndpoint string `json:"introspection_endpoint,omitempty"`
+}
+
+// Bounds of preserve_post: a whole form's fields fit, and the process's
+// store of preserved POSTs (preservedPostBudget) holds many of them.
+const (
+	minPreservePost     = 1 << 10
+	maxPreservePost     = 1 << 20
+	defaultPreservePost = 64 << 10
+)
+
+// validate checks the login settings; errors name the field.
+func (l *LoginConfig) validate() error {
+	for _, v := range l.ACRValues {
+		if v == "" || strings.ContainsAny(v, " \t\r\n\"") {
+			return fmt.Errorf("acr_values %q is not a valid authentication context class (no spaces or quotes)", v)
+		}
+	}
+	if l.MaxAge < 0 {
+		return fmt.Errorf("max_age %s must not be negative", time.Duration(l.MaxAge))
+	}
+	if l.MaxAge > 0 && time.Duration(l.MaxAge) < time.Second {
+		return fmt.Errorf("max_age %s is under the 1s the protocol can express; use at least 1s", time.Duration(l.MaxAge))
+	}
+	switch l.ResponseMode {
+	case "", responseModeQuery, responseModeFormPost:
+	default:
+		return fmt.Errorf("response_mode %q is unknown; use query or form_post", l.ResponseMode)
+	}
+	if l.PreservePost != 0 && (l.PreservePost < minPreservePost || l.PreservePost > maxPreservePost) {
+		return fmt.Errorf("preserve_post %d bytes is out of range; use 1KiB to 1MiB (or leave it out to turn it off)", l.PreservePost)
+	}
+	if _, ok := l.AuthParams["acr_values"]; ok && len(l.ACRValues) > 0 {
+		return errors.New("auth_param acr_values and acr_values are both set; keep acr_values, which also checks the IdP's answer")
+	}
+	if _, ok := l.AuthParams["max_age"]; ok && l.MaxAge > 0 {
+		return errors.New("auth_param max_age and max_age are both set; keep max_age, which also checks the IdP's answer")
+	}
+	return nil
 }
 
 // validate checks the client settings; errors name the field.

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -39,6 +40,15 @@ type attempt struct {
 	Verifier string `json:"v"`
 	ReturnTo string `json:"r"`
 	Created  int64  `json:"t"`
+	// ACR and MaxAge are what the login asked of the IdP (the route's
+	// acr_values and max_age in seconds): the callback checks the ID token
+	// against them, whichever route serves it.
+	ACR    []string `json:"acr,omitempty"`
+	MaxAge int64    `json:"ma,omitempty"`
+	// FormPost says the IdP answers by POST (response_mode form_post).
+	FormPost bool `json:"fp,omitempty"`
+	// Post says a form POST was kept for this attempt (preserve_post).
+	Post bool `json:"p,omitempty"`
 }
 
 // isAPIRequest tells requests that cannot follow a login redirect: XHR and
@@ -58,9 +68,10 @@ func isAPIRequest(r *http.Request) bool {
 }
 
 // challenge answers a request that has no valid session: API clients get
-// 401, browsers are sent to the IdP.
+// 401, browsers are sent to the IdP (with their form POST kept, when
+// preserve_post allows).
 func (h *Handler) challenge(w http.ResponseWriter, r *http.Request, oauthErr string) error {
-	if isAPIRequest(r) {
+	if isAPIRequest(r) && !h.preservable(r) {
 		v := `Bearer realm="` + h.realm() + `"`
 		if oauthErr != "" {
 			v += `, error="` + oauthErr + `"`
@@ -69,7 +80,20 @@ func (h *Handler) challenge(w http.ResponseWriter, r *http.Request, oauthErr str
 		w.Header().Set("Cache-Control", "no-store")
 		return caddyhttp.Error(http.StatusUnauthorized, errors.New("no valid session"))
 	}
-	return h.startLogin(w, r)
+	return h.login(w, r, false)
+}
+
+// login sends the browser to the IdP, after keeping its form POST when
+// preserve_post allows; reauth asks the IdP to authenticate the user again.
+func (h *Handler) login(w http.ResponseWriter, r *http.Request, reauth bool) error {
+	var post []formField
+	if h.preservable(r) {
+		var err error
+		if post, err = readPreservedPost(w, r, h.Login.PreservePost); err != nil {
+			return err
+		}
+	}
+	return h.startLogin(w, r, reauth, post)
 }
 
 func (h *Handler) realm() string { return strings.ReplaceAll(h.Issuer, `"`, "") }
@@ -96,8 +120,9 @@ func (h *Handler) redirectURL(r *http.Request) string {
 }
 
 // startLogin sends the browser to the IdP's authorization endpoint with a
-// fresh state, nonce and PKCE S256 challenge.
-func (h *Handler) startLogin(w http.ResponseWriter, r *http.Request) error {
+// fresh state, nonce and PKCE S256 challenge, and this route's acr_values
+// and max_age. A kept form POST is stored under the attempt.
+func (h *Handler) startLogin(w http.ResponseWriter, r *http.Request, reauth bool, post []formField) error {
 	d, err := h.rp.Discovery(r.Context())
 	if err != nil {
 		w.Header().Set("Retry-After", "10")
@@ -109,6 +134,15 @@ func (h *Handler) startLogin(w http.ResponseWriter, r *http.Request) error {
 		Verifier: randomToken(32),
 		ReturnTo: returnTo(r),
 		Created:  time.Now().Unix(),
+		ACR:      h.Login.ACRValues,
+		MaxAge:   h.maxAgeSeconds(),
+		FormPost: h.Login.ResponseMode == responseModeFormPost,
+	}
+	if post != nil {
+		if err := h.keepPost(r.Context(), a.State, post); err != nil {
+			return caddyhttp.Error(http.StatusInternalServerError, err)
+		}
+		a.Post = true
 	}
 	pt, _ := json.Marshal(a)
 	name := h.stateCookieName(r, a.State)
@@ -126,6 +160,20 @@ func (h *Handler) startLogin(w http.ResponseWriter, r *http.Request) error {
 	q.Set("nonce", a.Nonce)
 	q.Set("code_challenge", base64.RawURLEncoding.EncodeToString(challenge[:]))
 	q.Set("code_challenge_method", "S256")
+	if len(a.ACR) > 0 {
+		q.Set("acr_values", strings.Join(a.ACR, " "))
+	}
+	if a.MaxAge > 0 {
+		q.Set("max_age", strconv.FormatInt(a.MaxAge, 10))
+	}
+	if reauth {
+		// max_age alone may be met by an IdP session of the right age that
+		// the route has just found too old: ask for a fresh login.
+		q.Set("prompt", withPrompt(q.Get("prompt"), "login"))
+	}
+	if a.FormPost {
+		q.Set("response_mode", responseModeFormPost)
+	}
 	target := d.AuthorizationEndpoint
 	if strings.Contains(target, "?") {
 		target += "&" + q.Encode()
@@ -133,7 +181,12 @@ func (h *Handler) startLogin(w http.ResponseWriter, r *http.Request) error {
 		target += "?" + q.Encode()
 	}
 	w.Header().Set("Cache-Control", "no-store")
-	http.Redirect(w, r, target, http.StatusFound)
+	status := http.StatusFound
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		// Says plainly what browsers do with a 302 after a POST: GET.
+		status = http.StatusSeeOther
+	}
+	http.Redirect(w, r, target, status)
 	return nil
 }
 
@@ -214,11 +267,10 @@ func (h *Handler) serveCallback(w http.ResponseWriter, r *http.Request) error {
 // attempt, redeems the code, verifies the ID token and starts the session.
 func (h *Handler) callback(w http.ResponseWriter, r *http.Request) error {
 	w.Header().Set("Cache-Control", "no-store")
-	if r.Method != http.MethodGet {
-		return caddyhttp.Error(http.StatusMethodNotAllowed, errors.New("callback: method not allowed"))
+	q, err := h.callbackParams(w, r)
+	if err != nil {
+		return err
 	}
-	q := r.URL.Query()
-	redactCode(r, q)
 	// The code may travel on to the next page in a Referer header.
 	w.Header().Set("Referrer-Policy", "no-referrer")
 	state := q.Get("state")
@@ -228,6 +280,11 @@ func (h *Handler) callback(w http.ResponseWriter, r *http.Request) error {
 	name := h.stateCookieName(r, state)
 	c, err := r.Cookie(name)
 	if err != nil {
+		if r.Method == http.MethodPost && !q.Has(repostField) {
+			// The IdP's cross-site POST carries no SameSite=Lax cookie:
+			// post it again from this origin, which does.
+			return h.repostCallback(w, q)
+		}
 		return caddyhttp.Error(http.StatusBadRequest, errors.New("callback: unknown, used or expired login attempt"))
 	}
 	// One use only: the attempt cookie goes whatever happens next.
@@ -243,6 +300,9 @@ func (h *Handler) callback(w http.ResponseWriter, r *http.Request) error {
 	now := time.Now()
 	if now.Sub(time.Unix(a.Created, 0)) > loginAttemptTTL {
 		return caddyhttp.Error(http.StatusBadRequest, errors.New("callback: login attempt expired"))
+	}
+	if a.FormPost != (r.Method == http.MethodPost) {
+		return caddyhttp.Error(http.StatusBadRequest, errors.New("callback: the response does not come in the response_mode the login asked for; give every oidc block of this redirect_uri the same response_mode"))
 	}
 	if e := q.Get("error"); e != "" {
 		status := http.StatusBadRequest
@@ -308,6 +368,11 @@ func (h *Handler) callback(w http.ResponseWriter, r *http.Request) error {
 		}
 		return caddyhttp.Error(http.StatusUnauthorized, fmt.Errorf("callback: %w", err))
 	}
+	if err := a.unmetBy(claims, now, time.Duration(h.ClockSkew)); err != nil {
+		// A 403, not a new login: an IdP that cannot step up would loop.
+		h.noteStepUpRefused(err, claims)
+		return caddyhttp.Error(http.StatusForbidden, fmt.Errorf("callback: %w", err))
+	}
 	var fromUserInfo []string
 	if fetch, why := h.wantsUserInfo(claims, nil); fetch {
 		sub, _ := claims["sub"].(string)
@@ -322,7 +387,9 @@ func (h *Handler) callback(w http.ResponseWriter, r *http.Request) error {
 			h.warned.userinfoFailed.Warn(h.logger, "userinfo unavailable; the session has the ID token's claims only", zap.Error(err))
 		}
 		for k, v := range extra {
-			if _, has := claims[k]; !has && !slices.Contains(session.ProtocolClaims, k) && k != "email_verified" {
+			// The login's own claims (acr, auth_time...) are the ID token's
+			// word alone: step-up checks them.
+			if _, has := claims[k]; !has && !slices.Contains(session.ProtocolClaims, k) && !slices.Contains(sessionClaims, k) && k != "email_verified" {
 				claims[k] = v
 				fromUserInfo = append(fromUserInfo, k)
 				if k == "email" {
@@ -352,6 +419,9 @@ func (h *Handler) callback(w http.ResponseWriter, r *http.Request) error {
 	}
 	sessionsCreated.Inc()
 	h.logger.Info("login", zap.String("sub", sess.Subject()), zap.Bool("refresh_token", tr.RefreshToken != ""))
+	if a.Post {
+		return h.replayPost(w, r, &a)
+	}
 	http.Redirect(w, r, safeReturnTo(a.ReturnTo), http.StatusFound)
 	return nil
 }

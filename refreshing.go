@@ -183,6 +183,9 @@ func refreshedClaims(old map[string]any, oldFromUI []string, idClaims, userinfo 
 		if _, inToken := idClaims[k]; inToken || slices.Contains(session.ProtocolClaims, k) || k == "email_verified" {
 			continue // email_verified goes only with its email (setVerified)
 		}
+		if slices.Contains(sessionClaims, k) {
+			continue // acr, auth_time, amr, sid: only an ID token says how the user logged in
+		}
 		if _, inOld := old[k]; inOld && !slices.Contains(oldFromUI, k) && !full {
 			// The ID token carried it (at login): the ID token's word stands.
 			continue

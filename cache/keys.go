@@ -19,10 +19,13 @@ const (
 	// NSLease holds refresh leases; NSRefresh the results published under them.
 	NSLease   = "lease"
 	NSRefresh = "rfr"
+	// NSPreservedPost holds form POSTs kept across a login (preserve_post),
+	// by the hash of their attempt's state.
+	NSPreservedPost = "post"
 )
 
 // namespaces are the metric labels of cache lookups, "other" last.
-var namespaces = [...]string{NSSession, NSIntrospection, NSAttempt, NSReplay, NSRevocation, NSLease, NSRefresh, "other"}
+var namespaces = [...]string{NSSession, NSIntrospection, NSAttempt, NSReplay, NSRevocation, NSLease, NSRefresh, NSPreservedPost, "other"}
 
 // SessionKey is where a cache-store session of a route lives; idHash is a
 // hash of the session id (the id itself is a credential). One
@@ -38,6 +41,12 @@ func IntrospectionKey(route, tokenHash string) string {
 // AttemptKey records that a route's login attempt (by its state's hash)
 // was used.
 func AttemptKey(route, stateHash string) string { return NSAttempt + ":" + route + ":" + stateHash }
+
+// PreservedPostKey is where a route's login attempt (by its state's hash)
+// keeps the form POST it will submit again.
+func PreservedPostKey(route, stateHash string) string {
+	return NSPreservedPost + ":" + route + ":" + stateHash
+}
 
 // ReplayKey records that a route accepted a logout token (by the hash of
 // its issuer and jti).
