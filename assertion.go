@@ -170,16 +170,18 @@ func (s *assertionSigner) jwksPath() string {
 // one while it has at least half of its lifetime left, else a new one. It
 // returns "" if signing fails (the header is then not set).
 func (s *assertionSigner) assertion(r *http.Request, id *identity, claims map[string]any, tokens *session.Session) string {
-	var origin string
-	if s.issuer == "" || s.audience == "" {
-		origin = s.origin(r)
-	}
 	now := s.now()
-	key := assertionCacheKey(tokens, origin)
-	if key != "" {
+	// The key is built on the stack: a hit allocates nothing.
+	var buf [160]byte
+	key := s.appendCacheKey(buf[:0], r, tokens)
+	if key != nil {
 		if tok, ok := s.cache.get(key, now); ok {
 			return tok
 		}
+	}
+	var origin string
+	if s.issuer == "" || s.audience == "" {
+		origin = s.origin(r)
 	}
 	c := assertionClaims{Issuer: s.issuer, Audience: s.audience, Subject: claimString(claims["sub"]),
 		Email: claimString(claims["email"]), Name: claimString(claims["name"]),
@@ -195,40 +197,60 @@ func (s *assertionSigner) assertion(r *http.Request, id *identity, claims map[st
 	if err != nil {
 		return ""
 	}
-	if key != "" {
-		s.cache.put(key, tok, now.Add(s.lifetime/2), now)
+	if key != nil {
+		s.cache.put(string(key), tok, now.Add(s.lifetime/2), now)
 	}
 	return tok
 }
 
-// assertionCacheKey names what an assertion says: the session (its random
-// id, and its refresh, after which claims may differ) or the bearer token,
-// and the site. "" when there is nothing safe to key on.
-func assertionCacheKey(tokens *session.Session, origin string) string {
+// appendCacheKey appends to b the name of what an assertion for this
+// request says: the session (its random id, and its refresh, after which
+// claims may differ) or the bearer token, and the site. It returns nil
+// when there is nothing safe to key on.
+func (s *assertionSigner) appendCacheKey(b []byte, r *http.Request, tokens *session.Session) []byte {
 	switch {
 	case tokens == nil:
-		return ""
+		return nil
 	case tokens.LocalID != "":
-		return "s\x00" + tokens.LocalID + "\x00" + strconv.FormatInt(tokens.AccessExpiry, 10) + "\x00" +
-			strconv.FormatInt(tokens.RefreshIssued, 10) + "\x00" + origin
+		b = append(b, "s\x00"...)
+		b = append(b, tokens.LocalID...)
+		b = strconv.AppendInt(append(b, 0), tokens.AccessExpiry, 10)
+		b = strconv.AppendInt(append(b, 0), tokens.RefreshIssued, 10)
 	case tokens.AccessToken != "":
 		sum := sha256.Sum256([]byte(tokens.AccessToken))
-		return "b\x00" + hex.EncodeToString(sum[:]) + "\x00" + origin
+		b = hex.AppendEncode(append(b, "b\x00"...), sum[:])
+	default:
+		return nil
 	}
-	return ""
+	if s.issuer == "" || s.audience == "" {
+		b = s.appendOrigin(append(b, 0), r)
+	}
+	return b
 }
 
 // origin is the request's site as a browser names it: scheme and host,
 // without the scheme's default port.
 func (s *assertionSigner) origin(r *http.Request) string {
+	return string(s.appendOrigin(nil, r))
+}
+
+func (s *assertionSigner) appendOrigin(b []byte, r *http.Request) []byte {
 	scheme := s.scheme(r)
-	host := strings.ToLower(r.Host)
+	host := r.Host
 	if scheme == "https" {
 		host = strings.TrimSuffix(host, ":443")
 	} else {
 		host = strings.TrimSuffix(host, ":80")
 	}
-	return scheme + "://" + host
+	b = append(append(b, scheme...), "://"...)
+	for i := 0; i < len(host); i++ {
+		c := host[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		b = append(b, c)
+	}
+	return b
 }
 
 func newJTI() string {
@@ -368,9 +390,9 @@ type cachedAssertion struct {
 	reuseUntil int64 // Unix nanoseconds
 }
 
-func (c *assertionCache) get(key string, now time.Time) (string, bool) {
+func (c *assertionCache) get(key []byte, now time.Time) (string, bool) {
 	c.mu.RLock()
-	e, ok := c.m[key]
+	e, ok := c.m[string(key)]
 	c.mu.RUnlock()
 	if !ok || now.UnixNano() >= e.reuseUntil {
 		return "", false
