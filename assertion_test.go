@@ -416,3 +416,27 @@ func BenchmarkAssertionCached(b *testing.B) {
 		}
 	}
 }
+
+// Issue 12.9: a bearer request (an API client) gets an assertion about
+// the token's subject too, cached per token.
+func TestAssertionForBearerRequest(t *testing.T) {
+	idp := testidp.New()
+	defer idp.Close()
+	h := assertionHandler(t, idp, func(h *Handler) { h.Bearer = &BearerConfig{Audience: []string{"api"}} })
+	token := idp.Sign(accessClaims(idp, nil))
+	var got []string
+	for range 2 {
+		w, next, err := bearerRequest(h, token)
+		if err != nil || !next.called {
+			t.Fatalf("bearer request: %d %v", w.Code, err)
+		}
+		got = append(got, next.req.Header.Get(assertionHeader))
+	}
+	parsed, err := verify(got[0], fetchJWKS(t, h), "http://example.com", "http://example.com")
+	if err != nil || parsed.Subject() != "svc-1" {
+		t.Fatalf("bearer assertion: %v", err)
+	}
+	if got[1] != got[0] {
+		t.Error("the same token's second request was signed again")
+	}
+}
