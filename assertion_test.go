@@ -249,7 +249,9 @@ func TestAssertionKeysAcrossReloadsAndRotation(t *testing.T) {
 	if _, err := verify(tok, fetchJWKS(t, dropped), "http://app.example.com", "http://app.example.com"); err != nil {
 		t.Errorf("an assertion of a key retired a moment ago: %v", err)
 	}
-	dropped.assertions.now = func() time.Time { return time.Now().Add(DefaultAssertionLifetime + assertionVerifierLeeway + time.Second) }
+	dropped.assertions.now = func() time.Time {
+		return time.Now().Add(DefaultAssertionLifetime + assertionVerifierLeeway + time.Second)
+	}
 	if n := fetchJWKS(t, dropped).Len(); n != 1 {
 		t.Errorf("after its assertions expired, the retired key is still published (%d keys)", n)
 	}

@@ -65,8 +65,7 @@ func TestAssertionEndToEnd(t *testing.T) {
 	c := e.browser()
 	readEcho(t, e.login(c, "/", "alice", "alice-password"))
 	forged := "eyJhbGciOiJub25lIn0.eyJzdWIiOiJhZG1pbiJ9."
-	resp := e.get(c, "/app", map[string]string{"X-Identity-Assertion": forged, "X_Identity_Assertion": forged})
-	got := readEcho(t, resp)
+	got := readEcho(t, e.get(c, "/app", map[string]string{"X-Identity-Assertion": forged, "X_Identity_Assertion": forged}))
 	var raw string
 	for name, v := range got.Headers {
 		for _, val := range v {
