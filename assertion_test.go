@@ -289,7 +289,7 @@ func TestAssertionBadConfigFailsAtLoad(t *testing.T) {
 		"audience with space":  {good + " assertion\n assertion_audience \"a b\"", "assertion_audience"},
 		"tuned but off":        {good + " assertion_lifetime 30s", "add `assertion`"},
 		"placeholder but off":  {good + " header X-Identity-Assertion {http.auth.user.assertion}", "add `assertion`"},
-		"assertion with value": {good + " assertion on", "wrong argument count"},
+		"assertion with value": {good + " assertion on", "assertion takes no value"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			out, err := adapt(t, "http://localhost:9999 {\n oidc {\n "+tc.body+"\n }\n}\n")

@@ -119,7 +119,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.Allow.RequireEmailVerified = &v
 		case "bearer", "userinfo", "assertion":
 			if d.NextArg() {
-				return d.ArgErr()
+				return d.Errf("%s takes no value", field)
 			}
 			switch field {
 			case "bearer":
