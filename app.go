@@ -226,7 +226,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	a.caches = v.(*cacheSet)
 	a.l1Limits = [2]int64{cfg.L1MaxBytes, int64(cfg.L1MaxEntries)}
 	if reg := ctx.GetMetricsRegistry(); reg != nil {
-		for _, c := range []prometheus.Collector{a.caches.coll, sessionsCreated} {
+		for _, c := range []prometheus.Collector{a.caches.coll, sessionsCreated, readiness} {
 			if err := reg.Register(c); err != nil && !errors.As(err, &prometheus.AlreadyRegisteredError{}) {
 				a.logger.Warn("registering metrics", zap.Error(err))
 			}

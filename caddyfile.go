@@ -74,6 +74,11 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		preserve_post            [<size>]
 //		bearer
 //		bearer_audience          <audience...>
+//		assertion
+//		assertion_jwks_path      <path>
+//		assertion_issuer         <iss>
+//		assertion_audience       <aud>
+//		assertion_lifetime       <duration>
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the directive's name
@@ -86,13 +91,19 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if bearer == nil {
 		bearer = new(BearerConfig)
 	}
+	// Likewise assertion and its assertion_* settings.
+	assertion, assertionOn := h.Assertion, h.Assertion != nil
+	if assertion == nil {
+		assertion = new(AssertionConfig)
+	}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		field := d.Val()
 		switch field {
 		case "issuer", "client_id", "client_secret", "redirect_uri", "session_store",
 			"logout_path", "post_logout_redirect_uri", "backchannel_logout_path", "frontchannel_logout_path", "cookie_name", "cookie_samesite", "end_session_method", "introspection_endpoint", "userinfo_path", "health_path",
 			"allow_expression", "groups_claim", "roles_claim", "response_mode",
-			"client_auth_method", "client_private_key", "client_key_id", "client_key_alg":
+			"client_auth_method", "client_private_key", "client_key_id", "client_key_alg",
+			"assertion_jwks_path", "assertion_issuer", "assertion_audience":
 			if !d.NextArg() {
 				return d.ArgErr()
 			}
@@ -100,7 +111,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if d.NextArg() {
 				return d.Errf("%s takes exactly one value", field)
 			}
-			*h.stringField(field, bearer) = v
+			*h.stringField(field, bearer, assertion) = v
 		case "require_email_verified":
 			if !d.NextArg() {
 				return d.ArgErr()
@@ -110,11 +121,15 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("require_email_verified: %q is not true or false", d.Val())
 			}
 			h.Allow.RequireEmailVerified = &v
-		case "bearer":
+		case "bearer", "assertion":
 			if d.NextArg() {
-				return d.ArgErr()
+				return d.Errf("%s takes no value", field)
 			}
-			bearerOn = true
+			if field == "bearer" {
+				bearerOn = true
+			} else {
+				assertionOn = true
+			}
 		case "userinfo":
 			// Bare, as before modes existed, it means on.
 			h.Login.UserInfo = UserInfoOn
@@ -136,7 +151,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			list := h.listField(field, bearer)
 			*list = append(*list, args...)
-		case "session_lifetime", "session_idle_timeout", "refresh_before", "refresh_token_max_age", "clock_skew", "idp_timeout", "max_age":
+		case "session_lifetime", "session_idle_timeout", "refresh_before", "refresh_token_max_age", "clock_skew", "idp_timeout", "max_age", "assertion_lifetime":
 			if !d.NextArg() {
 				return d.ArgErr()
 			}
@@ -150,7 +165,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if field == "max_age" && dur <= 0 {
 				return d.Errf("max_age %s must be a positive duration (e.g. 10m); leave it out for no limit", dur)
 			}
-			*h.durationField(field) = caddy.Duration(dur)
+			*h.durationField(field, assertion) = caddy.Duration(dur)
 		case "provider":
 			p, err := parseProvider(d)
 			if err != nil {
@@ -199,10 +214,16 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	case len(bearer.Audience) > 0 || bearer.IntrospectionEndpoint != "":
 		return d.Errf("bearer_audience and introspection_endpoint tune bearer tokens: add `bearer` to accept them")
 	}
+	switch {
+	case assertionOn:
+		h.Assertion = assertion
+	case *assertion != AssertionConfig{}:
+		return d.Errf("assertion_jwks_path, assertion_issuer, assertion_audience and assertion_lifetime tune the identity assertion: add `assertion` to sign it")
+	}
 	return nil
 }
 
-func (h *Handler) stringField(name string, bearer *BearerConfig) *string {
+func (h *Handler) stringField(name string, bearer *BearerConfig, assertion *AssertionConfig) *string {
 	return map[string]*string{
 		"issuer": &h.Issuer, "client_id": &h.Client.ID, "client_secret": &h.Client.Secret,
 		"redirect_uri": &h.Login.RedirectURI, "session_store": &h.Session.Store, "logout_path": &h.Logout.Path,
@@ -215,6 +236,7 @@ func (h *Handler) stringField(name string, bearer *BearerConfig) *string {
 		"end_session_method": &h.Logout.EndSessionMethod, "introspection_endpoint": &bearer.IntrospectionEndpoint,
 		"userinfo_path": &h.UserInfoPath, "health_path": &h.HealthPath,
 		"response_mode": &h.Login.ResponseMode,
+		"assertion_jwks_path": &assertion.JWKSPath, "assertion_issuer": &assertion.Issuer, "assertion_audience": &assertion.Audience,
 	}[name]
 }
 
@@ -226,11 +248,11 @@ func (h *Handler) listField(name string, bearer *BearerConfig) *[]string {
 	}[name]
 }
 
-func (h *Handler) durationField(name string) *caddy.Duration {
+func (h *Handler) durationField(name string, assertion *AssertionConfig) *caddy.Duration {
 	return map[string]*caddy.Duration{
 		"session_lifetime": &h.Session.Lifetime, "session_idle_timeout": &h.Session.IdleTimeout,
 		"refresh_before": &h.Session.RefreshBefore, "refresh_token_max_age": &h.Session.RefreshTokenMaxAge, "clock_skew": &h.ClockSkew,
-		"idp_timeout": &h.IdPTimeout, "max_age": &h.Login.MaxAge,
+		"idp_timeout": &h.IdPTimeout, "max_age": &h.Login.MaxAge, "assertion_lifetime": &assertion.Lifetime,
 	}[name]
 }
 

@@ -65,6 +65,7 @@ var DefaultScopes = []string{"openid", "profile", "email"}
 // | `{http.auth.user.email}`, `{http.auth.user.name}` | those claims |
 // | `{http.auth.user.groups}`, `{http.auth.user.roles}` | comma-joined |
 // | `{http.auth.user.claims.<name>}` | any claim; nested by dots; arrays comma-joined |
+// | `{http.auth.user.assertion}` | a signed JWT about the user (with `assertion`) |
 type Handler struct {
 	// The IdP's issuer URL; discovery is at
 	// <issuer>/.well-known/openid-configuration. Required.
@@ -81,6 +82,9 @@ type Handler struct {
 	Logout LogoutConfig `json:"logout,omitzero"`
 	// Accept access tokens from API clients. Default: off.
 	Bearer *BearerConfig `json:"bearer,omitempty"`
+	// Sign a short-lived JWT about the user for the upstream,
+	// {http.auth.user.assertion}, and serve its keys. Default: off.
+	Assertion *AssertionConfig `json:"assertion,omitempty"`
 
 	// The claim allow_groups and {http.auth.user.groups} read; a dotted
 	// path reaches into objects. Default: groups.
@@ -149,6 +153,11 @@ type Handler struct {
 	route, ns string
 	logger    *zap.Logger
 	warned    *warnings
+
+	// assertions signs {http.auth.user.assertion}; nil when off.
+	assertions *assertionSigner
+	// readyNoted: this handler is in the readiness metrics.
+	readyNoted bool
 }
 
 // warnings are raised once per handler for conditions that would
@@ -254,6 +263,12 @@ func (h *Handler) provision(ctx caddy.Context, logger *zap.Logger) error {
 	}
 	h.identity = newIdentity(h.Header, h.GroupsClaim, h.RolesClaim)
 	h.userInfoNeeds = newUserInfoNeeds(h.Login.Scopes, &h.Allow, h.Header, h.identity.groupsClaim, h.identity.rolesClaim)
+	if h.Assertion != nil {
+		if h.assertions, err = newAssertionSigner(h.secrets, h.route, *h.Assertion, h.scheme); err != nil {
+			return fmt.Errorf("assertion: %w", err)
+		}
+		h.identity.assertions = h.assertions
+	}
 	if len(h.Exclude) > 0 {
 		h.exclude = caddyhttp.MatchPath(h.Exclude)
 		if err := h.exclude.Provision(ctx); err != nil {
@@ -291,6 +306,10 @@ func (h *Handler) applyDefaults() {
 	defaultString(&h.Logout.FrontchannelPath, DefaultFrontchannelLogoutPath)
 	defaultDuration(&h.ClockSkew, DefaultClockSkew)
 	defaultDuration(&h.IdPTimeout, DefaultIdPTimeout)
+	if h.Assertion != nil {
+		defaultString(&h.Assertion.JWKSPath, DefaultAssertionJWKSPath)
+		defaultDuration(&h.Assertion.Lifetime, DefaultAssertionLifetime)
+	}
 }
 
 // attach takes this handler's share of the app's state.
@@ -327,6 +346,8 @@ func (h *Handler) attach(app *App) error {
 	h.rp = prov.Bind(h.client, provider.RPOptions{ClockSkew: time.Duration(h.ClockSkew),
 		Audiences: h.bearerAudience(), IntrospectionEndpoint: introspection})
 	h.sessions = h.newSessionStore()
+	readiness.add(h)
+	h.readyNoted = true
 	return nil
 }
 
@@ -434,9 +455,17 @@ func (h *Handler) Validate() error {
 			return fmt.Errorf("allow_expression: %w", err)
 		}
 	}
-	for name := range h.Header {
+	for name, value := range h.Header {
 		if name == "" || strings.ContainsAny(name, " :\t\r\n") {
 			return fmt.Errorf("header name %q is invalid", name)
+		}
+		if h.Assertion == nil && strings.Contains(value, "{"+userPrefix+"assertion}") {
+			return fmt.Errorf("header %s uses {%sassertion} but assertions are off: add `assertion`", name, userPrefix)
+		}
+	}
+	if h.Assertion != nil {
+		if err := h.Assertion.validate(); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -461,6 +490,9 @@ func (h *Handler) validatePaths() error {
 	}
 	if h.HealthPath != "" {
 		paths["health_path"] = h.HealthPath
+	}
+	if h.Assertion != nil && h.Assertion.JWKSPath != "" {
+		paths["assertion_jwks_path"] = h.Assertion.JWKSPath
 	}
 	seen := map[string]string{}
 	for _, field := range slices.Sorted(maps.Keys(paths)) {
@@ -505,6 +537,14 @@ func (h *Handler) Cleanup() error {
 	if h.rp != nil && h.app != nil {
 		h.app.releaseProvider(h.Issuer, time.Duration(h.IdPTimeout))
 	}
+	if h.readyNoted {
+		readiness.remove(h)
+		h.readyNoted = false
+	}
+	if h.assertions != nil {
+		// Assertions it signed stay verifiable until they expire.
+		h.assertions.retire(time.Now())
+	}
 	if h.macNoted {
 		// A secret rotated out of the config stops vouching for revocations.
 		h.revs.forgetMACKeys(h.Issuer, h.revocationKeys)
@@ -543,6 +583,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	case h.HealthPath:
 		if h.HealthPath != "" {
 			return h.serveHealth(w, r)
+		}
+	case h.assertions.jwksPath():
+		if h.assertions != nil {
+			return h.assertions.serveJWKS(w, r)
 		}
 	}
 	if h.excluded(r) {

@@ -256,3 +256,54 @@ func redirectPath(redirectURI string) string {
 	}
 	return u.Path
 }
+
+// AssertionConfig signs a short-lived JWT about the user for the upstream,
+// {http.auth.user.assertion}, so that an application can verify who the
+// user is instead of trusting headers. The signing key (ES256) is derived
+// from session_secret: every replica and every reload signs with the same
+// key, and an older secret listed after the current one keeps its key in
+// the JWKS. Present (even empty) turns assertions on. Default: off.
+type AssertionConfig struct {
+	// Serves the public keys that verify assertions (a JWKS), to anyone,
+	// without a session. Default: /oauth2/jwks.json.
+	JWKSPath string `json:"assertion_jwks_path,omitempty"`
+	// The assertion's iss. Default: the origin of the request's site
+	// (https://app.example.com).
+	Issuer string `json:"assertion_issuer,omitempty"`
+	// The assertion's aud. Set it when a site block serves several hosts
+	// that must not accept each other's assertions under one name.
+	// Default: the origin of the request's site.
+	Audience string `json:"assertion_audience,omitempty"`
+	// How long an assertion is valid; the upstream gets one with at least
+	// half of it left. Between 10s and 1h. Default: 60s.
+	Lifetime caddy.Duration `json:"assertion_lifetime,omitempty"`
+}
+
+// Bounds of assertion_lifetime: an assertion is reused for half of its
+// lifetime, and a long-lived one is a bearer credential worth stealing.
+const (
+	DefaultAssertionLifetime = 60 * time.Second
+	DefaultAssertionJWKSPath = "/oauth2/jwks.json"
+	minAssertionLifetime     = 10 * time.Second
+	maxAssertionLifetime     = time.Hour
+)
+
+// validate checks the assertion settings; errors name the field. The path
+// is checked with the others (validatePaths).
+func (a *AssertionConfig) validate() error {
+	if l := time.Duration(a.Lifetime); l != 0 && (l < minAssertionLifetime || l > maxAssertionLifetime) {
+		return fmt.Errorf("assertion_lifetime %s must be between %s and %s", l, minAssertionLifetime, maxAssertionLifetime)
+	}
+	for field, v := range map[string]string{"assertion_issuer": a.Issuer, "assertion_audience": a.Audience} {
+		if strings.ContainsFunc(v, func(r rune) bool { return r <= ' ' || r == 0x7f }) {
+			return fmt.Errorf("%s %q must not contain spaces or control characters", field, v)
+		}
+		// RFC 7519 §2: a StringOrURI with a colon must be a URI.
+		if strings.Contains(v, ":") {
+			if u, err := url.Parse(v); err != nil || u.Scheme == "" {
+				return fmt.Errorf("%s %q contains a colon but is not a URI", field, v)
+			}
+		}
+	}
+	return nil
+}

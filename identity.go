@@ -28,6 +28,8 @@ type identity struct {
 	// variantNames: a configured name has '_' or '.', so a client's
 	// plain-dash spelling of it is not removed by its canonical name.
 	variantNames bool
+	// assertions signs {http.auth.user.assertion}; nil when off.
+	assertions *assertionSigner
 }
 
 // headerRule is one `header` line. userKey is set when the value is
@@ -106,12 +108,12 @@ func (id *identity) set(r *http.Request, claims map[string]any, tokens *session.
 		if !strings.HasPrefix(key, userPrefix) {
 			return nil, false
 		}
-		return id.placeholder(claims, tokens, key[len(userPrefix):])
+		return id.placeholder(r, claims, tokens, key[len(userPrefix):])
 	})
 	for _, hr := range id.headers {
 		var v string
 		if hr.userKey != "" {
-			if val, ok := id.placeholder(claims, tokens, hr.userKey); ok {
+			if val, ok := id.placeholder(r, claims, tokens, hr.userKey); ok {
 				v = caddy.ToString(val)
 			}
 		} else {
@@ -123,8 +125,15 @@ func (id *identity) set(r *http.Request, claims map[string]any, tokens *session.
 	}
 }
 
-func (id *identity) placeholder(claims map[string]any, tokens *session.Session, key string) (any, bool) {
+func (id *identity) placeholder(r *http.Request, claims map[string]any, tokens *session.Session, key string) (any, bool) {
 	switch key {
+	case "assertion":
+		// Signed only when a placeholder asks for it (and then mostly
+		// taken from the signer's cache): most requests never pay for it.
+		if id.assertions == nil {
+			return "", true
+		}
+		return id.assertions.assertion(r, id, claims, tokens), true
 	case "access_token", "id_token", "access_token_expiry":
 		// The tokens reach the upstream only through placeholders the
 		// operator wrote; the module never logs them.

@@ -80,6 +80,12 @@ func (h *Handler) provisionProviders(ctx caddy.Context, logger *zap.Logger) erro
 	if err != nil {
 		return err
 	}
+	// What the providers inherit, decoded afresh: base shares pointers
+	// (assertion) with h, which applyDefaults below fills in.
+	var inherited Handler
+	if err := json.Unmarshal(baseJSON, &inherited); err != nil {
+		return err
+	}
 	h.applyDefaults()
 	seenDomain := map[string]string{}
 	ch := &chooser{h: h}
@@ -116,7 +122,7 @@ func (h *Handler) provisionProviders(ctx caddy.Context, logger *zap.Logger) erro
 		if child.Issuer == "" {
 			return fmt.Errorf("provider %s: issuer is required", p.Name)
 		}
-		deriveProviderDefaults(child, &base, p.Name)
+		deriveProviderDefaults(child, &inherited, p.Name)
 		if err := child.provision(ctx, logger.With(zap.String("provider", p.Name))); err != nil {
 			return fmt.Errorf("provider %s: %w", p.Name, err)
 		}
@@ -149,6 +155,14 @@ func deriveProviderDefaults(child, h *Handler, name string) {
 	suffix(&child.Logout.Path, h.Logout.Path, DefaultLogoutPath)
 	suffix(&child.Logout.BackchannelPath, h.Logout.BackchannelPath, DefaultBackchannelLogoutPath)
 	suffix(&child.Logout.FrontchannelPath, h.Logout.FrontchannelPath, DefaultFrontchannelLogoutPath)
+	if child.Assertion != nil {
+		// Each provider signs with its own keys: its own JWKS.
+		inherited := ""
+		if h.Assertion != nil {
+			inherited = h.Assertion.JWKSPath
+		}
+		suffix(&child.Assertion.JWKSPath, inherited, DefaultAssertionJWKSPath)
+	}
 	if child.Session.CookieName == h.Session.CookieName {
 		child.Session.CookieName = cmp.Or(h.Session.CookieName, DefaultCookieName) + "_" + name
 	}
@@ -177,7 +191,7 @@ func (ch *chooser) validateProviderPaths() error {
 		}
 	}
 	for _, c := range ch.children {
-		for _, p := range []string{c.h.callbackPath, c.h.Logout.Path, c.h.Logout.BackchannelPath, c.h.Logout.FrontchannelPath} {
+		for _, p := range []string{c.h.callbackPath, c.h.Logout.Path, c.h.Logout.BackchannelPath, c.h.Logout.FrontchannelPath, c.h.assertions.jwksPath()} {
 			if err := claim(p, c.name); err != nil {
 				return err
 			}
@@ -208,6 +222,9 @@ func (ch *chooser) serveProviders(w http.ResponseWriter, r *http.Request, next c
 	for _, c := range ch.children {
 		switch r.URL.Path {
 		case c.h.callbackPath, c.h.Logout.Path, c.h.Logout.BackchannelPath, c.h.Logout.FrontchannelPath:
+			return ch.delegate(c, w, r, next)
+		}
+		if p := c.h.assertions.jwksPath(); p != "" && p == r.URL.Path {
 			return ch.delegate(c, w, r, next)
 		}
 	}

@@ -187,3 +187,23 @@ func TestProviderCaddyfile(t *testing.T) {
 		}
 	}
 }
+
+// Each provider of a chooser block signs assertions with its own keys and
+// serves them at its own JWKS path, without a session.
+func TestSeveralProvidersAssertionKeys(t *testing.T) {
+	a, b := testidp.New(), testidp.New()
+	defer a.Close()
+	defer b.Close()
+	h := newChooser(t, a, b, func(h *Handler) { h.Assertion = &AssertionConfig{} })
+	kids := map[string]bool{}
+	for _, name := range []string{"staff", "contractors"} {
+		code, next, w := serve(h, request("GET", "/oauth2/jwks.json/"+name))
+		if code != http.StatusOK || next.called || !strings.Contains(w.Body.String(), `"kid"`) {
+			t.Fatalf("%s JWKS: %d %s", name, code, w.Body.String())
+		}
+		kids[w.Body.String()] = true
+	}
+	if len(kids) != 2 {
+		t.Error("the two providers serve the same keys")
+	}
+}
