@@ -235,7 +235,7 @@ func (h *Handler) stringField(name string, bearer *BearerConfig, assertion *Asse
 		"cookie_name": &h.Session.CookieName, "cookie_samesite": &h.Session.CookieSameSite,
 		"end_session_method": &h.Logout.EndSessionMethod, "introspection_endpoint": &bearer.IntrospectionEndpoint,
 		"userinfo_path": &h.UserInfoPath, "health_path": &h.HealthPath,
-		"response_mode": &h.Login.ResponseMode,
+		"response_mode":       &h.Login.ResponseMode,
 		"assertion_jwks_path": &assertion.JWKSPath, "assertion_issuer": &assertion.Issuer, "assertion_audience": &assertion.Audience,
 	}[name]
 }
