@@ -605,7 +605,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return h.refuseSession(w, r, loaded)
 	}
 	sess, reissue := loaded.Session, loaded.Reissue
-	if reason, reauth := h.stepUpNeeded(sess.Claims, now); reason != "" {
+	if reason, reauth := h.Login.stepUpNeeded(sess.Claims, now, time.Duration(h.ClockSkew)); reason != "" {
 		// The session stays: it serves the routes that ask less.
 		return h.requireStepUp(w, r, sess.Subject(), reason, reauth)
 	}

@@ -135,7 +135,7 @@ func (h *Handler) startLogin(w http.ResponseWriter, r *http.Request, reauth bool
 		ReturnTo: returnTo(r),
 		Created:  time.Now().Unix(),
 		ACR:      h.Login.ACRValues,
-		MaxAge:   h.maxAgeSeconds(),
+		MaxAge:   h.Login.maxAgeSeconds(),
 		FormPost: h.Login.ResponseMode == responseModeFormPost,
 	}
 	if post != nil {

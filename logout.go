@@ -53,12 +53,12 @@ func (h *Handler) serveLogout(w http.ResponseWriter, r *http.Request) error {
 	status := http.StatusOK
 	switch r.Method {
 	case http.MethodPost:
-		if h.sameOriginPost(r) {
+		if sameOriginPost(r, h.scheme) {
 			return h.logout(w, r)
 		}
 		status = http.StatusForbidden
 	case http.MethodGet:
-		if h.sameOriginNavigation(r) {
+		if sameOriginNavigation(r, h.scheme) {
 			return h.logout(w, r)
 		}
 	case http.MethodHead:
@@ -211,11 +211,11 @@ func (h *Handler) postLogoutURL(r *http.Request) string {
 // this origin or typed in: Fetch Metadata when the browser sends it, else
 // Origin/Referer. Prefetches and subresources (an <img> on a page of this
 // origin) are not.
-func (h *Handler) sameOriginNavigation(r *http.Request) bool {
+func sameOriginNavigation(r *http.Request, scheme func(*http.Request) string) bool {
 	if m := r.Header.Get("Sec-Fetch-Mode"); m != "" && m != "navigate" {
 		return false
 	}
-	return h.sameOriginPost(r)
+	return sameOriginPost(r, scheme)
 }
 
 // sameOriginPost reports whether a POST comes from this origin. Without
@@ -224,7 +224,7 @@ func (h *Handler) sameOriginNavigation(r *http.Request) bool {
 // POST, so what sends nothing is a script (which needs no CSRF defence and
 // can add the header) or a browser whose privacy settings strip both, which
 // then gets the confirmation form and logs out from there.
-func (h *Handler) sameOriginPost(r *http.Request) bool {
+func sameOriginPost(r *http.Request, scheme func(*http.Request) string) bool {
 	if isPrefetch(r) {
 		return false
 	}
@@ -237,17 +237,17 @@ func (h *Handler) sameOriginPost(r *http.Request) bool {
 		// cross-site, and same-site: a sibling subdomain is not this origin.
 		return false
 	}
-	return h.originHeadersMatch(r)
+	return originHeadersMatch(r, scheme)
 }
 
 // originHeadersMatch checks Origin, else Referer, against this request's
 // origin. "Origin: null" (sandboxed frames, some redirects) is not a match.
-func (h *Handler) originHeadersMatch(r *http.Request) bool {
+func originHeadersMatch(r *http.Request, scheme func(*http.Request) string) bool {
 	if o := r.Header.Get("Origin"); o != "" {
-		return h.sameOrigin(r, o)
+		return sameOrigin(r, o, scheme)
 	}
 	if ref := r.Header.Get("Referer"); ref != "" {
-		return h.sameOrigin(r, ref)
+		return sameOrigin(r, ref, scheme)
 	}
 	return false
 }
@@ -255,7 +255,7 @@ func (h *Handler) originHeadersMatch(r *http.Request) bool {
 // sameOrigin compares the origin of raw with this request's: same host and
 // port, and not http when this request is https (behind a TLS-terminating
 // proxy the request may look like http while the browser says https).
-func (h *Handler) sameOrigin(r *http.Request, raw string) bool {
+func sameOrigin(r *http.Request, raw string, scheme func(*http.Request) string) bool {
 	u, err := url.Parse(raw)
 	if err != nil || u.Host == "" || !strings.EqualFold(u.Host, r.Host) {
 		return false
@@ -264,7 +264,7 @@ func (h *Handler) sameOrigin(r *http.Request, raw string) bool {
 	case "https":
 		return true
 	case "http":
-		return h.scheme(r) == "http"
+		return scheme(r) == "http"
 	}
 	return false
 }

@@ -75,7 +75,7 @@ func (h *Handler) preservable(r *http.Request) bool {
 	if d := r.Header.Get("Sec-Fetch-Dest"); d != "" && d != "document" {
 		return false
 	}
-	return h.sameOriginPost(r)
+	return sameOriginPost(r, h.scheme)
 }
 
 // readPreservedPost reads a preservable POST's fields, in order: 413 over

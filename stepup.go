@@ -31,23 +31,23 @@ var stepUpRefusedLog lograte.Limit
 var errStepUpRefused = errors.New("the IdP did not satisfy the login's requirements")
 
 // maxAgeSeconds is the route's max_age in whole seconds (0: none).
-func (h *Handler) maxAgeSeconds() int64 {
-	return int64(time.Duration(h.Login.MaxAge) / time.Second)
+func (l *LoginConfig) maxAgeSeconds() int64 {
+	return int64(time.Duration(l.MaxAge) / time.Second)
 }
 
 // stepUpNeeded says why a session does not satisfy this route ("" when it
 // does), and whether the user must authenticate again (auth_time too old)
 // rather than only at a higher level.
-func (h *Handler) stepUpNeeded(claims map[string]any, now time.Time) (reason string, reauth bool) {
-	if len(h.Login.ACRValues) > 0 {
+func (l *LoginConfig) stepUpNeeded(claims map[string]any, now time.Time, skew time.Duration) (reason string, reauth bool) {
+	if len(l.ACRValues) > 0 {
 		acr, _ := claims["acr"].(string)
-		if !slices.Contains(h.Login.ACRValues, acr) {
+		if !slices.Contains(l.ACRValues, acr) {
 			return "acr", false
 		}
 	}
-	if maxAge := h.maxAgeSeconds(); maxAge > 0 {
+	if maxAge := l.maxAgeSeconds(); maxAge > 0 {
 		authTime, ok := numericClaim(claims["auth_time"])
-		if !ok || authTimeTooOld(authTime, maxAge, now, time.Duration(h.ClockSkew)) {
+		if !ok || authTimeTooOld(authTime, maxAge, now, skew) {
 			return "max_age", true
 		}
 	}
@@ -123,7 +123,7 @@ func (h *Handler) requireStepUp(w http.ResponseWriter, r *http.Request, sub, rea
 		if len(h.Login.ACRValues) > 0 {
 			v += `, acr_values="` + strings.Join(h.Login.ACRValues, " ") + `"`
 		}
-		if maxAge := h.maxAgeSeconds(); maxAge > 0 {
+		if maxAge := h.Login.maxAgeSeconds(); maxAge > 0 {
 			v += `, max_age=` + strconv.FormatInt(maxAge, 10)
 		}
 		w.Header().Set("WWW-Authenticate", v)
