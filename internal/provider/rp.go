@@ -79,9 +79,10 @@ func (rp *RelyingParty) VerifyRefreshedIDToken(ctx context.Context, raw, sub str
 		FromTokenEndpoint: true, Now: rp.now})
 }
 
-// UserInfo fetches the user's claims; their sub must be sub.
+// UserInfo fetches the user's claims; their sub must be sub. With a DPoP
+// key the token is sent as DPoP with a proof.
 func (rp *RelyingParty) UserInfo(ctx context.Context, accessToken, sub string) (map[string]any, error) {
-	return rp.p.UserInfo(ctx, accessToken, sub)
+	return rp.p.userInfo(ctx, rp.client, accessToken, sub)
 }
 
 // Revoke revokes a token at the IdP (RFC 7009).

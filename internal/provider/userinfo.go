@@ -12,6 +12,12 @@ import (
 // (as a Bearer header, Core §5.3.1). Its sub must be the ID token's
 // (§5.3.2): a mismatch is ErrInvalidToken. No endpoint: no claims.
 func (p *Provider) UserInfo(ctx context.Context, accessToken, subject string) (map[string]any, error) {
+	return p.userInfo(ctx, Client{}, accessToken, subject)
+}
+
+// userInfo is UserInfo as client c: with c's DPoP key the token goes as
+// "DPoP" with a proof (RFC 9449 §7.1), with c's certificate to the mTLS alias.
+func (p *Provider) userInfo(ctx context.Context, c Client, accessToken, subject string) (map[string]any, error) {
 	d, err := p.Discovery(ctx)
 	if err != nil {
 		return nil, err
@@ -19,15 +25,26 @@ func (p *Provider) UserInfo(ctx context.Context, accessToken, subject string) (m
 	if d.UserinfoEndpoint == "" {
 		return nil, nil
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, d.UserinfoEndpoint, nil)
+	hc, err := p.httpClient(c)
 	if err != nil {
 		return nil, err
 	}
-	req.Header.Set("Authorization", "Bearer "+accessToken)
-	req.Header.Set("Accept", "application/json")
-	resp, err := p.hc.Do(req)
+	endpoint := c.endpoint(d, "userinfo_endpoint", d.UserinfoEndpoint)
+	scheme := "Bearer "
+	if c.DPoP != nil {
+		scheme = "DPoP "
+	}
+	resp, err := c.DPoP.do(hc, accessToken, "the userinfo endpoint", func() (*http.Request, error) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, endpoint, nil)
+		if err != nil {
+			return nil, err
+		}
+		req.Header.Set("Authorization", scheme+accessToken)
+		req.Header.Set("Accept", "application/json")
+		return req, nil
+	})
 	if err != nil {
-		return nil, fmt.Errorf("calling the userinfo endpoint: %v: %w", err, ErrUnavailable)
+		return nil, err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {

@@ -110,6 +110,12 @@ func (p *Provider) VerifyIDToken(ctx context.Context, raw string, o VerifyOption
 // fromTokenEndpoint says where it came from (see VerifyOptions). It returns
 // the jwt.Parse option that verifies the signature with that key and algorithm.
 func (p *Provider) signedBy(ctx context.Context, raw, what string, fromTokenEndpoint bool, typs ...string) (*Discovery, jwt.ParseOption, error) {
+	return p.signedWith(ctx, raw, what, func(d *Discovery) []string { return d.IDTokenSigningAlgValuesSupported }, fromTokenEndpoint, typs...)
+}
+
+// signedWith is signedBy with the IdP's announced algorithms for this
+// kind of token taken from its discovery document by algs (default RS256).
+func (p *Provider) signedWith(ctx context.Context, raw, what string, algs func(*Discovery) []string, fromTokenEndpoint bool, typs ...string) (*Discovery, jwt.ParseOption, error) {
 	d, err := p.Discovery(ctx)
 	if err != nil {
 		return nil, nil, err
@@ -130,9 +136,9 @@ func (p *Provider) signedBy(ctx context.Context, raw, what string, fromTokenEndp
 		return nil, nil, fmt.Errorf("%s has typ %q (want one of %v): %w", what, clip(hdr.Type()), typs, ErrInvalidToken)
 	}
 	alg := hdr.Algorithm().String()
-	allowed := d.IDTokenSigningAlgValuesSupported
+	allowed := algs(d)
 	if len(allowed) == 0 {
-		allowed = []string{"RS256"} // the default of Discovery §3
+		allowed = []string{"RS256"} // the default of Discovery §3 and JARM §5
 	}
 	if !slices.Contains(allowed, alg) || !slices.Contains(asymmetric, alg) {
 		return nil, nil, fmt.Errorf("%s algorithm %q is not accepted (IdP announces %v): %w", what, clip(alg), allowed, ErrInvalidToken)
