@@ -46,6 +46,10 @@ type Client struct {
 	// (their mtls_endpoint_aliases when announced, RFC 8705 §5), for
 	// tls_client_auth or certificate-bound tokens.
 	Certificate *ClientCertificate
+	// IssuerAudience makes private_key_jwt assertions name the issuer as
+	// their only audience, as a string: FAPI 2.0 (§5.3.2.1) requires it.
+	// Default: the token endpoint's URL, which IdPs of RFC 7523 expect.
+	IssuerAudience bool
 }
 
 // ClientKey is a private key for private_key_jwt.
@@ -151,7 +155,11 @@ func (c Client) authenticate(d *Discovery, method string, form url.Values) error
 		if c.Key == nil {
 			return fmt.Errorf("private_key_jwt needs a client key")
 		}
-		assertion, err := c.assertion(d.TokenEndpoint)
+		aud := d.TokenEndpoint
+		if c.IssuerAudience {
+			aud = d.Issuer
+		}
+		assertion, err := c.assertion(aud)
 		if err != nil {
 			return err
 		}
@@ -165,7 +173,7 @@ func (c Client) authenticate(d *Discovery, method string, form url.Values) error
 	return nil
 }
 
-// assertion is a fresh RFC 7523 client assertion for the token endpoint.
+// assertion is a fresh RFC 7523 client assertion for audience.
 func (c Client) assertion(audience string) (string, error) {
 	jti := make([]byte, 16)
 	rand.Read(jti)
@@ -175,6 +183,9 @@ func (c Client) assertion(audience string) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	// One audience goes as a string: FAPI 2.0 servers compare aud to
+	// their issuer as a string.
+	tok.Options().Enable(jwt.FlattenAudience)
 	signed, err := jwt.Sign(tok, jwt.WithKey(c.Key.alg, c.Key.key))
 	if err != nil {
 		return "", fmt.Errorf("signing the client assertion: %w", err)

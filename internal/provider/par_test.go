@@ -249,3 +249,30 @@ func TestSignRequestObjectRefusesUnannouncedAlgorithm(t *testing.T) {
 		t.Error("signed with ES256 for an IdP that takes PS256 only")
 	}
 }
+
+func TestIssuerAudienceAssertion(t *testing.T) {
+	idp, p := setup(t)
+	key, pub := clientKey(t)
+	auds := make(chan any, 2)
+	idp.OnToken(func(w http.ResponseWriter, r *http.Request) {
+		_ = r.ParseForm()
+		payload, err := jws.Verify([]byte(r.PostForm.Get("client_assertion")), jws.WithKey(jwa.ES256, pub))
+		var claims map[string]any
+		if err != nil || json.Unmarshal(payload, &claims) != nil {
+			t.Errorf("client assertion: %v", err)
+		}
+		auds <- claims["aud"]
+		http.Error(w, `{"error":"invalid_grant"}`, http.StatusBadRequest)
+	})
+	for _, c := range []struct {
+		issuerAudience bool
+		want           string
+	}{{false, idp.Issuer + "/token"}, {true, idp.Issuer}} {
+		rp := p.Bind(provider.Client{ID: clientID, Key: key, IssuerAudience: c.issuerAudience}, provider.RPOptions{})
+		_, _ = rp.Refresh(context.Background(), "rt")
+		// FAPI 2.0 servers compare aud with their issuer as a string.
+		if got := <-auds; got != c.want {
+			t.Errorf("IssuerAudience %t: aud %#v, want the string %q", c.issuerAudience, got, c.want)
+		}
+	}
+}
