@@ -19,10 +19,13 @@ const (
 	// NSLease holds refresh leases; NSRefresh the results published under them.
 	NSLease   = "lease"
 	NSRefresh = "rfr"
+	// NSDPoP records DPoP proofs a route accepted (their jti's hash), so a
+	// proof replayed to any replica is refused (RFC 9449 §11.1).
+	NSDPoP = "dpop"
 )
 
 // namespaces are the metric labels of cache lookups, "other" last.
-var namespaces = [...]string{NSSession, NSIntrospection, NSAttempt, NSReplay, NSRevocation, NSLease, NSRefresh, "other"}
+var namespaces = [...]string{NSSession, NSIntrospection, NSAttempt, NSReplay, NSRevocation, NSLease, NSRefresh, NSDPoP, "other"}
 
 // SessionKey is where a cache-store session of a route lives; idHash is a
 // hash of the session id (the id itself is a credential). One
@@ -42,6 +45,11 @@ func AttemptKey(route, stateHash string) string { return NSAttempt + ":" + route
 // ReplayKey records that a route accepted a logout token (by the hash of
 // its issuer and jti).
 func ReplayKey(route, jtiHash string) string { return NSReplay + ":" + route + ":" + jtiHash }
+
+// DPoPProofKey records that a route accepted a DPoP proof (by the hash of
+// its key's thumbprint and jti); keep it until the proof's iat leaves the
+// accepted window (provider.DPoPProof.Expiry).
+func DPoPProofKey(route, jtiHash string) string { return NSDPoP + ":" + route + ":" + jtiHash }
 
 // RevocationKey is where a revocation is shared; id is "<kind>:<issuer>|<id>".
 func RevocationKey(id string) string { return NSRevocation + ":" + id }
