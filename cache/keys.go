@@ -22,10 +22,13 @@ const (
 	// NSPreservedPost holds form POSTs kept across a login (preserve_post),
 	// by the hash of their attempt's state.
 	NSPreservedPost = "post"
+	// NSDPoP records DPoP proofs a route accepted (their jti's hash), so a
+	// proof replayed to any replica is refused (RFC 9449 §11.1).
+	NSDPoP = "dpop"
 )
 
 // namespaces are the metric labels of cache lookups, "other" last.
-var namespaces = [...]string{NSSession, NSIntrospection, NSAttempt, NSReplay, NSRevocation, NSLease, NSRefresh, NSPreservedPost, "other"}
+var namespaces = [...]string{NSSession, NSIntrospection, NSAttempt, NSReplay, NSRevocation, NSLease, NSRefresh, NSPreservedPost, NSDPoP, "other"}
 
 // SessionKey is where a cache-store session of a route lives; idHash is a
 // hash of the session id (the id itself is a credential). One
@@ -51,6 +54,11 @@ func PreservedPostKey(route, stateHash string) string {
 // ReplayKey records that a route accepted a logout token (by the hash of
 // its issuer and jti).
 func ReplayKey(route, jtiHash string) string { return NSReplay + ":" + route + ":" + jtiHash }
+
+// DPoPProofKey records that a route accepted a DPoP proof (by the hash of
+// its key's thumbprint and jti); keep it until the proof's iat leaves the
+// accepted window (provider.DPoPProof.Expiry).
+func DPoPProofKey(route, jtiHash string) string { return NSDPoP + ":" + route + ":" + jtiHash }
 
 // RevocationKey is where a revocation is shared; id is "<kind>:<issuer>|<id>".
 func RevocationKey(id string) string { return NSRevocation + ":" + id }

@@ -30,6 +30,8 @@ type OIDCProviderConfig struct {
 	RotateRefreshToken *bool                     `json:"rotateRefreshToken,omitempty"`
 	LoopbackFetch      *bool                     `json:"loopbackFetch,omitempty"`
 	Provider           map[string]any            `json:"provider,omitempty"`
+	// DPoPNonces makes every DPoP proof carry the server's nonce.
+	DPoPNonces bool `json:"dpopNonces,omitempty"`
 	// TLS serves HTTPS with this certificate and key (PEM files).
 	TLS *struct {
 		Cert string `json:"cert"`

@@ -26,6 +26,9 @@
 //   tls          {"cert": "<PEM file>", "key": "<PEM file>"}: serve HTTPS (the
 //                issuer is then https://127.0.0.1:<port>); client certificates
 //                are requested, not required, for a later mTLS setup
+//   dpopNonces   true: every DPoP proof must carry the server's current
+//                nonce (RFC 9449 §8); off by default. The nonce secret is a
+//                fresh 32-byte Buffer, which JSON cannot carry.
 //
 // Test-only endpoints (on the same port, under /__interop/):
 //   GET /__interop/stats  grants answered per grant_type (ok / refused),
@@ -104,6 +107,9 @@ const features = merge({
     },
   },
 }, cfg.features);
+if (cfg.dpopNonces) {
+  features.dPoP = { ...features.dPoP, nonceSecret: randomBytes(32), requireNonce: () => true };
+}
 
 const configuration = merge({
   clients: cfg.clients,

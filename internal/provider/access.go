@@ -90,7 +90,7 @@ func (p *Provider) Introspect(ctx context.Context, c Client, token string, audie
 		return nil, err
 	}
 	if endpoint == "" {
-		endpoint = d.IntrospectionEndpoint
+		endpoint = c.endpoint(d, "introspection_endpoint", d.IntrospectionEndpoint)
 	}
 	if endpoint == "" {
 		return nil, fmt.Errorf("the IdP has no introspection endpoint for opaque tokens (set introspection_endpoint): %w", ErrInvalidToken)

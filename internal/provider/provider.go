@@ -40,6 +40,8 @@ type Discovery struct {
 	TokenEndpointAuthMethodsSupported []string `json:"token_endpoint_auth_methods_supported,omitempty"`
 	CodeChallengeMethodsSupported     []string `json:"code_challenge_methods_supported,omitempty"`
 	AuthorizationResponseIssParameter bool     `json:"authorization_response_iss_parameter_supported,omitempty"`
+	// FAPIMetadata is what PAR, JAR, JARM, DPoP and mTLS read (par.go).
+	FAPIMetadata
 }
 
 // Options tune a Provider. Zero values take the documented defaults.

@@ -80,9 +80,10 @@ func (rp *RelyingParty) VerifyRefreshedIDToken(ctx context.Context, raw, sub str
 }
 
 // UserInfo fetches the user's claims; their sub must be sub, and a signed
-// response must be for this client.
+// response must be for this client. With a DPoP key the token is sent as
+// DPoP with a proof.
 func (rp *RelyingParty) UserInfo(ctx context.Context, accessToken, sub string) (map[string]any, error) {
-	return rp.p.UserInfo(ctx, accessToken, UserInfoOptions{ClientID: rp.client.ID, Subject: sub, ClockSkew: rp.skew, Now: rp.now})
+	return rp.p.userInfo(ctx, rp.client, accessToken, UserInfoOptions{ClientID: rp.client.ID, Subject: sub, ClockSkew: rp.skew, Now: rp.now})
 }
 
 // Revoke revokes a token at the IdP (RFC 7009).

@@ -88,7 +88,7 @@ func (p *Provider) token(ctx context.Context, c Client, form url.Values) (*Token
 	if err != nil {
 		return nil, err
 	}
-	resp, err := p.postForm(ctx, d, d.TokenEndpoint, c, form)
+	resp, err := p.post(ctx, d, c.endpoint(d, "token_endpoint", d.TokenEndpoint), c, form, true)
 	if err != nil {
 		return nil, err
 	}
@@ -108,6 +108,12 @@ func (p *Provider) token(ctx context.Context, c Client, form url.Values) (*Token
 	if tt := strings.ToLower(tr.TokenType); tt != "" && tt != "bearer" && tt != "dpop" {
 		return nil, fmt.Errorf("token response has token_type %q: %w", tr.TokenType, ErrInvalidToken)
 	}
+	// A client that sent a proof and got a plain bearer token has an IdP
+	// that ignores DPoP for it: fail loudly rather than send the token
+	// unbound (and as DPoP to UserInfo, which would refuse it).
+	if c.DPoP != nil && !strings.EqualFold(tr.TokenType, "dpop") {
+		return nil, fmt.Errorf("asked for a DPoP-bound token, got token_type %q: the IdP does not bind this client's tokens: %w", tr.TokenType, ErrInvalidToken)
+	}
 	return &tr, nil
 }
 
@@ -122,7 +128,7 @@ func (p *Provider) Revoke(ctx context.Context, c Client, token, hint string) err
 	if d.RevocationEndpoint == "" {
 		return nil
 	}
-	resp, err := p.postForm(ctx, d, d.RevocationEndpoint, c, url.Values{"token": {token}, "token_type_hint": {hint}})
+	resp, err := p.post(ctx, d, c.endpoint(d, "revocation_endpoint", d.RevocationEndpoint), c, url.Values{"token": {token}, "token_type_hint": {hint}}, true)
 	if err != nil {
 		return err
 	}

@@ -40,6 +40,12 @@ type UserInfoOptions struct {
 // An encrypted response (JWE) is not supported: ErrUnavailable, so a login
 // goes on with the ID token's claims.
 func (p *Provider) UserInfo(ctx context.Context, accessToken string, o UserInfoOptions) (map[string]any, error) {
+	return p.userInfo(ctx, Client{}, accessToken, o)
+}
+
+// userInfo is UserInfo as client c: with c's DPoP key the token goes as
+// "DPoP" with a proof (RFC 9449 §7.1), with c's certificate to the mTLS alias.
+func (p *Provider) userInfo(ctx context.Context, c Client, accessToken string, o UserInfoOptions) (map[string]any, error) {
 	d, err := p.Discovery(ctx)
 	if err != nil {
 		return nil, err
@@ -47,15 +53,26 @@ func (p *Provider) UserInfo(ctx context.Context, accessToken string, o UserInfoO
 	if d.UserinfoEndpoint == "" {
 		return nil, nil
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, d.UserinfoEndpoint, nil)
+	hc, err := p.httpClient(c)
 	if err != nil {
 		return nil, err
 	}
-	req.Header.Set("Authorization", "Bearer "+accessToken)
-	req.Header.Set("Accept", "application/json, application/jwt")
-	resp, err := p.hc.Do(req)
+	endpoint := c.endpoint(d, "userinfo_endpoint", d.UserinfoEndpoint)
+	scheme := "Bearer "
+	if c.DPoP != nil {
+		scheme = "DPoP "
+	}
+	resp, err := c.DPoP.do(hc, accessToken, "the userinfo endpoint", func() (*http.Request, error) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, endpoint, nil)
+		if err != nil {
+			return nil, err
+		}
+		req.Header.Set("Authorization", scheme+accessToken)
+		req.Header.Set("Accept", "application/json, application/jwt")
+		return req, nil
+	})
 	if err != nil {
-		return nil, fmt.Errorf("calling the userinfo endpoint: %v: %w", err, ErrUnavailable)
+		return nil, err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {

@@ -162,3 +162,16 @@ func mediaType(typ string) string {
 	typ = strings.ToLower(typ)
 	return strings.TrimPrefix(typ, "application/")
 }
+
+// signedWith is signedByAlgs for tokens whose algorithms the IdP announces
+// under their own name (JARM: authorization_signing_alg_values_supported),
+// RS256 when it announces none.
+func (p *Provider) signedWith(ctx context.Context, raw, what string, algs func(*Discovery) []string, fromTokenEndpoint bool, typs ...string) (*Discovery, jwt.ParseOption, error) {
+	withDefault := func(d *Discovery) []string {
+		if a := algs(d); len(a) > 0 {
+			return a
+		}
+		return []string{"RS256"}
+	}
+	return p.signedByAlgs(ctx, raw, what, withDefault, fromTokenEndpoint, typs...)
+}
