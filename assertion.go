@@ -48,6 +48,8 @@ const (
 
 // assertionSigner signs a route's assertions and serves its keys.
 type assertionSigner struct {
+	// requireVerified: require_email_verified (an unverified email is left out).
+	requireVerified bool
 	// keys[0] signs; all are published (one per session_secret).
 	keys             []assertionKey
 	route            string
@@ -79,11 +81,23 @@ type publicJWK struct {
 
 // assertionClaims is the assertion's payload.
 type assertionClaims struct {
-	Issuer   string    `json:"iss"`
-	Audience string    `json:"aud"`
-	Subject  string    `json:"sub"`
-	Email    string    `json:"email,omitempty"`
-	Name     string    `json:"name,omitempty"`
+	Issuer   string `json:"iss"`
+	Audience string `json:"aud"`
+	Subject  string `json:"sub"`
+	// Email only when verified (email_verified the boolean true, or
+	// require_email_verified off): an upstream that looks users up by
+	// email must not be handed an address the IdP did not vouch for.
+	Email         string `json:"email,omitempty"`
+	EmailVerified bool   `json:"email_verified,omitempty"`
+	Name          string `json:"name,omitempty"`
+	// IdP is the issuer that authenticated the user and Provider the
+	// provider block's name: sub is unique only per IdP.
+	IdP      string `json:"idp"`
+	Provider string `json:"provider,omitempty"`
+	// How the user logged in, for step-up checks upstream.
+	ACR      string    `json:"acr,omitempty"`
+	AMR      any       `json:"amr,omitempty"`
+	AuthTime int64     `json:"auth_time,omitempty"`
 	Groups   ClaimList `json:"groups,omitempty"`
 	Roles    ClaimList `json:"roles,omitempty"`
 	IssuedAt int64     `json:"iat"`
@@ -91,9 +105,11 @@ type assertionClaims struct {
 	ID       string    `json:"jti"`
 }
 
-func newAssertionSigner(secrets []string, route string, c AssertionConfig, scheme func(*http.Request) string) (*assertionSigner, error) {
+// newAssertionSigner derives the keys of a route: route names its issuer,
+// client and cookie (routes that do not share sessions do not share keys).
+func newAssertionSigner(secrets []string, route string, c AssertionConfig, requireVerified bool, scheme func(*http.Request) string) (*assertionSigner, error) {
 	s := &assertionSigner{route: route, lifetime: time.Duration(c.Lifetime), issuer: c.Issuer, audience: c.Audience,
-		path: c.JWKSPath, scheme: scheme, now: time.Now}
+		path: c.JWKSPath, scheme: scheme, now: time.Now, requireVerified: requireVerified}
 	s.cache.m = make(map[string]cachedAssertion)
 	for i, secret := range secrets {
 		k, err := deriveAssertionKey(secret, route)
@@ -184,9 +200,16 @@ func (s *assertionSigner) assertion(r *http.Request, id *identity, claims map[st
 		origin = s.origin(r)
 	}
 	c := assertionClaims{Issuer: s.issuer, Audience: s.audience, Subject: claimString(claims["sub"]),
-		Email: claimString(claims["email"]), Name: claimString(claims["name"]),
-		Groups: id.groups(claims), Roles: id.roles(claims),
+		Name: claimString(claims["name"]), Groups: id.groups(claims), Roles: id.roles(claims),
+		IdP: id.issuer, Provider: id.provider, AMR: claims["amr"],
 		IssuedAt: now.Unix(), Expiry: now.Add(s.lifetime).Unix(), ID: newJTI()}
+	if email := claimString(claims["email"]); email != "" && (claims["email_verified"] == true || !s.requireVerified) {
+		c.Email, c.EmailVerified = email, claims["email_verified"] == true
+	}
+	c.ACR, _ = claims["acr"].(string)
+	if at, ok := numericClaim(claims["auth_time"]); ok {
+		c.AuthTime = at
+	}
 	if c.Issuer == "" {
 		c.Issuer = origin
 	}

@@ -82,14 +82,14 @@ func TestAssertionVerifiesAgainstJWKS(t *testing.T) {
 	idp := testidp.New()
 	defer idp.Close()
 	h := assertionHandler(t, idp, nil)
-	tok := assertionFor(t, h, map[string]any{"sub": "u1", "email": "u1@example.com", "name": "U One",
+	tok := assertionFor(t, h, map[string]any{"sub": "u1", "email": "u1@example.com", "email_verified": true, "name": "U One",
 		"groups": []any{"staff", "ops"}, "roles": []any{"editor"}}, "app.example.com")
 	parsed, err := verify(tok, fetchJWKS(t, h), "http://app.example.com", "http://app.example.com")
 	if err != nil {
 		t.Fatalf("the assertion does not verify: %v", err)
 	}
 	priv := parsed.PrivateClaims()
-	if parsed.Subject() != "u1" || priv["email"] != "u1@example.com" || priv["name"] != "U One" || parsed.JwtID() == "" {
+	if parsed.Subject() != "u1" || priv["email"] != "u1@example.com" || priv["email_verified"] != true || priv["idp"] != idp.Issuer || priv["name"] != "U One" || parsed.JwtID() == "" {
 		t.Errorf("claims: sub %q, jti %q, %v", parsed.Subject(), parsed.JwtID(), priv)
 	}
 	if g, _ := json.Marshal(priv["groups"]); string(g) != `["staff","ops"]` {

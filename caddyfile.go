@@ -178,7 +178,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if d.NextArg() {
 				n, err := humanize.ParseBytes(d.Val())
 				if err != nil || n < minPreservePost || n > maxPreservePost {
-					return d.Errf("preserve_post: %q is not a size from 1KiB to 1MiB (e.g. 64KiB)", d.Val())
+					return d.Errf("preserve_post: %q is not a size from 1KiB to 512KiB (e.g. 64KiB)", d.Val())
 				}
 				size = n
 			}

@@ -262,9 +262,10 @@ func (h *Handler) provision(ctx caddy.Context, logger *zap.Logger) error {
 		h.client.Key = key
 	}
 	h.identity = newIdentity(h.Header, h.GroupsClaim, h.RolesClaim)
+	h.identity.issuer = h.Issuer
 	h.userInfoNeeds = newUserInfoNeeds(h.Login.Scopes, &h.Allow, h.Header, h.identity.groupsClaim, h.identity.rolesClaim)
 	if h.Assertion != nil {
-		if h.assertions, err = newAssertionSigner(h.secrets, h.route, *h.Assertion, h.scheme); err != nil {
+		if h.assertions, err = newAssertionSigner(h.secrets, h.route+session.PurposeCookie+h.Session.CookieName, *h.Assertion, h.Allow.RequireEmailVerified == nil || *h.Allow.RequireEmailVerified, h.scheme); err != nil {
 			return fmt.Errorf("assertion: %w", err)
 		}
 		h.identity.assertions = h.assertions

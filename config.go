@@ -157,10 +157,12 @@ type BearerConfig struct {
 }
 
 // Bounds of preserve_post: a whole form's fields fit, and the process's
-// store of preserved POSTs (preservedPostBudget) holds many of them.
+// store of preserved POSTs (preservedPostBudget) holds many of them. At
+// most 512 KiB on the wire: sealed (JSON, then base64) it stays under the
+// 2 MiB one entry of that store may take.
 const (
 	minPreservePost     = 1 << 10
-	maxPreservePost     = 1 << 20
+	maxPreservePost     = 512 << 10
 	defaultPreservePost = 64 << 10
 )
 
@@ -183,7 +185,7 @@ func (l *LoginConfig) validate() error {
 		return fmt.Errorf("response_mode %q is unknown; use query or form_post", l.ResponseMode)
 	}
 	if l.PreservePost != 0 && (l.PreservePost < minPreservePost || l.PreservePost > maxPreservePost) {
-		return fmt.Errorf("preserve_post %d bytes is out of range; use 1KiB to 1MiB (or leave it out to turn it off)", l.PreservePost)
+		return fmt.Errorf("preserve_post %d bytes is out of range; use 1KiB to 512KiB (or leave it out to turn it off)", l.PreservePost)
 	}
 	if _, ok := l.AuthParams["acr_values"]; ok && len(l.ACRValues) > 0 {
 		return errors.New("auth_param acr_values and acr_values are both set; keep acr_values, which also checks the IdP's answer")

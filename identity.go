@@ -20,7 +20,10 @@ const userPrefix = "http.auth.user."
 // client-sent copies of those headers it removes.
 type identity struct {
 	groupsClaim, rolesClaim string
-	headers                 []headerRule
+	// issuer and provider say who authenticated the user: sub is unique
+	// only per IdP ({http.auth.user.issuer}, {http.auth.user.provider}).
+	issuer, provider string
+	headers          []headerRule
 	// spellings are the configured header names, lowercased with '_' and
 	// '.' read as '-': a client header equal to one of them after that
 	// mapping is removed (CGI and FastCGI map all three alike).
@@ -152,6 +155,10 @@ func (id *identity) placeholder(r *http.Request, claims map[string]any, tokens *
 		return strconv.FormatInt(tokens.AccessExpiry, 10), true
 	case "id":
 		return claimString(claims["sub"]), true
+	case "issuer":
+		return id.issuer, true
+	case "provider":
+		return id.provider, true
 	case "email", "name":
 		return claimString(claims[key]), true
 	case "groups":

@@ -139,7 +139,9 @@ func (h *Handler) startLogin(w http.ResponseWriter, r *http.Request, reauth bool
 		FormPost: h.Login.ResponseMode == responseModeFormPost,
 	}
 	if post != nil {
-		if err := h.keepPost(r.Context(), a.State, post); err != nil {
+		if err := h.keepPost(r.Context(), a.State, post); errors.Is(err, errPostTooLarge) {
+			return caddyhttp.Error(http.StatusRequestEntityTooLarge, err)
+		} else if err != nil {
 			return caddyhttp.Error(http.StatusInternalServerError, err)
 		}
 		a.Post = true

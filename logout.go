@@ -31,7 +31,7 @@ var endSessionForm = template.Must(template.New("endsession").Parse(`<!doctype h
 <body><form method="post" action="{{.Action}}">
 {{- range .Fields}}<input type="hidden" name="{{.Name}}" value="{{.Value}}">{{end -}}
 <noscript><p>You are logged out of this site.</p><button type="submit">Log out at the identity provider</button></noscript></form>
-<script nonce="{{.Nonce}}">document.forms[0].submit()</script></body></html>
+<script nonce="{{.Nonce}}">HTMLFormElement.prototype.submit.call(document.forms[0])</script></body></html>
 `))
 
 type formField struct{ Name, Value string }

@@ -1,6 +1,7 @@
 package caddyoidc
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -27,7 +28,7 @@ import (
 // session expired while the user typed) is kept, and submitted again after
 // the login by a page of this origin.
 //
-// Where it is kept: a form of up to 1 MiB does not fit the attempt cookie
+// Where it is kept: a form of up to 512 KiB does not fit the attempt cookie
 // (a browser holds up to maxLoginAttempts of them, and the Cookie header
 // must stay under 8 KB), so the body is sealed and kept on the server,
 // under the hash of the attempt's state, for the attempt's lifetime. Not in
@@ -37,6 +38,9 @@ import (
 // in this process: with several replicas, the callback must reach the
 // replica that kept the POST (sticky sessions); elsewhere the user lands on
 // the page by GET and a warning is logged.
+
+// errPostTooLarge: the sealed form is larger than the store keeps.
+var errPostTooLarge = errors.New("the form is too large to keep across the login")
 
 // purposePreservedPost seals a preserved POST (+ its cache key), bound to
 // the route like every sealed value (see route.go).
@@ -131,12 +135,22 @@ func (h *Handler) preservedPostKey(state string) string {
 
 // keepPost seals the fields under the attempt's key.
 func (h *Handler) keepPost(ctx context.Context, state string, fields []formField) error {
-	pt, err := json.Marshal(fields)
-	if err != nil {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false) // < > & as they are: a form of HTML stays its size
+	if err := enc.Encode(fields); err != nil {
 		return fmt.Errorf("encoding the form POST to keep: %w", err)
 	}
 	key := h.preservedPostKey(state)
-	return preservedPosts.Set(ctx, key, []byte(h.codec.Seal(h.bind(purposePreservedPost+key), pt)), loginAttemptTTL)
+	if err := preservedPosts.Set(ctx, key, []byte(h.codec.Seal(h.bind(purposePreservedPost+key), buf.Bytes())), loginAttemptTTL); err != nil {
+		return err
+	}
+	// The store drops what it cannot hold rather than fail: a form it did
+	// not keep is refused now (413), not lost after the login.
+	if _, kept, _ := preservedPosts.Get(ctx, key); !kept {
+		return errPostTooLarge
+	}
+	return nil
 }
 
 // takePost returns and forgets the POST kept for an attempt.
@@ -176,13 +190,14 @@ func (h *Handler) replayPost(w http.ResponseWriter, r *http.Request, a *attempt)
 
 // autoSubmitForm posts hidden fields to a URL of this origin, as the RP
 // logout form does: the inline script runs under a CSP nonce, a browser
-// without scripts gets the button.
+// without scripts gets the button. The prototype's submit is called: a
+// field named "submit" (a named submit button) shadows form.submit.
 var autoSubmitForm = template.Must(template.New("autosubmit").Parse(`<!doctype html>
 <html><head><meta charset="utf-8"><title>Continue</title></head>
 <body><form method="post" action="{{.Action}}">
 {{- range .Fields}}<input type="hidden" name="{{.Name}}" value="{{.Value}}">{{end -}}
 <noscript><p>{{.Message}}</p><button type="submit">Continue</button></noscript></form>
-<script nonce="{{.Nonce}}">document.forms[0].submit()</script></body></html>
+<script nonce="{{.Nonce}}">HTMLFormElement.prototype.submit.call(document.forms[0])</script></body></html>
 `))
 
 // writeAutoSubmit writes the page that posts fields to action, a path of

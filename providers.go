@@ -126,6 +126,7 @@ func (h *Handler) provisionProviders(ctx caddy.Context, logger *zap.Logger) erro
 		if err := child.provision(ctx, logger.With(zap.String("provider", p.Name))); err != nil {
 			return fmt.Errorf("provider %s: %w", p.Name, err)
 		}
+		child.identity.provider = p.Name
 		ch.children = append(ch.children, &childProvider{name: p.Name, label: cmp.Or(p.Label, p.Name), domains: p.LoginHintDomains, h: child})
 	}
 	// The enclosing block's own endpoints: the chooser's logout, session
