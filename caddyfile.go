@@ -65,6 +65,11 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		roles_claim              <claim path>
 //		require_email_verified   true|false
 //		exclude                  <path...>
+//		par
+//		request_object
+//		dpop
+//		client_certificate       <cert file> <key file>
+//		profile                  fapi2
 //		header                   <name> <value>
 //		auth_param               <name> <value>
 //		userinfo                 [auto|on|off]
@@ -195,6 +200,32 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				h.Login.AuthParams = make(map[string]string)
 			}
 			h.Login.AuthParams[args[0]] = args[1]
+		case "par", "request_object", "dpop":
+			if d.NextArg() {
+				return d.Errf("%s takes no value", field)
+			}
+			switch field {
+			case "par":
+				h.Login.PAR = true
+			case "request_object":
+				h.Login.RequestObject = true
+			default:
+				h.Client.DPoP = true
+			}
+		case "client_certificate":
+			args := d.RemainingArgs()
+			if len(args) != 2 {
+				return d.Errf("client_certificate takes the certificate file and its key file (PEM)")
+			}
+			h.Client.Certificate, h.Client.CertificateKey = args[0], args[1]
+		case "profile":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			h.Profile = d.Val()
+			if d.NextArg() {
+				return d.Errf("profile takes exactly one value")
+			}
 		case "header":
 			args := d.RemainingArgs()
 			if len(args) != 2 {

@@ -114,6 +114,14 @@ type Handler struct {
 	IdPTimeout caddy.Duration `json:"idp_timeout,omitempty"`
 	// Tolerated when checking token times. Default: 60s.
 	ClockSkew caddy.Duration `json:"clock_skew,omitempty"`
+	// A security profile the client must meet: "fapi2" (the FAPI 2.0
+	// Security Profile) pushes authorization requests (PAR), allows only
+	// private_key_jwt or tls_client_auth, needs sender-constrained tokens
+	// (dpop, or a client_certificate), requires the RFC 9207 iss in every
+	// authorization response and accepts only PS256, ES256 and EdDSA
+	// signatures on ID tokens and JWT responses; a config that contradicts
+	// it fails at load with the rule named. Default: none.
+	Profile string `json:"profile,omitempty"`
 	// Several identity providers on one site (staff through Entra ID,
 	// contractors through Google): each with its own issuer, client,
 	// session cookie and endpoints, inheriting the rest of this block. A
@@ -130,8 +138,14 @@ type Handler struct {
 	shared   cache.Store
 	sessions session.Store
 	revs     *revocations
-	// rp is this route's client at the issuer, bound at Provision.
-	rp             *provider.RelyingParty
+	// rp is this route's client at the issuer, bound at Provision; with
+	// dpop, dpopRPs are the same client with each secret's DPoP key, by
+	// the key's thumbprint (rp is the first secret's).
+	rp       *provider.RelyingParty
+	dpopRPs  map[string]*provider.RelyingParty
+	dpopKeys []*provider.DPoPKey
+	// pushes bounds pushed authorization requests (PAR).
+	pushes         *pushLimit
 	client         provider.Client
 	codec          *session.Codec
 	secrets        []string
@@ -261,6 +275,28 @@ func (h *Handler) provision(ctx caddy.Context, logger *zap.Logger) error {
 		}
 		h.client.Key = key
 	}
+	if h.Client.Certificate != "" {
+		certPEM, err := os.ReadFile(repl.ReplaceAll(h.Client.Certificate, ""))
+		if err != nil {
+			return fmt.Errorf("client_certificate: %w", err)
+		}
+		keyPEM, err := os.ReadFile(repl.ReplaceAll(h.Client.CertificateKey, ""))
+		if err != nil {
+			return fmt.Errorf("client_certificate: its key: %w", err)
+		}
+		if h.client.Certificate, err = provider.ParseClientCertificate(certPEM, keyPEM); err != nil {
+			return fmt.Errorf("client_certificate: %w", err)
+		}
+	}
+	// FAPI 2.0 §5.3.2.1: private_key_jwt assertions name the issuer alone.
+	h.client.IssuerAudience = h.fapi2()
+	h.dpopKeys = nil
+	if h.Client.DPoP {
+		if h.dpopKeys, err = deriveDPoPKeys(h.secrets, h.route); err != nil {
+			return err
+		}
+	}
+	h.pushes = newPushLimit()
 	h.identity = newIdentity(h.Header, h.GroupsClaim, h.RolesClaim)
 	h.identity.issuer = h.Issuer
 	h.userInfoNeeds = newUserInfoNeeds(h.Login.Scopes, &h.Allow, h.Header, h.identity.groupsClaim, h.identity.rolesClaim)
@@ -344,8 +380,25 @@ func (h *Handler) attach(app *App) error {
 	if h.Bearer != nil {
 		introspection = h.Bearer.IntrospectionEndpoint
 	}
-	h.rp = prov.Bind(h.client, provider.RPOptions{ClockSkew: time.Duration(h.ClockSkew),
-		Audiences: h.bearerAudience(), IntrospectionEndpoint: introspection})
+	opts := provider.RPOptions{ClockSkew: time.Duration(h.ClockSkew),
+		Audiences: h.bearerAudience(), IntrospectionEndpoint: introspection}
+	if h.fapi2() {
+		opts.Algorithms = fapi2Algorithms
+	}
+	h.rp = prov.Bind(h.client, opts)
+	h.dpopRPs = nil
+	for i, k := range h.dpopKeys {
+		c := h.client
+		c.DPoP = k
+		rp := prov.Bind(c, opts)
+		if i == 0 {
+			h.rp = rp // new logins bind to the first secret's key
+		}
+		if h.dpopRPs == nil {
+			h.dpopRPs = make(map[string]*provider.RelyingParty, len(h.dpopKeys))
+		}
+		h.dpopRPs[k.Thumbprint()] = rp
+	}
 	h.sessions = h.newSessionStore()
 	readiness.add(h)
 	h.readyNoted = true
@@ -397,6 +450,12 @@ func (h *Handler) Validate() error {
 	}
 	if err := h.Client.validate(); err != nil {
 		return err
+	}
+	if err := h.validateProfile(); err != nil {
+		return err
+	}
+	if h.Login.RequestObject && h.Client.PrivateKey == "" {
+		return errors.New("request_object signs with the private_key_jwt key: set client_private_key")
 	}
 	secrets := h.secrets
 	if secrets == nil {

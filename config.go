@@ -40,6 +40,18 @@ type ClientConfig struct {
 	// The algorithm of private_key_jwt assertions. Default: RS256 for RSA
 	// keys, ES256 for EC, EdDSA for Ed25519.
 	KeyAlg string `json:"client_key_alg,omitempty"`
+	// A PEM certificate and its PEM private key presented in TLS to the
+	// IdP (RFC 8705): for client_auth_method tls_client_auth, and for
+	// certificate-bound access tokens. The IdP's mtls_endpoint_aliases
+	// are used when it announces them.
+	Certificate    string `json:"client_certificate,omitempty"`
+	CertificateKey string `json:"client_certificate_key,omitempty"`
+	// Bind the tokens the module obtains to a DPoP key (RFC 9449): token,
+	// PAR, refresh, UserInfo and revocation calls carry proofs. The key is
+	// derived from session_secret for this issuer and client, so every
+	// replica and reload holds it and any replica can refresh a DPoP-bound
+	// refresh token. Default: off.
+	DPoP bool `json:"dpop,omitempty"`
 }
 
 // LoginConfig is what the module asks of the IdP when a user logs in.
@@ -85,6 +97,13 @@ type LoginConfig struct {
 	// after the login. A larger one is answered 413. Default: 0 (off: such
 	// a POST gets 401).
 	PreservePost int64 `json:"preserve_post,omitempty"`
+	// Push the authorization request to the IdP (RFC 9126, PAR): the
+	// browser carries only client_id and request_uri. On anyway when the
+	// IdP's discovery requires it, or with profile fapi2. Default: off.
+	PAR bool `json:"par,omitempty"`
+	// Sign the authorization request as a request object (RFC 9101, JAR)
+	// with the client's private_key_jwt key. Default: off.
+	RequestObject bool `json:"request_object,omitempty"`
 }
 
 // SessionConfig is how sessions are kept and how long they live.
@@ -180,9 +199,9 @@ func (l *LoginConfig) validate() error {
 		return fmt.Errorf("max_age %s is under the 1s the protocol can express; use at least 1s", time.Duration(l.MaxAge))
 	}
 	switch l.ResponseMode {
-	case "", responseModeQuery, responseModeFormPost:
+	case "", responseModeQuery, responseModeFormPost, responseModeJWT, responseModeQueryJWT, responseModeFormPostJWT:
 	default:
-		return fmt.Errorf("response_mode %q is unknown; use query or form_post", l.ResponseMode)
+		return fmt.Errorf("response_mode %q is unknown; use query, form_post, jwt, query.jwt or form_post.jwt", l.ResponseMode)
 	}
 	if l.PreservePost != 0 && (l.PreservePost < minPreservePost || l.PreservePost > maxPreservePost) {
 		return fmt.Errorf("preserve_post %d bytes is out of range; use 1KiB to 512KiB (or leave it out to turn it off)", l.PreservePost)
@@ -202,12 +221,18 @@ func (c *ClientConfig) validate() error {
 		return errors.New("client_id is required: the client id registered at the IdP")
 	}
 	switch c.AuthMethod {
-	case "", provider.AuthSecretBasic, provider.AuthSecretPost, provider.AuthPrivateKeyJWT, provider.AuthNone:
+	case "", provider.AuthSecretBasic, provider.AuthSecretPost, provider.AuthPrivateKeyJWT, provider.AuthNone, provider.AuthTLSClient:
 	default:
-		return fmt.Errorf("client_auth_method %q is unknown; use client_secret_basic, client_secret_post, private_key_jwt or none", c.AuthMethod)
+		return fmt.Errorf("client_auth_method %q is unknown; use client_secret_basic, client_secret_post, private_key_jwt, tls_client_auth or none", c.AuthMethod)
 	}
 	if (c.AuthMethod == provider.AuthSecretBasic || c.AuthMethod == provider.AuthSecretPost) && c.Secret == "" {
 		return fmt.Errorf("client_auth_method %s needs client_secret", c.AuthMethod)
+	}
+	if c.AuthMethod == provider.AuthTLSClient && c.Certificate == "" {
+		return errors.New("client_auth_method tls_client_auth needs client_certificate <cert file> <key file>")
+	}
+	if (c.Certificate == "") != (c.CertificateKey == "") {
+		return errors.New("client_certificate needs both the certificate file and its key file")
 	}
 	if c.AuthMethod == provider.AuthPrivateKeyJWT && c.PrivateKey == "" {
 		return errors.New("client_auth_method private_key_jwt needs client_private_key (a PEM file)")

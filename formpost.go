@@ -16,7 +16,24 @@ import (
 const (
 	responseModeQuery    = "query"
 	responseModeFormPost = "form_post"
+	// JARM (JWT Secured Authorization Response Mode): the response is one
+	// JWT signed by the IdP, in the query (jwt means query.jwt for the
+	// code flow) or posted.
+	responseModeJWT         = "jwt"
+	responseModeQueryJWT    = "query.jwt"
+	responseModeFormPostJWT = "form_post.jwt"
 )
+
+// postedResponse reports whether the response mode has the IdP POST the
+// response to the callback.
+func postedResponse(mode string) bool {
+	return mode == responseModeFormPost || mode == responseModeFormPostJWT
+}
+
+// signedResponse reports a JARM response mode.
+func signedResponse(mode string) bool {
+	return mode == responseModeJWT || mode == responseModeQueryJWT || mode == responseModeFormPostJWT
+}
 
 // maxCallbackBody bounds a form_post callback's body: a code, a state and
 // a few short parameters.
@@ -30,13 +47,13 @@ const repostField = "oidc_repost"
 // callbackResponseParams are the authorization response parameters a
 // re-post carries (RFC 6749 §4.1.2, RFC 9207, OpenID Connect Session
 // Management): nothing else of a body anyone can send is echoed.
-var callbackResponseParams = []string{"code", "state", "iss", "error", "error_description", "error_uri", "session_state"}
+var callbackResponseParams = []string{"code", "state", "iss", "error", "error_description", "error_uri", "session_state", "response"}
 
 // callbackParams reads the authorization response: from the query of a GET,
 // or with response_mode form_post from the body of a POST, never both
 // ways on one route.
 func (h *Handler) callbackParams(w http.ResponseWriter, r *http.Request) (url.Values, error) {
-	if h.Login.ResponseMode != responseModeFormPost {
+	if !postedResponse(h.Login.ResponseMode) {
 		if r.Method != http.MethodGet {
 			w.Header().Set("Allow", http.MethodGet)
 			return nil, caddyhttp.Error(http.StatusMethodNotAllowed, errors.New("callback: method not allowed (response_mode query answers by GET)"))

@@ -137,7 +137,7 @@ func (id *identity) placeholder(r *http.Request, claims map[string]any, tokens *
 			return "", true
 		}
 		return id.assertions.assertion(r, id, claims, tokens), true
-	case "access_token", "id_token", "access_token_expiry":
+	case "access_token", "id_token", "access_token_expiry", "access_token_type":
 		// The tokens reach the upstream only through placeholders the
 		// operator wrote; the module never logs them.
 		if tokens == nil {
@@ -148,6 +148,13 @@ func (id *identity) placeholder(r *http.Request, claims map[string]any, tokens *
 			return tokens.AccessToken, true
 		case "id_token":
 			return tokens.IDToken, true
+		case "access_token_type":
+			// A DPoP-bound token is usable only with proofs of the
+			// module's key: an upstream cannot call APIs with it.
+			if tokens.DPoPKey != "" {
+				return "DPoP", true
+			}
+			return "Bearer", true
 		}
 		if tokens.AccessExpiry == 0 {
 			return "", true

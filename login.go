@@ -136,7 +136,7 @@ func (h *Handler) startLogin(w http.ResponseWriter, r *http.Request, reauth bool
 		Created:  time.Now().Unix(),
 		ACR:      h.Login.ACRValues,
 		MaxAge:   h.Login.maxAgeSeconds(),
-		FormPost: h.Login.ResponseMode == responseModeFormPost,
+		FormPost: postedResponse(h.Login.ResponseMode),
 	}
 	if post != nil {
 		if err := h.keepPost(r.Context(), a.State, post); errors.Is(err, errPostTooLarge) {
@@ -173,14 +173,25 @@ func (h *Handler) startLogin(w http.ResponseWriter, r *http.Request, reauth bool
 		// the route has just found too old: ask for a fresh login.
 		q.Set("prompt", withPrompt(q.Get("prompt"), "login"))
 	}
-	if a.FormPost {
-		q.Set("response_mode", responseModeFormPost)
+	if m := h.Login.ResponseMode; m != "" && m != responseModeQuery {
+		q.Set("response_mode", m)
 	}
-	target := d.AuthorizationEndpoint
-	if strings.Contains(target, "?") {
-		target += "&" + q.Encode()
-	} else {
-		target += "?" + q.Encode()
+	// A pushed request costs an IdP call that anyone can cause: bounded.
+	opts := provider.AuthRequestOptions{PAR: h.pushedRequests(), RequestObject: h.Login.RequestObject}
+	if opts.PAR || d.RequirePushedAuthorizationRequests {
+		if !h.pushes.acquire(time.Now()) {
+			w.Header().Set("Retry-After", "2")
+			return caddyhttp.Error(http.StatusServiceUnavailable, errors.New("login: too many pushed authorization requests at once"))
+		}
+		defer h.pushes.release()
+	}
+	target, err := h.rp.AuthorizationURL(r.Context(), q, opts)
+	if err != nil {
+		if errors.Is(err, provider.ErrUnavailable) {
+			w.Header().Set("Retry-After", "10")
+			return caddyhttp.Error(http.StatusServiceUnavailable, fmt.Errorf("login: %w", err))
+		}
+		return caddyhttp.Error(http.StatusBadGateway, fmt.Errorf("login: %w", err))
 	}
 	w.Header().Set("Cache-Control", "no-store")
 	status := http.StatusFound
@@ -269,9 +280,21 @@ func (h *Handler) serveCallback(w http.ResponseWriter, r *http.Request) error {
 // attempt, redeems the code, verifies the ID token and starts the session.
 func (h *Handler) callback(w http.ResponseWriter, r *http.Request) error {
 	w.Header().Set("Cache-Control", "no-store")
-	q, err := h.callbackParams(w, r)
+	outer, err := h.callbackParams(w, r)
 	if err != nil {
 		return err
+	}
+	q := outer
+	if signedResponse(h.Login.ResponseMode) {
+		// JARM: the whole response is one JWT the IdP signed for this
+		// client; nothing outside it is read.
+		if q, err = h.rp.VerifyAuthorizationResponse(r.Context(), outer.Get("response")); err != nil {
+			if errors.Is(err, provider.ErrUnavailable) {
+				w.Header().Set("Retry-After", "10")
+				return caddyhttp.Error(http.StatusServiceUnavailable, fmt.Errorf("callback: %w", err))
+			}
+			return caddyhttp.Error(http.StatusBadRequest, fmt.Errorf("callback: %w", err))
+		}
 	}
 	// The code may travel on to the next page in a Referer header.
 	w.Header().Set("Referrer-Policy", "no-referrer")
@@ -282,10 +305,10 @@ func (h *Handler) callback(w http.ResponseWriter, r *http.Request) error {
 	name := h.stateCookieName(r, state)
 	c, err := r.Cookie(name)
 	if err != nil {
-		if r.Method == http.MethodPost && !q.Has(repostField) {
+		if r.Method == http.MethodPost && !outer.Has(repostField) {
 			// The IdP's cross-site POST carries no SameSite=Lax cookie:
 			// post it again from this origin, which does.
-			return h.repostCallback(w, q)
+			return h.repostCallback(w, outer)
 		}
 		return caddyhttp.Error(http.StatusBadRequest, errors.New("callback: unknown, used or expired login attempt"))
 	}
@@ -319,7 +342,8 @@ func (h *Handler) callback(w http.ResponseWriter, r *http.Request) error {
 		return caddyhttp.Error(http.StatusServiceUnavailable, err)
 	}
 	// RFC 9207: a mix-up attack shows as a response from another issuer.
-	if iss, ok := q["iss"]; ok || d.AuthorizationResponseIssParameter {
+	// FAPI 2.0 requires it in every response, whatever discovery says.
+	if iss, ok := q["iss"]; ok || d.AuthorizationResponseIssParameter || h.fapi2() {
 		if !ok || len(iss) != 1 || iss[0] != h.Issuer {
 			return caddyhttp.Error(http.StatusBadRequest, errors.New("callback: iss parameter does not match the issuer"))
 		}
@@ -416,6 +440,9 @@ func (h *Handler) callback(w http.ResponseWriter, r *http.Request) error {
 	}
 	sess := session.New(claims, tr.IDToken, tr.AccessToken, tr.RefreshToken, tr.Expiry(now), now)
 	sess.FromUserInfo = fromUserInfo
+	if len(h.dpopKeys) > 0 {
+		sess.DPoPKey = h.dpopKeys[0].Thumbprint()
+	}
 	if err := h.sessions.Save(w, r, sess, now); err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}

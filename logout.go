@@ -112,7 +112,7 @@ func (h *Handler) logout(w http.ResponseWriter, r *http.Request) error {
 		if sess.RefreshToken != "" {
 			// RFC 7009, best effort: the session is already gone locally.
 			ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 3*time.Second)
-			if err := h.rp.Revoke(ctx, sess.RefreshToken, "refresh_token"); err != nil {
+			if err := h.rpFor(sess).Revoke(ctx, sess.RefreshToken, "refresh_token"); err != nil {
 				h.warned.logoutDegraded.Warn(h.logger, "revoking the refresh token at logout failed", zap.Error(err))
 			}
 			cancel()

@@ -48,10 +48,12 @@ func (h *Handler) refresh(ctx context.Context, s *session.Session) error {
 	// Decided on the session as it is: UserInfo that filled in claims at
 	// login is fetched again, so they stay current.
 	withUserInfo, _ := h.wantsUserInfo(s.Claims, s.FromUserInfo)
+	// A DPoP-bound refresh token is spent with the key that bound it.
+	rp := h.rpFor(s)
 	grant := func(gctx context.Context) (*refreshResult, error) {
 		h.app.hold()
 		defer h.app.release()
-		return h.grant(gctx, rt, sub, withUserInfo)
+		return h.grant(gctx, rp, rt, sub, withUserInfo)
 	}
 	res, err := h.app.coordinator.Do(ctx, flight, grant, codec, h.app.via())
 	if err != nil {
@@ -63,7 +65,7 @@ func (h *Handler) refresh(ctx context.Context, s *session.Session) error {
 
 // grant spends rt at the IdP and verifies what comes back, and fetches
 // UserInfo with the new access token if withUserInfo.
-func (h *Handler) grant(ctx context.Context, rt, sub string, withUserInfo bool) (res *refreshResult, err error) {
+func (h *Handler) grant(ctx context.Context, rp *provider.RelyingParty, rt, sub string, withUserInfo bool) (res *refreshResult, err error) {
 	start := time.Now()
 	defer func() {
 		outcome := "ok"
@@ -77,7 +79,7 @@ func (h *Handler) grant(ctx context.Context, rt, sub string, withUserInfo bool) 
 		h.logger.Info("refresh", zap.String("sub", sub), zap.String("outcome", outcome),
 			zap.Duration("took", time.Since(start)), zap.Error(err))
 	}()
-	tr, err := h.rp.Refresh(ctx, rt)
+	tr, err := rp.Refresh(ctx, rt)
 	if err != nil {
 		return nil, err
 	}
@@ -85,7 +87,7 @@ func (h *Handler) grant(ctx context.Context, rt, sub string, withUserInfo bool) 
 	if tr.IDToken != "" {
 		// Core §12.2: a refreshed ID token must be about the same user, from
 		// the same issuer (VerifyIDToken checks iss).
-		claims, err := h.rp.VerifyRefreshedIDToken(ctx, tr.IDToken, sub)
+		claims, err := rp.VerifyRefreshedIDToken(ctx, tr.IDToken, sub)
 		switch {
 		case err == nil:
 			res.claims = claims
@@ -103,7 +105,7 @@ func (h *Handler) grant(ctx context.Context, rt, sub string, withUserInfo bool) 
 		}
 	}
 	if withUserInfo {
-		ui, err := h.rp.UserInfo(ctx, tr.AccessToken, sub)
+		ui, err := rp.UserInfo(ctx, tr.AccessToken, sub)
 		if err != nil {
 			h.warned.userinfoFailed.Warn(h.logger, "userinfo not refreshed; the session keeps its earlier claims", zap.String("sub", sub), zap.Error(err))
 		}

@@ -41,6 +41,9 @@ type Session struct {
 	// LastSeen is the last time (Unix seconds) the cookie was re-issued for
 	// activity: the idle timeout counts from it.
 	LastSeen int64 `json:"l"`
+	// DPoPKey is the thumbprint of the DPoP key the tokens are bound to
+	// (empty: Bearer tokens): refreshes must prove that key.
+	DPoPKey string `json:"dk,omitempty"`
 }
 
 // ProtocolClaims are ID token claims that describe the token rather than the

@@ -53,6 +53,16 @@ func NewDPoPKey() (*DPoPKey, error) {
 	return newDPoPKey(k)
 }
 
+// DPoPKeyFrom makes a DPoP key of a P-256 private key the caller holds
+// (derived from a secret, so that every replica has the same one).
+func DPoPKeyFrom(priv *ecdsa.PrivateKey) (*DPoPKey, error) {
+	k, err := jwk.FromRaw(priv)
+	if err != nil {
+		return nil, fmt.Errorf("making a DPoP key: %w", err)
+	}
+	return newDPoPKey(k)
+}
+
 // ParseDPoPKey reads a private key as PEM (PKCS#8, SEC 1 or PKCS#1) or as a
 // JWK: EC P-256/384/521 (ES256/384/512), Ed25519 (EdDSA) or RSA (PS256).
 func ParseDPoPKey(data []byte) (*DPoPKey, error) {

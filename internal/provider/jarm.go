@@ -27,8 +27,13 @@ func (rp *RelyingParty) VerifyAuthorizationResponse(ctx context.Context, raw str
 	if strings.Count(raw, ".") == 4 {
 		return nil, fmt.Errorf("the authorization response is encrypted, which is not supported: %w", ErrInvalidToken)
 	}
-	d, withKey, err := rp.p.signedWith(ctx, raw, "authorization response",
-		func(d *Discovery) []string { return d.AuthorizationSigningAlgValuesSupported }, false)
+	announced := func(d *Discovery) []string {
+		if len(d.AuthorizationSigningAlgValuesSupported) == 0 {
+			return []string{"RS256"} // JARM §5's default
+		}
+		return d.AuthorizationSigningAlgValuesSupported
+	}
+	d, withKey, err := rp.p.signedByAlgs(ctx, raw, "authorization response", restrictAlgs(announced, rp.algs), false)
 	if err != nil {
 		return nil, err
 	}

@@ -17,6 +17,8 @@ type RelyingParty struct {
 	// introspectionEndpoint overrides the discovery document's.
 	introspectionEndpoint string
 	now                   func() time.Time
+	// algs limit the algorithms of ID tokens and JARM responses.
+	algs []string
 }
 
 // RPOptions are what a RelyingParty checks beyond its client.
@@ -30,6 +32,9 @@ type RPOptions struct {
 	IntrospectionEndpoint string
 	// Now is the clock token ages are checked against. Default: time.Now.
 	Now func() time.Time
+	// Algorithms, when set, limit ID token and authorization response
+	// signatures to these among those the IdP announces (FAPI 2.0).
+	Algorithms []string
 }
 
 // Bind returns the relying party of client c at this issuer.
@@ -41,7 +46,7 @@ func (p *Provider) Bind(c Client, o RPOptions) *RelyingParty {
 		o.Now = time.Now
 	}
 	return &RelyingParty{p: p, client: c, skew: o.ClockSkew, audiences: o.Audiences,
-		introspectionEndpoint: o.IntrospectionEndpoint, now: o.Now}
+		introspectionEndpoint: o.IntrospectionEndpoint, now: o.Now, algs: o.Algorithms}
 }
 
 // ClientID is the bound client's id.
@@ -64,7 +69,7 @@ func (rp *RelyingParty) Exchange(ctx context.Context, code, redirectURI, verifie
 // login attempt's nonce.
 func (rp *RelyingParty) VerifyLoginIDToken(ctx context.Context, raw, nonce string) (map[string]any, error) {
 	return rp.p.VerifyIDToken(ctx, raw, VerifyOptions{ClientID: rp.client.ID, Nonce: nonce, ClockSkew: rp.skew,
-		FromTokenEndpoint: true, Now: rp.now})
+		FromTokenEndpoint: true, Now: rp.now, Algorithms: rp.algs})
 }
 
 // Refresh spends a refresh token.
@@ -76,7 +81,7 @@ func (rp *RelyingParty) Refresh(ctx context.Context, refreshToken string) (*Toke
 // it about the same user (sub) from the same issuer.
 func (rp *RelyingParty) VerifyRefreshedIDToken(ctx context.Context, raw, sub string) (map[string]any, error) {
 	return rp.p.VerifyIDToken(ctx, raw, VerifyOptions{ClientID: rp.client.ID, Subject: sub, ClockSkew: rp.skew,
-		FromTokenEndpoint: true, Now: rp.now})
+		FromTokenEndpoint: true, Now: rp.now, Algorithms: rp.algs})
 }
 
 // UserInfo fetches the user's claims; their sub must be sub, and a signed

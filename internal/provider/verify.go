@@ -38,6 +38,29 @@ type VerifyOptions struct {
 	// Now is the clock exp, nbf and the iat age are checked against.
 	// Default: time.Now.
 	Now func() time.Time
+	// Algorithms, when set, limit the signature algorithms to these among
+	// those the IdP announces (FAPI 2.0: PS256, ES256, EdDSA).
+	Algorithms []string
+}
+
+// restrictAlgs limits what announced gives to allowed (all when allowed is
+// empty): an IdP announcing only other algorithms then verifies nothing.
+func restrictAlgs(announced func(*Discovery) []string, allowed []string) func(*Discovery) []string {
+	if len(allowed) == 0 {
+		return announced
+	}
+	return func(d *Discovery) []string {
+		var out []string
+		for _, a := range announced(d) {
+			if slices.Contains(allowed, a) {
+				out = append(out, a)
+			}
+		}
+		if out == nil {
+			out = []string{"none-allowed"} // never a JWS algorithm: refuses all
+		}
+		return out
+	}
 }
 
 // asymmetric lists the signature algorithms the module accepts. Symmetric
@@ -49,7 +72,7 @@ var asymmetric = []string{"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", 
 // signature by a key of the IdP with an algorithm the IdP announces (never
 // "none"), iss, aud, azp, exp, iat and nonce. It returns the token's claims.
 func (p *Provider) VerifyIDToken(ctx context.Context, raw string, o VerifyOptions) (map[string]any, error) {
-	d, withKey, err := p.signedBy(ctx, raw, "ID token", o.FromTokenEndpoint)
+	d, withKey, err := p.signedByAlgs(ctx, raw, "ID token", restrictAlgs(idTokenAlgs, o.Algorithms), o.FromTokenEndpoint)
 	if err != nil {
 		return nil, err
 	}
@@ -161,17 +184,4 @@ func (p *Provider) signedByAlgs(ctx context.Context, raw, what string, announced
 func mediaType(typ string) string {
 	typ = strings.ToLower(typ)
 	return strings.TrimPrefix(typ, "application/")
-}
-
-// signedWith is signedByAlgs for tokens whose algorithms the IdP announces
-// under their own name (JARM: authorization_signing_alg_values_supported),
-// RS256 when it announces none.
-func (p *Provider) signedWith(ctx context.Context, raw, what string, algs func(*Discovery) []string, fromTokenEndpoint bool, typs ...string) (*Discovery, jwt.ParseOption, error) {
-	withDefault := func(d *Discovery) []string {
-		if a := algs(d); len(a) > 0 {
-			return a
-		}
-		return []string{"RS256"}
-	}
-	return p.signedByAlgs(ctx, raw, what, withDefault, fromTokenEndpoint, typs...)
 }

@@ -1,0 +1,139 @@
+package caddyoidc
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/caddy-oidc/caddy-oidc/internal/provider"
+	"github.com/caddy-oidc/caddy-oidc/session"
+)
+
+// profileFAPI2 is the FAPI 2.0 Security Profile for this client.
+const profileFAPI2 = "fapi2"
+
+// fapi2Algorithms are the signature algorithms FAPI 2.0 allows for ID
+// tokens and authorization responses (§5.4.1).
+var fapi2Algorithms = []string{"PS256", "ES256", "EdDSA"}
+
+// fapi2 reports whether the route runs the FAPI 2.0 profile.
+func (h *Handler) fapi2() bool { return h.Profile == profileFAPI2 }
+
+// pushedRequests reports whether authorization requests are pushed (PAR).
+func (h *Handler) pushedRequests() bool { return h.Login.PAR || h.fapi2() }
+
+// validateProfile checks that nothing in the configuration contradicts
+// the profile; each error names the rule.
+func (h *Handler) validateProfile() error {
+	switch h.Profile {
+	case "":
+		return nil
+	case profileFAPI2:
+	default:
+		return fmt.Errorf("profile %q is unknown; use fapi2", h.Profile)
+	}
+	c := h.Client
+	switch {
+	case c.Secret != "":
+		return errors.New("profile fapi2: client_secret is not allowed; authenticate with private_key_jwt (client_private_key) or tls_client_auth (client_certificate) (FAPI 2.0 §5.3.2.1)")
+	case c.AuthMethod != "" && c.AuthMethod != provider.AuthPrivateKeyJWT && c.AuthMethod != provider.AuthTLSClient:
+		return fmt.Errorf("profile fapi2: client_auth_method %s is not allowed; use private_key_jwt or tls_client_auth (FAPI 2.0 §5.3.2.1)", c.AuthMethod)
+	case c.PrivateKey == "" && c.Certificate == "":
+		return errors.New("profile fapi2: the client needs client_private_key (private_key_jwt) or client_certificate (tls_client_auth) (FAPI 2.0 §5.3.2.1)")
+	case !c.DPoP && c.Certificate == "":
+		return errors.New("profile fapi2: access tokens must be sender-constrained: turn on dpop, or use client_certificate for certificate-bound tokens (FAPI 2.0 §5.3.2.2)")
+	case h.Login.ResponseMode == responseModeFormPost:
+		return errors.New("profile fapi2: response_mode form_post carries an unsigned response; use query (with the iss parameter) or a JWT response mode (FAPI 2.0 §5.3.1.2)")
+	}
+	return nil
+}
+
+// derivedP256 derives a P-256 private key from a session secret, for a
+// purpose and a route: every replica and reload derives the same key, and
+// nothing is stored. A derived scalar at or above the group order (odds of
+// about 2^-32) takes the next counter value.
+func derivedP256(secret, purpose, route string) (*ecdsa.PrivateKey, error) {
+	for attempt := range 4 {
+		seed, err := session.DeriveKey(secret, purpose+"\x00"+strconv.Itoa(attempt)+"\x00"+route)
+		if err != nil {
+			return nil, err
+		}
+		if priv, err := ecdsa.ParseRawPrivateKey(elliptic.P256(), seed); err == nil {
+			return priv, nil
+		}
+	}
+	return nil, errors.New("no valid scalar")
+}
+
+// deriveDPoPKeys derives the route's DPoP keys, one per session secret: the
+// first binds new logins; a session refreshes with the key that bound its
+// tokens (its thumbprint is in the session), so a rotation of
+// session_secret does not strand DPoP-bound refresh tokens while the older
+// secret is still listed.
+func deriveDPoPKeys(secrets []string, route string) ([]*provider.DPoPKey, error) {
+	var keys []*provider.DPoPKey
+	for i, secret := range secrets {
+		priv, err := derivedP256(secret, "caddy-oidc dpop v1", route)
+		if err != nil {
+			return nil, fmt.Errorf("session_secret #%d: deriving the DPoP key: %w", i+1, err)
+		}
+		k, err := provider.DPoPKeyFrom(priv)
+		if err != nil {
+			return nil, err
+		}
+		keys = append(keys, k)
+	}
+	return keys, nil
+}
+
+// rpFor is the relying party whose DPoP key bound s's tokens (the route's
+// own without DPoP).
+func (h *Handler) rpFor(s *session.Session) *provider.RelyingParty {
+	if s != nil && s.DPoPKey != "" {
+		if rp, ok := h.dpopRPs[s.DPoPKey]; ok {
+			return rp
+		}
+	}
+	return h.rp
+}
+
+// Pushed authorization requests cost an IdP call per login start, which
+// anyone can cause: at most this many at once and this rate per route.
+const (
+	maxConcurrentPushes = 16
+	pushRate            = 20 // per second
+	pushBurst           = 40
+)
+
+// pushLimit bounds a route's pushed authorization requests.
+type pushLimit struct {
+	slots  chan struct{}
+	mu     sync.Mutex
+	bucket tokenBucket
+}
+
+func newPushLimit() *pushLimit {
+	return &pushLimit{slots: make(chan struct{}, maxConcurrentPushes), bucket: tokenBucket{rate: pushRate, burst: pushBurst}}
+}
+
+// acquire takes a slot if the rate allows one now; release gives it back.
+func (p *pushLimit) acquire(now time.Time) bool {
+	p.mu.Lock()
+	ok := p.bucket.take(now)
+	p.mu.Unlock()
+	if !ok {
+		return false
+	}
+	select {
+	case p.slots <- struct{}{}:
+		return true
+	default:
+		return false
+	}
+}
+
+func (p *pushLimit) release() { <-p.slots }
