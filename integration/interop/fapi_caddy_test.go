@@ -223,7 +223,9 @@ func TestFAPI2ProfileInCaddy(t *testing.T) {
 	if resp.StatusCode != http.StatusFound || resp.Header.Get("Location") != "/accounts" {
 		t.Fatalf("callback: %d to %q\n%s", resp.StatusCode, resp.Header.Get("Location"), tail(a.logs.String(), 4000))
 	}
-	got := echoOf(t, navigate(t, c, a.URL+"/accounts"))
+	resp = navigate(t, c, a.URL+"/accounts")
+	defer resp.Body.Close()
+	got := echoOf(t, resp)
 	if got.Headers.Get("X-Auth-User") != alice.username || got.Headers.Get("X-Auth-Email") != "alice@example.com" ||
 		got.Headers.Get("X-Token-Type") != "DPoP" {
 		t.Fatalf("after the FAPI login the upstream got user %q email %q token type %q",
@@ -233,7 +235,9 @@ func TestFAPI2ProfileInCaddy(t *testing.T) {
 	// Replica b never saw the login: it refreshes the DPoP-bound refresh
 	// token with the same derived key, through the IdP's nonce challenge.
 	t.Run("a DPoP-bound refresh on another replica", func(t *testing.T) {
-		got := echoOf(t, navigate(t, c, b.URL+"/accounts"))
+		resp := navigate(t, c, b.URL+"/accounts")
+		defer resp.Body.Close()
+		got := echoOf(t, resp)
 		if got.Headers.Get("X-Auth-User") != alice.username {
 			t.Fatalf("replica b: %v", got.Headers)
 		}
