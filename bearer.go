@@ -15,8 +15,10 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
 
 	"github.com/caddy-oidc/caddy-oidc/cache"
+	"github.com/caddy-oidc/caddy-oidc/internal/lograte"
 	"github.com/caddy-oidc/caddy-oidc/internal/provider"
 	"github.com/caddy-oidc/caddy-oidc/session"
 )
@@ -28,13 +30,29 @@ const (
 	bearerCacheMaxTTL = 10 * time.Minute
 )
 
+// bearerToken is the access token of an `Authorization: Bearer` or
+// `Authorization: DPoP` header (the scheme is serveBearer's to check).
 func bearerToken(r *http.Request) (string, bool) {
-	v := r.Header.Get("Authorization")
-	if len(v) < 7 || !strings.EqualFold(v[:7], "Bearer ") {
-		return "", false
+	token, _, ok := accessToken(r)
+	return token, ok
+}
+
+// accessToken parses the Authorization header: the token, and whether it
+// came under the DPoP scheme (RFC 9449 §7.1) rather than Bearer (RFC 6750).
+func accessToken(r *http.Request) (token string, dpop, ok bool) {
+	scheme, rest, found := strings.Cut(r.Header.Get("Authorization"), " ")
+	if !found {
+		return "", false, false
 	}
-	t := strings.TrimSpace(v[7:])
-	return t, t != ""
+	switch {
+	case strings.EqualFold(scheme, "Bearer"):
+	case strings.EqualFold(scheme, "DPoP"):
+		dpop = true
+	default:
+		return "", false, false
+	}
+	token = strings.TrimSpace(rest)
+	return token, dpop, token != ""
 }
 
 // bearerCache remembers verified tokens by hash until their expiry.
@@ -120,8 +138,21 @@ func (b *tokenBucket) has(now time.Time) bool {
 	return b.tokens >= 1
 }
 
-// serveBearer authenticates an API request by its access token.
+// serveBearer authenticates an API request by its access token: a Bearer
+// token, or a DPoP-bound one with its proof (RFC 9449).
 func (h *Handler) serveBearer(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, token string) error {
+	_, dpop, _ := accessToken(r)
+	var proof string
+	if dpop {
+		// Checked before the token costs a verification or an introspection.
+		p, err := singleDPoPProof(r)
+		if err != nil {
+			return h.refuseToken(w, true, "invalid_dpop_proof", "the request needs exactly one DPoP proof header", err)
+		}
+		proof = p
+	} else if h.Bearer.DPoP == DPoPRequired {
+		return h.refuseToken(w, false, "invalid_token", "this resource accepts DPoP-bound tokens only (Authorization: DPoP)", errors.New("a bearer token where bearer_dpop requires DPoP"))
+	}
 	now := time.Now()
 	sum := sha256.Sum256([]byte(token))
 	claims, ok := h.bearers.get(sum, now)
@@ -132,7 +163,7 @@ func (h *Handler) serveBearer(w http.ResponseWriter, r *http.Request, next caddy
 				w.Header().Set("Retry-After", "10")
 				return caddyhttp.Error(http.StatusServiceUnavailable, err)
 			}
-			return h.refuseBearer(w, err)
+			return h.refuseToken(w, dpop, "invalid_token", "the access token is invalid or expired", err)
 		}
 		expires := now.Add(bearerCacheMaxTTL)
 		if !ac.Expiry.IsZero() && ac.Expiry.Before(expires) {
@@ -141,14 +172,31 @@ func (h *Handler) serveBearer(w http.ResponseWriter, r *http.Request, next caddy
 		h.bearers.put(sum, bearerEntry{claims: ac.Claims, expires: expires})
 		claims = ac.Claims
 	}
+	// Only the token's verification is cached: a bound token's proof is
+	// checked on every request, and a bound token is never a bearer one.
+	jkt := provider.ConfirmationJKT(claims)
+	switch {
+	case dpop && jkt == "":
+		return h.refuseToken(w, true, "invalid_token", "the access token is not DPoP-bound: send it as a Bearer token", errors.New("a token without cnf.jkt under the DPoP scheme"))
+	case dpop:
+		if err := h.checkDPoPProof(r, proof, token, jkt, now); err != nil {
+			if errors.Is(err, cache.ErrUnavailable) {
+				w.Header().Set("Retry-After", "10")
+				return caddyhttp.Error(http.StatusServiceUnavailable, err)
+			}
+			return h.refuseToken(w, true, "invalid_dpop_proof", "the DPoP proof is invalid, expired or replayed", err)
+		}
+	case jkt != "":
+		return h.refuseToken(w, false, "invalid_token", "the access token is DPoP-bound: send it as Authorization: DPoP with a proof", errors.New("a DPoP-bound token (cnf.jkt) under the Bearer scheme"))
+	}
 	if h.bearerRevoked(claims) {
-		return h.refuseBearer(w, errors.New("the access token's user or IdP session was logged out"))
+		return h.refuseToken(w, dpop, "invalid_token", "the access token is invalid or expired", errors.New("the access token's user or IdP session was logged out"))
 	}
 	if !h.Allow.allows(claims) {
-		w.Header().Set("WWW-Authenticate", `Bearer realm="`+h.realm()+`", error="insufficient_scope"`)
+		h.tokenChallenges(w, dpop, "insufficient_scope", "")
 		return caddyhttp.Error(http.StatusForbidden, fmt.Errorf("bearer %q is not allowed by the allow rules", claimString(claims["sub"])))
 	}
-	tokens := &session.Session{AccessToken: token}
+	tokens := &session.Session{AccessToken: token, DPoPKey: jkt}
 	if exp, ok := claims["exp"].(float64); ok {
 		tokens.AccessExpiry = int64(exp)
 	}
@@ -157,10 +205,40 @@ func (h *Handler) serveBearer(w http.ResponseWriter, r *http.Request, next caddy
 	return next.ServeHTTP(w, r)
 }
 
-func (h *Handler) refuseBearer(w http.ResponseWriter, err error) error {
-	w.Header().Set("WWW-Authenticate", `Bearer realm="`+h.realm()+`", error="invalid_token", error_description="the access token is invalid or expired"`)
+// refuseToken answers 401 to a token request; the error goes with the
+// challenge of the scheme the client used (dpop) or must use.
+func (h *Handler) refuseToken(w http.ResponseWriter, dpop bool, code, description string, err error) error {
+	h.tokenChallenges(w, dpop, code, description)
 	w.Header().Set("Cache-Control", "no-store")
 	return caddyhttp.Error(http.StatusUnauthorized, err)
+}
+
+// tokenChallenges sets a WWW-Authenticate challenge for each scheme the
+// route accepts (RFC 6750 §3, RFC 9449 §7.1): Bearer unless bearer_dpop
+// is required, and DPoP with its algorithms. The error (if code is set)
+// goes with the DPoP challenge when the client used DPoP or must.
+func (h *Handler) tokenChallenges(w http.ResponseWriter, dpop bool, code, description string) {
+	var params string
+	if code != "" {
+		params = `, error="` + code + `"`
+		if description != "" {
+			params += `, error_description="` + description + `"`
+		}
+	}
+	realm := `realm="` + h.realm() + `"`
+	required := h.Bearer != nil && h.Bearer.DPoP == DPoPRequired
+	if !required {
+		v := "Bearer " + realm
+		if !dpop {
+			v += params
+		}
+		w.Header().Add("WWW-Authenticate", v)
+	}
+	v := "DPoP " + realm + `, algs="` + dpopAlgs + `"`
+	if dpop || required {
+		v += params
+	}
+	w.Header().Add("WWW-Authenticate", v)
 }
 
 // bearerRevoked applies the revocation set to an access token: a logout
@@ -385,4 +463,109 @@ func (in *introspector) do(ctx context.Context, sum [32]byte, call func(context.
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
+}
+
+// bearer_dpop modes (RFC 9449 at the resource server).
+const (
+	// DPoPAllowed accepts Bearer tokens and DPoP-bound tokens with proofs.
+	DPoPAllowed = "allowed"
+	// DPoPRequired accepts DPoP-bound tokens only (FAPI 2.0
+	// sender-constraining).
+	DPoPRequired = "required"
+)
+
+// maxDPoPProofBytes bounds a proof before it is parsed: an RSA-4096 key
+// and signature take about 2 KiB.
+const maxDPoPProofBytes = 8 << 10
+
+// Bounds of the process's record of accepted proofs: about 1 000 proofs a
+// second stay recorded for their whole window (2 minutes with the default
+// clock_skew); beyond that the oldest records give way, to DPoP records
+// only, never to login attempts or logout tokens.
+const (
+	dpopProofsMaxBytes   = 32 << 20
+	dpopProofsMaxEntries = 1 << 17
+)
+
+// dpopAlgs is the algs parameter of the DPoP challenge.
+var dpopAlgs = strings.Join(provider.DPoPAlgorithms(), " ")
+
+// dpopProofs records the proofs this process accepted: the whole record
+// with the memory backend, and with Valkey the replay check that still
+// holds on this replica while Valkey cannot answer. It is the process's,
+// as a replica is.
+var dpopProofs = cache.NewMemory(dpopProofsMaxBytes, dpopProofsMaxEntries, nil)
+
+// dpopLocalOnlyLog: proofs checked on one replica only, while Valkey is away.
+var dpopLocalOnlyLog lograte.Limit
+
+var errDPoPReplayed = errors.New("DPoP proof replayed (its jti was seen for this key)")
+
+// singleDPoPProof is the request's one DPoP header (RFC 9449 §4.3: not
+// several, not empty, and bounded before parsing).
+func singleDPoPProof(r *http.Request) (string, error) {
+	proofs := r.Header.Values("DPoP")
+	switch {
+	case len(proofs) != 1:
+		return "", fmt.Errorf("%d DPoP headers, want 1", len(proofs))
+	case proofs[0] == "":
+		return "", errors.New("an empty DPoP header")
+	case len(proofs[0]) > maxDPoPProofBytes:
+		return "", fmt.Errorf("a DPoP proof of %d bytes, over %d", len(proofs[0]), maxDPoPProofBytes)
+	}
+	return proofs[0], nil
+}
+
+// checkDPoPProof verifies proof for this request and token (bound to the
+// key jkt) and records its jti, refusing one seen before on any replica.
+// It is called once the token is verified and the proof too, so nothing
+// unauthenticated is ever recorded.
+func (h *Handler) checkDPoPProof(r *http.Request, proof, token, jkt string, now time.Time) error {
+	p, err := provider.VerifyDPoPProof(proof, provider.DPoPCheck{
+		Method: r.Method, URL: h.requestURL(r), AccessToken: token, JKT: jkt,
+		Now: now, ClockSkew: time.Duration(h.ClockSkew),
+	})
+	if err != nil {
+		return err
+	}
+	sum := sha256.Sum256([]byte(p.JKT + "\x00" + p.JTI))
+	key := cache.DPoPProofKey(h.ns, hex.EncodeToString(sum[:]))
+	ttl := p.Expiry.Sub(now)
+	ctx := context.WithoutCancel(r.Context())
+	// This replica's record first: it stops a replay here without a round
+	// trip, and still stops it while Valkey is away.
+	if fresh, _ := dpopProofs.Add(ctx, key, []byte{1}, ttl); !fresh {
+		return errDPoPReplayed
+	}
+	s := h.app.set()
+	if s.backend != backendValkey {
+		return nil
+	}
+	fresh, err := s.shared.Add(ctx, key, []byte{1}, ttl)
+	switch {
+	case err != nil:
+		// Refusing every DPoP request while Valkey is away would make it a
+		// single point of failure; a replay needs a captured request and
+		// another replica within the proof's window.
+		dpopLocalOnlyLog.Warn(h.logger, "DPoP proofs are checked for replay on this replica only while Valkey cannot answer", zap.Error(err))
+	case !fresh:
+		return errDPoPReplayed
+	}
+	return nil
+}
+
+// requestURL is the URL as the client addressed it, the htu its proof
+// must name: the scheme it used, its Host, and the path before any rewrite
+// (Caddy keeps the original request), without query or fragment.
+func (h *Handler) requestURL(r *http.Request) string {
+	host, path := r.Host, r.URL.EscapedPath()
+	// Caddy's copy of the original request keeps its URL (before any
+	// rewrite) but not its Host: the host is the request's.
+	if orig, ok := r.Context().Value(caddyhttp.OriginalRequestCtxKey).(http.Request); ok && orig.URL != nil {
+		path = orig.URL.EscapedPath()
+		if orig.Host != "" {
+			host = orig.Host
+		}
+	}
+	return h.scheme(r) + "://" + host + path
 }

@@ -79,6 +79,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		preserve_post            [<size>]
 //		bearer
 //		bearer_audience          <audience...>
+//		bearer_dpop              allowed|required
 //		assertion
 //		assertion_jwks_path      <path>
 //		assertion_issuer         <iss>
@@ -191,6 +192,19 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("preserve_post takes at most one value, the size")
 			}
 			h.Login.PreservePost = int64(size)
+		case "bearer_dpop":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			switch mode := d.Val(); mode {
+			case DPoPAllowed, DPoPRequired:
+				bearer.DPoP = mode
+			default:
+				return d.Errf("bearer_dpop %q is unknown; use allowed or required", mode)
+			}
+			if d.NextArg() {
+				return d.ArgErr()
+			}
 		case "auth_param":
 			args := d.RemainingArgs()
 			if len(args) != 2 {
@@ -242,8 +256,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	switch {
 	case bearerOn:
 		h.Bearer = bearer
-	case len(bearer.Audience) > 0 || bearer.IntrospectionEndpoint != "":
-		return d.Errf("bearer_audience and introspection_endpoint tune bearer tokens: add `bearer` to accept them")
+	case len(bearer.Audience) > 0 || bearer.IntrospectionEndpoint != "" || bearer.DPoP != "":
+		return d.Errf("bearer_audience, bearer_dpop and introspection_endpoint tune bearer tokens: add `bearer` to accept them")
 	}
 	switch {
 	case assertionOn:

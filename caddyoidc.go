@@ -504,6 +504,9 @@ func (h *Handler) Validate() error {
 		return fmt.Errorf("end_session_method %q is unknown; use post or get", h.Logout.EndSessionMethod)
 	}
 	if h.Bearer != nil {
+		if err := h.Bearer.validate(); err != nil {
+			return err
+		}
 		if e := h.Bearer.IntrospectionEndpoint; e != "" {
 			if u, err := url.Parse(e); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
 				return fmt.Errorf("introspection_endpoint %q must be an absolute http(s) URL", e)

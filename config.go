@@ -173,6 +173,22 @@ type BearerConfig struct {
 	// that serve RFC 7662 elsewhere (Ory Hydra: its admin API's
 	// /admin/oauth2/introspect, which must stay private).
 	IntrospectionEndpoint string `json:"introspection_endpoint,omitempty"`
+	// DPoP-bound access tokens (RFC 9449): "allowed" accepts them, sent as
+	// `Authorization: DPoP` with one valid `DPoP` proof each, besides
+	// Bearer tokens; "required" accepts only them (FAPI 2.0
+	// sender-constraining). A bound token (cnf.jkt) is never accepted as
+	// a Bearer token, nor an unbound one under DPoP. Default: allowed.
+	DPoP string `json:"bearer_dpop,omitempty"`
+}
+
+// validate checks the bearer settings; errors name the field.
+func (b *BearerConfig) validate() error {
+	switch b.DPoP {
+	case "", DPoPAllowed, DPoPRequired:
+	default:
+		return fmt.Errorf("bearer_dpop %q is unknown; use allowed or required", b.DPoP)
+	}
+	return nil
 }
 
 // Bounds of preserve_post: a whole form's fields fit, and the process's

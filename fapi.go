@@ -46,6 +46,8 @@ func (h *Handler) validateProfile() error {
 		return errors.New("profile fapi2: the client needs client_private_key (private_key_jwt) or client_certificate (tls_client_auth) (FAPI 2.0 §5.3.2.1)")
 	case !c.DPoP && c.Certificate == "":
 		return errors.New("profile fapi2: access tokens must be sender-constrained: turn on dpop, or use client_certificate for certificate-bound tokens (FAPI 2.0 §5.3.2.2)")
+	case h.Bearer != nil && h.Bearer.DPoP != DPoPRequired && c.Certificate == "":
+		return errors.New("profile fapi2: a resource server accepts only sender-constrained tokens: set bearer_dpop required (FAPI 2.0 §5.3.3)")
 	case h.Login.ResponseMode == responseModeFormPost:
 		return errors.New("profile fapi2: response_mode form_post carries an unsigned response; use query (with the iss parameter) or a JWT response mode (FAPI 2.0 §5.3.1.2)")
 	}

@@ -72,12 +72,17 @@ func isAPIRequest(r *http.Request) bool {
 // preserve_post allows).
 func (h *Handler) challenge(w http.ResponseWriter, r *http.Request, oauthErr string) error {
 	if isAPIRequest(r) && !h.preservable(r) {
+		w.Header().Set("Cache-Control", "no-store")
+		if h.Bearer != nil {
+			// Every scheme the route accepts tokens in (RFC 9449 §7.1).
+			h.tokenChallenges(w, false, oauthErr, "")
+			return caddyhttp.Error(http.StatusUnauthorized, errors.New("no valid session"))
+		}
 		v := `Bearer realm="` + h.realm() + `"`
 		if oauthErr != "" {
 			v += `, error="` + oauthErr + `"`
 		}
 		w.Header().Set("WWW-Authenticate", v)
-		w.Header().Set("Cache-Control", "no-store")
 		return caddyhttp.Error(http.StatusUnauthorized, errors.New("no valid session"))
 	}
 	return h.login(w, r, false)

@@ -1,9 +1,11 @@
 package interop
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
@@ -19,6 +21,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/caddy-oidc/caddy-oidc/internal/provider"
 )
 
 // The module as a FAPI 2.0 client, in a real Caddy, against oidc-provider
@@ -73,6 +77,8 @@ http://127.0.0.1:%d {
 		response_mode %s
 		# Tokens live 60 s: every request refreshes (as at expiry).
 		refresh_before 70s
+		bearer
+		bearer_dpop required
 		exclude /bye
 		header X-Auth-User {http.auth.user.id}
 		header X-Auth-Email {http.auth.user.email}
@@ -174,7 +180,7 @@ func TestFAPI2ProfileInCaddy(t *testing.T) {
 		redirects = append(redirects, fmt.Sprintf("http://127.0.0.1:%d/oauth2/callback", p))
 	}
 	meta := fapiClientMetadata("fapi-app", jwk)
-	meta["redirect_uris"] = redirects
+	meta["redirect_uris"] = append(redirects, fapiRedirect)
 	meta["scope"] = "openid email profile offline_access"
 	idp := StartOIDCProvider(t, OIDCProviderConfig{
 		Clients:    []map[string]any{meta},
@@ -262,6 +268,72 @@ func TestFAPI2ProfileInCaddy(t *testing.T) {
 		resp.Body.Close()
 		if resp.StatusCode != http.StatusBadRequest {
 			t.Errorf("a response without iss: %d, want 400", resp.StatusCode)
+		}
+	})
+
+	// An API client with its own DPoP-bound token (the test's own FAPI
+	// login): Caddy introspects it, checks the proof against its cnf.jkt,
+	// and refuses a replayed proof, a proof for another URL, and the token
+	// as a plain Bearer.
+	t.Run("a DPoP-bound bearer call", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		pemKey, _ := os.ReadFile(keyFile)
+		clientKey, err := provider.ParseClientKey(pemKey, "fapi-key-1", "ES256")
+		if err != nil {
+			t.Fatal(err)
+		}
+		dpopKey, _ := provider.NewDPoPKey()
+		rp := provider.New(idp.Issuer, provider.Options{}).Bind(provider.Client{ID: "fapi-app", Key: clientKey, DPoP: dpopKey, IssuerAudience: true}, provider.RPOptions{ClockSkew: 5 * time.Second})
+		verifier := "verifier-" + strings.Repeat("w", 40)
+		challenge := sha256.Sum256([]byte(verifier))
+		target, err := rp.AuthorizationURL(ctx, url.Values{
+			"response_type": {"code"}, "client_id": {"fapi-app"}, "redirect_uri": {fapiRedirect},
+			"scope": {"openid"}, "state": {"s"}, "nonce": {"n"}, "response_mode": {"jwt"},
+			"code_challenge": {base64.RawURLEncoding.EncodeToString(challenge[:])}, "code_challenge_method": {"S256"},
+		}, provider.AuthRequestOptions{RequestObject: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := rp.VerifyAuthorizationResponse(ctx, devLogin(t, idp.Issuer, target).Query().Get("response"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		tr, err := rp.Exchange(ctx, got.Get("code"), fapiRedirect, verifier)
+		if err != nil {
+			t.Fatal(err)
+		}
+		call := func(scheme, target, proofFor string, proof *string) int {
+			req, _ := http.NewRequest(http.MethodGet, target, nil)
+			req.Header.Set("Authorization", scheme+" "+tr.AccessToken)
+			req.Header.Set("Accept", "application/json")
+			if scheme == "DPoP" {
+				if *proof == "" {
+					*proof, _ = dpopKey.Proof(http.MethodGet, proofFor, tr.AccessToken, "", time.Now())
+				}
+				req.Header.Set("DPoP", *proof)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			return resp.StatusCode
+		}
+		api := a.URL + "/api/accounts"
+		var proof string
+		if code := call("DPoP", api, api, &proof); code != http.StatusOK {
+			t.Fatalf("a DPoP-bound call with a good proof: %d\n%s", code, tail(a.logs.String(), 3000))
+		}
+		if code := call("DPoP", api, api, &proof); code != http.StatusUnauthorized {
+			t.Errorf("the same proof replayed: %d, want 401", code)
+		}
+		var other string
+		if code := call("DPoP", api, a.URL+"/api/payments", &other); code != http.StatusUnauthorized {
+			t.Errorf("a proof for another URL: %d, want 401", code)
+		}
+		if code := call("Bearer", api, "", nil); code != http.StatusUnauthorized {
+			t.Errorf("the DPoP-bound token as a plain Bearer: %d, want 401", code)
 		}
 	})
 }

@@ -292,3 +292,25 @@ func writeJSON(w http.ResponseWriter, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(v)
 }
+
+// BindDPoP binds a token's claims to a DPoP key (RFC 9449 §6): cnf.jkt is
+// the key's thumbprint. It returns claims.
+func BindDPoP(claims map[string]any, jkt string) map[string]any {
+	claims["cnf"] = map[string]any{"jkt": jkt}
+	return claims
+}
+
+// Introspection answers RFC 7662 requests: active, with its claims, for a
+// token in tokens (a DPoP-bound one's carry cnf.jkt, see BindDPoP), and
+// inactive for any other.
+func Introspection(tokens map[string]map[string]any) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		_ = r.ParseForm()
+		claims, ok := tokens[r.PostForm.Get("token")]
+		body := map[string]any{"active": ok}
+		for k, v := range claims {
+			body[k] = v
+		}
+		writeJSON(w, body)
+	}
+}
