@@ -3,6 +3,8 @@ package caddyoidc
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -189,6 +191,11 @@ func (h *Handler) serveBearer(w http.ResponseWriter, r *http.Request, next caddy
 	case jkt != "":
 		return h.refuseToken(w, false, "invalid_token", "the access token is DPoP-bound: send it as Authorization: DPoP with a proof", errors.New("a DPoP-bound token (cnf.jkt) under the Bearer scheme"))
 	}
+	// A certificate-bound token (RFC 8705 §3) is used only over the TLS
+	// connection whose client certificate it names.
+	if x5t := certificateThumbprint(claims); x5t != "" && !presentsCertificate(r, x5t) {
+		return h.refuseToken(w, dpop, "invalid_token", "the access token is bound to a client certificate this connection did not present", errors.New("a certificate-bound token (cnf.x5t#S256) without its certificate"))
+	}
 	if h.bearerRevoked(claims) {
 		return h.refuseToken(w, dpop, "invalid_token", "the access token is invalid or expired", errors.New("the access token's user or IdP session was logged out"))
 	}
@@ -211,6 +218,24 @@ func (h *Handler) refuseToken(w http.ResponseWriter, dpop bool, code, descriptio
 	h.tokenChallenges(w, dpop, code, description)
 	w.Header().Set("Cache-Control", "no-store")
 	return caddyhttp.Error(http.StatusUnauthorized, err)
+}
+
+// certificateThumbprint is a token's cnf.x5t#S256 (RFC 8705 §3.1), "" if
+// it has none.
+func certificateThumbprint(claims map[string]any) string {
+	cnf, _ := claims["cnf"].(map[string]any)
+	x5t, _ := cnf["x5t#S256"].(string)
+	return x5t
+}
+
+// presentsCertificate reports whether r's TLS connection presented the
+// client certificate whose SHA-256 thumbprint is x5t.
+func presentsCertificate(r *http.Request, x5t string) bool {
+	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
+		return false
+	}
+	sum := sha256.Sum256(r.TLS.PeerCertificates[0].Raw)
+	return subtle.ConstantTimeCompare([]byte(base64.RawURLEncoding.EncodeToString(sum[:])), []byte(x5t)) == 1
 }
 
 // tokenChallenges sets a WWW-Authenticate challenge for each scheme the
@@ -567,5 +592,12 @@ func (h *Handler) requestURL(r *http.Request) string {
 			host = orig.Host
 		}
 	}
-	return h.scheme(r) + "://" + host + path
+	origin := h.scheme(r) + "://" + host
+	if origins := h.Bearer.DPoPOrigins; len(origins) > 0 && !slices.ContainsFunc(origins, func(o string) bool {
+		return strings.EqualFold(strings.TrimSuffix(o, "/"), origin)
+	}) {
+		// Not an origin of this resource: no proof names it rightly.
+		return ""
+	}
+	return origin + path
 }

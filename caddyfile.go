@@ -192,6 +192,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("preserve_post takes at most one value, the size")
 			}
 			h.Login.PreservePost = int64(size)
+		case "bearer_dpop_origins":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			bearer.DPoPOrigins = append(bearer.DPoPOrigins, args...)
 		case "bearer_dpop":
 			if !d.NextArg() {
 				return d.ArgErr()
@@ -256,7 +262,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	switch {
 	case bearerOn:
 		h.Bearer = bearer
-	case len(bearer.Audience) > 0 || bearer.IntrospectionEndpoint != "" || bearer.DPoP != "":
+	case len(bearer.Audience) > 0 || bearer.IntrospectionEndpoint != "" || bearer.DPoP != "" || len(bearer.DPoPOrigins) > 0:
 		return d.Errf("bearer_audience, bearer_dpop and introspection_endpoint tune bearer tokens: add `bearer` to accept them")
 	}
 	switch {

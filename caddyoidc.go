@@ -270,8 +270,15 @@ func (h *Handler) provision(ctx caddy.Context, logger *zap.Logger) error {
 			return fmt.Errorf("client_private_key: %w", err)
 		}
 		key, err := provider.ParseClientKey(pem, h.Client.KeyID, h.Client.KeyAlg)
+		if err == nil && h.fapi2() && h.Client.KeyAlg == "" && key.Algorithm() == "RS256" {
+			// FAPI 2.0 §5.4.1: an RSA key signs with PS256.
+			key, err = provider.ParseClientKey(pem, h.Client.KeyID, "PS256")
+		}
 		if err != nil {
 			return fmt.Errorf("client_private_key: %w", err)
+		}
+		if h.fapi2() && !slices.Contains(fapi2Algorithms, key.Algorithm()) {
+			return fmt.Errorf("profile fapi2: client_key_alg %s is not allowed; sign with PS256, ES256 or EdDSA (FAPI 2.0 §5.4.1)", key.Algorithm())
 		}
 		h.client.Key = key
 	}

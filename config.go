@@ -179,6 +179,10 @@ type BearerConfig struct {
 	// sender-constraining). A bound token (cnf.jkt) is never accepted as
 	// a Bearer token, nor an unbound one under DPoP. Default: allowed.
 	DPoP string `json:"bearer_dpop,omitempty"`
+	// The origins (scheme://host[:port]) this resource is served at, which
+	// a DPoP proof's htu must name. Default: the request's own Host, which
+	// on a site that answers any host name is the client's to choose.
+	DPoPOrigins []string `json:"bearer_dpop_origins,omitempty"`
 }
 
 // validate checks the bearer settings; errors name the field.
@@ -187,6 +191,12 @@ func (b *BearerConfig) validate() error {
 	case "", DPoPAllowed, DPoPRequired:
 	default:
 		return fmt.Errorf("bearer_dpop %q is unknown; use allowed or required", b.DPoP)
+	}
+	for _, o := range b.DPoPOrigins {
+		u, err := url.Parse(o)
+		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" {
+			return fmt.Errorf("bearer_dpop_origins %q must be an origin such as https://api.example.com", o)
+		}
 	}
 	return nil
 }

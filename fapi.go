@@ -5,6 +5,7 @@ import (
 	"crypto/elliptic"
 	"errors"
 	"fmt"
+	"net/url"
 	"strconv"
 	"sync"
 	"time"
@@ -46,12 +47,26 @@ func (h *Handler) validateProfile() error {
 		return errors.New("profile fapi2: the client needs client_private_key (private_key_jwt) or client_certificate (tls_client_auth) (FAPI 2.0 §5.3.2.1)")
 	case !c.DPoP && c.Certificate == "":
 		return errors.New("profile fapi2: access tokens must be sender-constrained: turn on dpop, or use client_certificate for certificate-bound tokens (FAPI 2.0 §5.3.2.2)")
-	case h.Bearer != nil && h.Bearer.DPoP != DPoPRequired && c.Certificate == "":
+	case h.Bearer != nil && h.Bearer.DPoP != DPoPRequired:
 		return errors.New("profile fapi2: a resource server accepts only sender-constrained tokens: set bearer_dpop required (FAPI 2.0 §5.3.3)")
+	case !secureEndpoint(h.Issuer):
+		return fmt.Errorf("profile fapi2: issuer %s must be https (FAPI 2.0 §5.2.1: TLS to every server)", h.Issuer)
+	case h.Bearer != nil && h.Bearer.IntrospectionEndpoint != "" && !secureEndpoint(h.Bearer.IntrospectionEndpoint):
+		return fmt.Errorf("profile fapi2: introspection_endpoint %s must be https (FAPI 2.0 §5.2.1)", h.Bearer.IntrospectionEndpoint)
 	case h.Login.ResponseMode == responseModeFormPost:
 		return errors.New("profile fapi2: response_mode form_post carries an unsigned response; use query (with the iss parameter) or a JWT response mode (FAPI 2.0 §5.3.1.2)")
 	}
 	return nil
+}
+
+// secureEndpoint reports an https URL, or one on a loopback host (a test
+// IdP on this machine).
+func secureEndpoint(raw string) bool {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return false
+	}
+	return u.Scheme == "https" || u.Scheme == "http" && isLoopback(u.Hostname())
 }
 
 // derivedP256 derives a P-256 private key from a session secret, for a
@@ -105,27 +120,43 @@ func (h *Handler) rpFor(s *session.Session) *provider.RelyingParty {
 
 // Pushed authorization requests cost an IdP call per login start, which
 // anyone can cause: at most this many at once and this rate per route.
+// A client address (an IPv6 client by its /64) has a rate of its own, so
+// one client's flood cannot use up the route's and lock everyone out.
 const (
 	maxConcurrentPushes = 16
 	pushRate            = 20 // per second
 	pushBurst           = 40
+	pushClientRate      = 2 // per second
+	pushClientBurst     = 5
+	maxPushClients      = 10_000
 )
 
 // pushLimit bounds a route's pushed authorization requests.
 type pushLimit struct {
-	slots  chan struct{}
-	mu     sync.Mutex
-	bucket tokenBucket
+	slots   chan struct{}
+	mu      sync.Mutex
+	bucket  tokenBucket
+	clients map[string]*tokenBucket
 }
 
 func newPushLimit() *pushLimit {
-	return &pushLimit{slots: make(chan struct{}, maxConcurrentPushes), bucket: tokenBucket{rate: pushRate, burst: pushBurst}}
+	return &pushLimit{slots: make(chan struct{}, maxConcurrentPushes), bucket: tokenBucket{rate: pushRate, burst: pushBurst},
+		clients: make(map[string]*tokenBucket)}
 }
 
-// acquire takes a slot if the rate allows one now; release gives it back.
-func (p *pushLimit) acquire(now time.Time) bool {
+// acquire takes a slot if client's rate and the route's allow one now;
+// release gives it back.
+func (p *pushLimit) acquire(client string, now time.Time) bool {
 	p.mu.Lock()
-	ok := p.bucket.take(now)
+	b := p.clients[client]
+	if b == nil {
+		if len(p.clients) >= maxPushClients {
+			clear(p.clients) // bounded: a flood of addresses forgets them all
+		}
+		b = &tokenBucket{rate: pushClientRate, burst: pushClientBurst}
+		p.clients[client] = b
+	}
+	ok := b.take(now) && p.bucket.take(now)
 	p.mu.Unlock()
 	if !ok {
 		return false

@@ -184,7 +184,7 @@ func (h *Handler) startLogin(w http.ResponseWriter, r *http.Request, reauth bool
 	// A pushed request costs an IdP call that anyone can cause: bounded.
 	opts := provider.AuthRequestOptions{PAR: h.pushedRequests(), RequestObject: h.Login.RequestObject}
 	if opts.PAR || d.RequirePushedAuthorizationRequests {
-		if !h.pushes.acquire(time.Now()) {
+		if !h.pushes.acquire(clientKey(r.Context()), time.Now()) {
 			w.Header().Set("Retry-After", "2")
 			return caddyhttp.Error(http.StatusServiceUnavailable, errors.New("login: too many pushed authorization requests at once"))
 		}

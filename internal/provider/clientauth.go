@@ -52,6 +52,9 @@ type Client struct {
 	IssuerAudience bool
 }
 
+// Algorithm is the algorithm the key signs with.
+func (k *ClientKey) Algorithm() string { return k.alg.String() }
+
 // ClientKey is a private key for private_key_jwt.
 type ClientKey struct {
 	key jwk.Key
