@@ -213,7 +213,11 @@ func (e *env) start(cfg string) {
 	}
 	e.logs = new(syncBuffer)
 	cmd := exec.Command(caddyBin, "run", "--config", path, "--adapter", "caddyfile")
-	cmd.Env = append(os.Environ(), "TEST_CLIENT_SECRET=demo-secret", "TEST_SESSION_SECRET="+testSecret, "TEST_ISSUER="+e.idp.Issuer, "HOME="+dir, "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir)
+	cmd.Env = append(os.Environ(), "TEST_CLIENT_SECRET=demo-secret", "TEST_SESSION_SECRET="+testSecret, "HOME="+dir, "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir)
+	if e.idp != nil {
+		// For a second oidc block in a test's own lines: {$TEST_ISSUER}.
+		cmd.Env = append(cmd.Env, "TEST_ISSUER="+e.idp.Issuer)
+	}
 	cmd.Stdout, cmd.Stderr = e.logs, e.logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
