@@ -2,8 +2,6 @@ package caddyoidc
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/base64"
 	"html/template"
 	"net/http"
 	"net/url"
@@ -19,19 +17,6 @@ import (
 var confirmLogout = template.Must(template.New("logout").Parse(`<!doctype html>
 <html><head><meta charset="utf-8"><title>Log out</title></head>
 <body><form method="post" action="{{.}}"><p>Log out of this site?</p><button type="submit">Log out</button></form></body></html>
-`))
-
-// endSessionForm carries the user to the IdP's end_session endpoint by POST
-// (RP-Initiated Logout 1.0 §2 requires OPs to accept it): the ID token
-// travels in the request body, never in a URL that access logs, proxies
-// and browser history record. The inline script runs under a CSP nonce; a
-// browser without scripts gets the button.
-var endSessionForm = template.Must(template.New("endsession").Parse(`<!doctype html>
-<html><head><meta charset="utf-8"><title>Logging out</title></head>
-<body><form method="post" action="{{.Action}}">
-{{- range .Fields}}<input type="hidden" name="{{.Name}}" value="{{.Value}}">{{end -}}
-<noscript><p>You are logged out of this site.</p><button type="submit">Log out at the identity provider</button></noscript></form>
-<script nonce="{{.Nonce}}">HTMLFormElement.prototype.submit.call(document.forms[0])</script></body></html>
 `))
 
 type formField struct{ Name, Value string }
@@ -179,23 +164,13 @@ func (h *Handler) endSessionRedirect(w http.ResponseWriter, r *http.Request, end
 	return nil
 }
 
+// writeEndSessionForm carries the user to the IdP's end_session endpoint
+// by POST (RP-Initiated Logout 1.0 §2 requires OPs to accept it): the ID
+// token travels in the request body, never in a URL that access logs,
+// proxies and browser history record. No Referer: the IdP learns nothing
+// of the page.
 func writeEndSessionForm(w http.ResponseWriter, action string, fields []formField) error {
-	b := make([]byte, 18)
-	rand.Read(b)
-	nonce := base64.RawURLEncoding.EncodeToString(b)
-	hd := w.Header()
-	hd.Set("Content-Type", "text/html; charset=utf-8")
-	// No form-action: IdPs redirect through hosts of their own after the
-	// POST, and browsers apply form-action to those redirects.
-	hd.Set("Content-Security-Policy", "default-src 'none'; script-src 'nonce-"+nonce+"'; base-uri 'none'; frame-ancestors 'none'")
-	hd.Set("X-Frame-Options", "DENY")
-	hd.Set("Referrer-Policy", "no-referrer")
-	w.WriteHeader(http.StatusOK)
-	return endSessionForm.Execute(w, struct {
-		Action string
-		Fields []formField
-		Nonce  string
-	}{action, fields, nonce})
+	return writeFormPage(w, action, fields, "You are logged out of this site. Log out at the identity provider too?", "no-referrer")
 }
 
 // postLogoutURL is post_logout_redirect_uri made absolute on this request's host.

@@ -201,21 +201,26 @@ var autoSubmitForm = template.Must(template.New("autosubmit").Parse(`<!doctype h
 `))
 
 // writeAutoSubmit writes the page that posts fields to action, a path of
-// this origin.
+// this origin: the POST then carries this origin in Origin and Referer
+// (what CSRF checks look for), never this page's URL, which may hold a code.
 func writeAutoSubmit(w http.ResponseWriter, action string, fields []formField, message string) error {
+	return writeFormPage(w, action, fields, message, "origin")
+}
+
+// writeFormPage writes a page that posts fields to action by itself, with
+// message and a button for a browser without scripts.
+func writeFormPage(w http.ResponseWriter, action string, fields []formField, message, referrerPolicy string) error {
 	b := make([]byte, 18)
 	rand.Read(b)
 	nonce := base64.RawURLEncoding.EncodeToString(b)
 	hd := w.Header()
 	hd.Set("Content-Type", "text/html; charset=utf-8")
 	hd.Set("Cache-Control", "no-store")
-	// No form-action: the application may redirect elsewhere after the
-	// POST, and browsers apply form-action to those redirects.
+	// No form-action: the application (or the IdP) may redirect elsewhere
+	// after the POST, and browsers apply form-action to those redirects.
 	hd.Set("Content-Security-Policy", "default-src 'none'; script-src 'nonce-"+nonce+"'; base-uri 'none'; frame-ancestors 'none'")
 	hd.Set("X-Frame-Options", "DENY")
-	// The POST then carries this origin in Origin and Referer (what CSRF
-	// checks look for), never this page's URL, which may hold a code.
-	hd.Set("Referrer-Policy", "origin")
+	hd.Set("Referrer-Policy", referrerPolicy)
 	w.WriteHeader(http.StatusOK)
 	return autoSubmitForm.Execute(w, struct {
 		Action  string
