@@ -26,6 +26,14 @@
 //   tls          {"cert": "<PEM file>", "key": "<PEM file>"}: serve HTTPS (the
 //                issuer is then https://127.0.0.1:<port>); client certificates
 //                are requested, not required, for a later mTLS setup
+//   mtls         {"cert": "<PEM file>", "key": "<PEM file>", "ca": "<PEM file>"}:
+//                serve HTTPS as tls does and turn on features.mTLS (RFC 8705):
+//                tls_client_auth, self_signed_tls_client_auth and
+//                certificate-bound access tokens. A client certificate is
+//                requested, not required, and verified against ca; the
+//                registered tls_client_auth_subject_dn is compared with the
+//                certificate's subject in RFC 4514 form. cfg.features.mTLS
+//                can turn any of the three off.
 //   dpopNonces   true: every DPoP proof must carry the server's current
 //                nonce (RFC 9449 §8); off by default. The nonce secret is a
 //                fresh 32-byte Buffer, which JSON cannot carry.
@@ -34,10 +42,12 @@
 //   GET /__interop/stats  grants answered per grant_type (ok / refused),
 //       revocations, back-channel logouts sent, end_session confirmations,
 //       and the latest refresh token issued per client (so a test can ask
-//       the IdP whether it is still active after a logout).
+//       the IdP whether it is still active after a logout), and why the
+//       token endpoint refused (token_errors: "<error>: <error_detail>",
+//       e.g. "invalid_client: client certificate was not verified").
 import { createServer } from 'node:http';
 import { createServer as createTLSServer } from 'node:https';
-import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { X509Certificate, generateKeyPairSync, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import Provider from 'oidc-provider';
 
@@ -70,18 +80,26 @@ const stats = {
   backchannel: { ok: 0, error: 0, errors: [] },
   end_session: 0,
   latest_refresh_token: {},
+  token_errors: [],
 };
 
 const accounts = cfg.accounts ?? {};
 const resources = cfg.resources ?? {};
 
-const server = cfg.tls
+const tls = cfg.mtls ?? cfg.tls;
+// rejectUnauthorized stays off with mtls too: oidc-provider decides per
+// client (certificateAuthorized below), and browsers come without a certificate.
+const server = tls
   ? createTLSServer({
-    cert: readFileSync(cfg.tls.cert), key: readFileSync(cfg.tls.key), requestCert: true, rejectUnauthorized: false,
+    cert: readFileSync(tls.cert),
+    key: readFileSync(tls.key),
+    ca: cfg.mtls ? readFileSync(cfg.mtls.ca) : undefined,
+    requestCert: true,
+    rejectUnauthorized: false,
   })
   : createServer();
 await new Promise((resolve) => { server.listen(cfg.port ?? 0, '127.0.0.1', resolve); });
-const issuer = `${cfg.tls ? 'https' : 'http'}://127.0.0.1:${server.address().port}`;
+const issuer = `${tls ? 'https' : 'http'}://127.0.0.1:${server.address().port}`;
 
 const features = merge({
   devInteractions: { enabled: true },
@@ -107,6 +125,28 @@ const features = merge({
     },
   },
 }, cfg.features);
+if (cfg.mtls) {
+  features.mTLS = {
+    enabled: true,
+    certificateBoundAccessTokens: true,
+    tlsClientAuth: true,
+    selfSignedTlsClientAuth: true,
+    ...features.mTLS,
+    // The certificate the client presented on this connection, as PEM.
+    getCertificate: (ctx) => ctx.socket.getPeerX509Certificate?.()?.toString(),
+    // Verified by Node against the ca file during the handshake.
+    certificateAuthorized: (ctx) => ctx.socket.authorized === true,
+    certificateSubjectMatches: (ctx, property, expected) => {
+      if (property !== 'tls_client_auth_subject_dn') {
+        throw new Error(`this test server compares only tls_client_auth_subject_dn, not ${property}`);
+      }
+      // Node lists the subject's attributes one per line, most significant
+      // first; RFC 4514 (what the client registered) is the reverse, comma-separated.
+      const subject = new X509Certificate(features.mTLS.getCertificate(ctx)).subject;
+      return subject.split('\n').reverse().join(',') === expected;
+    },
+  };
+}
 if (cfg.dpopNonces) {
   features.dPoP = { ...features.dPoP, nonceSecret: randomBytes(32), requireNonce: () => true };
 }
@@ -151,6 +191,9 @@ provider.on('backchannel.error', (_ctx, err) => {
   stats.backchannel.errors.push(String(err?.message ?? err));
 });
 provider.on('end_session.success', () => { stats.end_session += 1; });
+provider.on('grant.error', (_ctx, err) => {
+  stats.token_errors.push(`${err?.error ?? err?.message}: ${err?.error_detail ?? ''}`);
+});
 
 provider.use(async (ctx, next) => {
   if (ctx.path === '/__interop/stats') {
