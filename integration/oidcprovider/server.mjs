@@ -166,6 +166,13 @@ const configuration = merge({
   },
   features,
   rotateRefreshToken: cfg.rotateRefreshToken ?? true,
+  // The mTLS methods must be listed as well as enabled in features.mTLS.
+  ...(cfg.mtls && {
+    clientAuthMethods: [
+      'client_secret_basic', 'client_secret_jwt', 'client_secret_post', 'private_key_jwt', 'none',
+      'tls_client_auth', 'self_signed_tls_client_auth',
+    ],
+  }),
   findAccount: async (_ctx, id) => {
     const a = accounts[id];
     if (!a) {
