@@ -225,6 +225,14 @@ func logShows(logs *SyncBuffer, want string) bool {
 	return false
 }
 
+// visit navigates to u and returns what the upstream got.
+func visit(t *testing.T, c *http.Client, u string) echo {
+	t.Helper()
+	resp := navigate(t, c, u)
+	defer resp.Body.Close()
+	return echoOf(t, resp)
+}
+
 // introspection is what oidc-provider says of a token.
 type introspection struct {
 	Active bool `json:"active"`
@@ -275,12 +283,12 @@ func TestMTLSClientAuthWithOIDCProviderInCaddy(t *testing.T) {
 	// CAs the server lists: a self-signed one would not even be sent.)
 	forged := newTestCA(t).clientCert(t, "forged", appSubject)
 
-	ports := []int{freePort(t), freePort(t), freePort(t)}
+	ports := []int{freePort(t), freePort(t), freePort(t), freePort(t)}
 	var redirects []string
 	for _, p := range ports {
 		redirects = append(redirects, fmt.Sprintf("http://127.0.0.1:%d/oauth2/callback", p))
 	}
-	idp := StartOIDCProvider(t, OIDCProviderConfig{
+	idpConfig := OIDCProviderConfig{
 		Clients: []map[string]any{{
 			"client_id":                  "mtls-app",
 			"token_endpoint_auth_method": "tls_client_auth",
@@ -295,7 +303,8 @@ func TestMTLSClientAuthWithOIDCProviderInCaddy(t *testing.T) {
 		// refreshes, as at expiry.
 		TTL:  map[string]int{"AccessToken": 60},
 		MTLS: &MTLSFiles{Cert: server.CertFile, Key: server.KeyFile, CA: ca.File},
-	})
+	}
+	idp := StartOIDCProvider(t, idpConfig)
 	if !strings.HasPrefix(idp.Issuer, "https://") {
 		t.Fatalf("the mTLS IdP does not serve HTTPS: %s", idp.Issuer)
 	}
@@ -320,7 +329,7 @@ func TestMTLSClientAuthWithOIDCProviderInCaddy(t *testing.T) {
 	if resp.StatusCode != http.StatusFound || resp.Header.Get("Location") != "/accounts" {
 		t.Fatalf("callback: %d to %q\n%s", resp.StatusCode, resp.Header.Get("Location"), tail(site.logs.String(), 4000))
 	}
-	got := echoOf(t, navigate(t, alicesBrowser, site.URL+"/accounts"))
+	got := visit(t, alicesBrowser, site.URL+"/accounts")
 	// The email comes from UserInfo (oidc-provider's ID tokens carry sub
 	// only), called with the certificate-bound access token.
 	if got.Headers.Get("X-Auth-User") != alice.username || got.Headers.Get("X-Auth-Email") != "alice@example.com" {
@@ -347,7 +356,7 @@ func TestMTLSClientAuthWithOIDCProviderInCaddy(t *testing.T) {
 
 	t.Run("a refresh over mTLS gives a new bound token", func(t *testing.T) {
 		before := stats().Token["refresh_token"]
-		got := echoOf(t, navigate(t, alicesBrowser, site.URL+"/accounts"))
+		got := visit(t, alicesBrowser, site.URL+"/accounts")
 		after := stats().Token["refresh_token"]
 		if after.OK <= before.OK || after.Refused != before.Refused {
 			t.Fatalf("refresh grants at the IdP: ok %d -> %d, refused %d -> %d; want one more ok and no refusal\n%s",
@@ -400,9 +409,56 @@ func TestMTLSClientAuthWithOIDCProviderInCaddy(t *testing.T) {
 			if r, err := apiGet(wrong.URL+"/bye", nil, nil); err != nil || r.Code != http.StatusOK {
 				t.Errorf("Caddy after the refused login: %v %v", r, err)
 			}
-			if got := echoOf(t, navigate(t, alicesBrowser, site.URL+"/accounts")); got.Headers.Get("X-Auth-User") != alice.username {
+			if got := visit(t, alicesBrowser, site.URL+"/accounts"); got.Headers.Get("X-Auth-User") != alice.username {
 				t.Errorf("the first site after the refused login: user %q", got.Headers.Get("X-Auth-User"))
 			}
 		})
 	}
+
+	// Only the aliases' port asks for a client certificate: the login and
+	// the UserInfo call (the email) work only through the aliases.
+	t.Run("the IdP's mtls_endpoint_aliases are used", func(t *testing.T) {
+		aliased := idpConfig
+		files := *idpConfig.MTLS
+		files.Aliases = true
+		aliased.MTLS = &files
+		idp := StartOIDCProvider(t, aliased)
+		var disc struct {
+			TokenEndpoint string            `json:"token_endpoint"`
+			Aliases       map[string]string `json:"mtls_endpoint_aliases"`
+		}
+		resp, err := withoutCert.Get(idp.Issuer + "/.well-known/openid-configuration")
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = json.NewDecoder(resp.Body).Decode(&disc)
+		resp.Body.Close()
+		if err != nil || disc.Aliases["token_endpoint"] == "" || disc.Aliases["token_endpoint"] == disc.TokenEndpoint {
+			t.Fatalf("discovery announces no token endpoint alias: %+v %v", disc, err)
+		}
+		// The issuer's own token endpoint gets no certificate from the app.
+		resp, err = withApp.PostForm(disc.TokenEndpoint, url.Values{"grant_type": {"refresh_token"}, "refresh_token": {"x"}, "client_id": {"mtls-app"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("the app at the issuer's own token endpoint: %d, want 401", resp.StatusCode)
+		}
+
+		port := ports[3]
+		site := startCaddy(t, port, mtlsCaddyfile(port, freePort(t), idp.Issuer, app, up), env)
+		c := fapiBrowser()
+		callback := mtlsIdPScreens(t, ca, fapiLoginStart(t, c, site.URL).String(), site.URL)
+		resp = navigate(t, c, callback.String())
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusFound {
+			t.Fatalf("callback: %d\n%s", resp.StatusCode, tail(site.logs.String(), 4000))
+		}
+		got := visit(t, c, site.URL+"/accounts")
+		if got.Headers.Get("X-Auth-User") != alice.username || got.Headers.Get("X-Auth-Email") != "alice@example.com" {
+			t.Fatalf("through the aliases the upstream got user %q email %q",
+				got.Headers.Get("X-Auth-User"), got.Headers.Get("X-Auth-Email"))
+		}
+	})
 }

@@ -49,6 +49,10 @@ type MTLSFiles struct {
 	Cert string `json:"cert"`
 	Key  string `json:"key"`
 	CA   string `json:"ca"`
+	// Aliases moves client certificates to a second port: the issuer's
+	// asks for none, and discovery announces that port's token, userinfo,
+	// introspection and revocation endpoints as mtls_endpoint_aliases.
+	Aliases bool `json:"aliases,omitempty"`
 }
 
 // Account is a user of oidc-provider's development login screen (which

@@ -33,7 +33,11 @@
 //                requested, not required, and verified against ca; the
 //                registered tls_client_auth_subject_dn is compared with the
 //                certificate's subject in RFC 4514 form. cfg.features.mTLS
-//                can turn any of the three off.
+//                can turn any of the three off. With "aliases": true the
+//                issuer's port asks for no client certificate; a second
+//                port that does serves the token, userinfo, introspection
+//                and revocation endpoints, announced as the discovery
+//                document's mtls_endpoint_aliases (RFC 8705 §5).
 //   dpopNonces   true: every DPoP proof must carry the server's current
 //                nonce (RFC 9449 §8); off by default. The nonce secret is a
 //                fresh 32-byte Buffer, which JSON cannot carry.
@@ -89,17 +93,31 @@ const resources = cfg.resources ?? {};
 const tls = cfg.mtls ?? cfg.tls;
 // rejectUnauthorized stays off with mtls too: oidc-provider decides per
 // client (certificateAuthorized below), and browsers come without a certificate.
-const server = tls
-  ? createTLSServer({
-    cert: readFileSync(tls.cert),
-    key: readFileSync(tls.key),
-    ca: cfg.mtls ? readFileSync(cfg.mtls.ca) : undefined,
-    requestCert: true,
-    rejectUnauthorized: false,
-  })
-  : createServer();
-await new Promise((resolve) => { server.listen(cfg.port ?? 0, '127.0.0.1', resolve); });
+const tlsServer = (requestCert) => createTLSServer({
+  cert: readFileSync(tls.cert),
+  key: readFileSync(tls.key),
+  ca: cfg.mtls ? readFileSync(cfg.mtls.ca) : undefined,
+  requestCert,
+  rejectUnauthorized: false,
+});
+const listen = (srv, port) => new Promise((resolve) => { srv.listen(port, '127.0.0.1', resolve); });
+const server = tls ? tlsServer(!cfg.mtls?.aliases) : createServer();
+await listen(server, cfg.port ?? 0);
 const issuer = `${tls ? 'https' : 'http'}://127.0.0.1:${server.address().port}`;
+const aliasServer = cfg.mtls?.aliases ? tlsServer(true) : undefined;
+let discovery;
+if (aliasServer) {
+  await listen(aliasServer, 0);
+  const base = `https://127.0.0.1:${aliasServer.address().port}`;
+  discovery = {
+    mtls_endpoint_aliases: {
+      token_endpoint: `${base}/token`,
+      userinfo_endpoint: `${base}/me`,
+      introspection_endpoint: `${base}/token/introspection`,
+      revocation_endpoint: `${base}/token/revocation`,
+    },
+  };
+}
 
 const features = merge({
   devInteractions: { enabled: true },
@@ -167,6 +185,7 @@ const configuration = merge({
   features,
   rotateRefreshToken: cfg.rotateRefreshToken ?? true,
   // The mTLS methods must be listed as well as enabled in features.mTLS.
+  ...(discovery && { discovery }),
   ...(cfg.mtls && {
     clientAuthMethods: [
       'client_secret_basic', 'client_secret_jwt', 'client_secret_post', 'private_key_jwt', 'none',
@@ -229,8 +248,9 @@ provider.use(async (ctx, next) => {
 });
 
 server.on('request', provider.callback());
+aliasServer?.on('request', provider.callback());
 process.stdout.write(`${JSON.stringify({ issuer })}\n`);
 
 for (const sig of ['SIGINT', 'SIGTERM']) {
-  process.on(sig, () => { server.close(); process.exit(0); });
+  process.on(sig, () => { server.close(); aliasServer?.close(); process.exit(0); });
 }
