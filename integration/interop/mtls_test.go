@@ -28,7 +28,8 @@ import (
 
 // The module as an RFC 8705 client in a real Caddy, against oidc-provider
 // with mTLS: `client_auth_method tls_client_auth` with a client_certificate
-// issued by a test CA, certificate-bound access and refresh tokens.
+// issued by a test CA, certificate-bound access tokens refreshed over mTLS,
+// and the IdP's mtls_endpoint_aliases (RFC 8705 §5).
 
 // testCA issues the certificates of one test: the IdP's server certificate
 // and the clients'.
@@ -446,6 +447,11 @@ func TestMTLSClientAuthWithOIDCProviderInCaddy(t *testing.T) {
 			t.Fatalf("the app at the issuer's own token endpoint: %d, want 401", resp.StatusCode)
 		}
 
+		before, err := idp.StatsWith(withoutCert)
+		if err != nil {
+			t.Fatal(err)
+		}
+
 		port := ports[3]
 		site := startCaddy(t, port, mtlsCaddyfile(port, freePort(t), idp.Issuer, app, up), env)
 		c := fapiBrowser()
@@ -459,6 +465,13 @@ func TestMTLSClientAuthWithOIDCProviderInCaddy(t *testing.T) {
 		if got.Headers.Get("X-Auth-User") != alice.username || got.Headers.Get("X-Auth-Email") != "alice@example.com" {
 			t.Fatalf("through the aliases the upstream got user %q email %q",
 				got.Headers.Get("X-Auth-User"), got.Headers.Get("X-Auth-Email"))
+		}
+		after, err := idp.StatsWith(withoutCert)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b, a := before.Token["refresh_token"], after.Token["refresh_token"]; a.OK <= b.OK || a.Refused != b.Refused {
+			t.Fatalf("refresh grants through the alias: %d ok, %d refused; want some and none refused", a.OK-b.OK, a.Refused-b.Refused)
 		}
 	})
 }
