@@ -37,6 +37,22 @@ type OIDCProviderConfig struct {
 		Cert string `json:"cert"`
 		Key  string `json:"key"`
 	} `json:"tls,omitempty"`
+	// MTLS serves HTTPS with this certificate and key and turns on
+	// oidc-provider's mTLS (RFC 8705) with client certificates verified
+	// against CA (PEM files).
+	MTLS *MTLSFiles `json:"mtls,omitempty"`
+}
+
+// MTLSFiles are the PEM files of an mTLS-enabled oidc-provider: its server
+// certificate and key, and the CA that client certificates must chain to.
+type MTLSFiles struct {
+	Cert string `json:"cert"`
+	Key  string `json:"key"`
+	CA   string `json:"ca"`
+	// Aliases moves client certificates to a second port: the issuer's
+	// asks for none, and discovery announces that port's token, userinfo,
+	// introspection and revocation endpoints as mtls_endpoint_aliases.
+	Aliases bool `json:"aliases,omitempty"`
 }
 
 // Account is a user of oidc-provider's development login screen (which
@@ -81,6 +97,9 @@ type OIDCProviderStats struct {
 	} `json:"backchannel"`
 	EndSession         int64             `json:"end_session"`
 	LatestRefreshToken map[string]string `json:"latest_refresh_token"`
+	// TokenErrors say why the token endpoint refused, in order:
+	// "<error>: <error_detail>".
+	TokenErrors []string `json:"token_errors"`
 }
 
 // SyncBuffer collects a child process's output while a test reads it.

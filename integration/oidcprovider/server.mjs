@@ -26,6 +26,18 @@
 //   tls          {"cert": "<PEM file>", "key": "<PEM file>"}: serve HTTPS (the
 //                issuer is then https://127.0.0.1:<port>); client certificates
 //                are requested, not required, for a later mTLS setup
+//   mtls         {"cert": "<PEM file>", "key": "<PEM file>", "ca": "<PEM file>"}:
+//                serve HTTPS as tls does and turn on features.mTLS (RFC 8705):
+//                tls_client_auth, self_signed_tls_client_auth and
+//                certificate-bound access tokens. A client certificate is
+//                requested, not required, and verified against ca; the
+//                registered tls_client_auth_subject_dn is compared with the
+//                certificate's subject in RFC 4514 form. cfg.features.mTLS
+//                can turn any of the three off. With "aliases": true the
+//                issuer's port asks for no client certificate; a second
+//                port that does serves the token, userinfo, introspection
+//                and revocation endpoints, announced as the discovery
+//                document's mtls_endpoint_aliases (RFC 8705 §5).
 //   dpopNonces   true: every DPoP proof must carry the server's current
 //                nonce (RFC 9449 §8); off by default. The nonce secret is a
 //                fresh 32-byte Buffer, which JSON cannot carry.
@@ -34,10 +46,12 @@
 //   GET /__interop/stats  grants answered per grant_type (ok / refused),
 //       revocations, back-channel logouts sent, end_session confirmations,
 //       and the latest refresh token issued per client (so a test can ask
-//       the IdP whether it is still active after a logout).
+//       the IdP whether it is still active after a logout), and why the
+//       token endpoint refused (token_errors: "<error>: <error_detail>",
+//       e.g. "invalid_client: client certificate was not verified").
 import { createServer } from 'node:http';
 import { createServer as createTLSServer } from 'node:https';
-import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { X509Certificate, generateKeyPairSync, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import Provider from 'oidc-provider';
 
@@ -70,18 +84,40 @@ const stats = {
   backchannel: { ok: 0, error: 0, errors: [] },
   end_session: 0,
   latest_refresh_token: {},
+  token_errors: [],
 };
 
 const accounts = cfg.accounts ?? {};
 const resources = cfg.resources ?? {};
 
-const server = cfg.tls
-  ? createTLSServer({
-    cert: readFileSync(cfg.tls.cert), key: readFileSync(cfg.tls.key), requestCert: true, rejectUnauthorized: false,
-  })
-  : createServer();
-await new Promise((resolve) => { server.listen(cfg.port ?? 0, '127.0.0.1', resolve); });
-const issuer = `${cfg.tls ? 'https' : 'http'}://127.0.0.1:${server.address().port}`;
+const tls = cfg.mtls ?? cfg.tls;
+// rejectUnauthorized stays off with mtls too: oidc-provider decides per
+// client (certificateAuthorized below), and browsers come without a certificate.
+const tlsServer = (requestCert) => createTLSServer({
+  cert: readFileSync(tls.cert),
+  key: readFileSync(tls.key),
+  ca: cfg.mtls ? readFileSync(cfg.mtls.ca) : undefined,
+  requestCert,
+  rejectUnauthorized: false,
+});
+const listen = (srv, port) => new Promise((resolve) => { srv.listen(port, '127.0.0.1', resolve); });
+const server = tls ? tlsServer(!cfg.mtls?.aliases) : createServer();
+await listen(server, cfg.port ?? 0);
+const issuer = `${tls ? 'https' : 'http'}://127.0.0.1:${server.address().port}`;
+const aliasServer = cfg.mtls?.aliases ? tlsServer(true) : undefined;
+let discovery;
+if (aliasServer) {
+  await listen(aliasServer, 0);
+  const base = `https://127.0.0.1:${aliasServer.address().port}`;
+  discovery = {
+    mtls_endpoint_aliases: {
+      token_endpoint: `${base}/token`,
+      userinfo_endpoint: `${base}/me`,
+      introspection_endpoint: `${base}/token/introspection`,
+      revocation_endpoint: `${base}/token/revocation`,
+    },
+  };
+}
 
 const features = merge({
   devInteractions: { enabled: true },
@@ -107,6 +143,28 @@ const features = merge({
     },
   },
 }, cfg.features);
+if (cfg.mtls) {
+  features.mTLS = {
+    enabled: true,
+    certificateBoundAccessTokens: true,
+    tlsClientAuth: true,
+    selfSignedTlsClientAuth: true,
+    ...features.mTLS,
+    // The certificate the client presented on this connection, as PEM.
+    getCertificate: (ctx) => ctx.socket.getPeerX509Certificate?.()?.toString(),
+    // Verified by Node against the ca file during the handshake.
+    certificateAuthorized: (ctx) => ctx.socket.authorized === true,
+    certificateSubjectMatches: (ctx, property, expected) => {
+      if (property !== 'tls_client_auth_subject_dn') {
+        throw new Error(`this test server compares only tls_client_auth_subject_dn, not ${property}`);
+      }
+      // Node lists the subject's attributes one per line, most significant
+      // first; RFC 4514 (what the client registered) is the reverse, comma-separated.
+      const subject = new X509Certificate(features.mTLS.getCertificate(ctx)).subject;
+      return subject.split('\n').reverse().join(',') === expected;
+    },
+  };
+}
 if (cfg.dpopNonces) {
   features.dPoP = { ...features.dPoP, nonceSecret: randomBytes(32), requireNonce: () => true };
 }
@@ -126,6 +184,14 @@ const configuration = merge({
   },
   features,
   rotateRefreshToken: cfg.rotateRefreshToken ?? true,
+  // The mTLS methods must be listed as well as enabled in features.mTLS.
+  ...(discovery && { discovery }),
+  ...(cfg.mtls && {
+    clientAuthMethods: [
+      'client_secret_basic', 'client_secret_jwt', 'client_secret_post', 'private_key_jwt', 'none',
+      'tls_client_auth', 'self_signed_tls_client_auth',
+    ],
+  }),
   findAccount: async (_ctx, id) => {
     const a = accounts[id];
     if (!a) {
@@ -151,6 +217,9 @@ provider.on('backchannel.error', (_ctx, err) => {
   stats.backchannel.errors.push(String(err?.message ?? err));
 });
 provider.on('end_session.success', () => { stats.end_session += 1; });
+provider.on('grant.error', (_ctx, err) => {
+  stats.token_errors.push(`${err?.error ?? err?.message}: ${err?.error_detail ?? ''}`);
+});
 
 provider.use(async (ctx, next) => {
   if (ctx.path === '/__interop/stats') {
@@ -179,8 +248,9 @@ provider.use(async (ctx, next) => {
 });
 
 server.on('request', provider.callback());
+aliasServer?.on('request', provider.callback());
 process.stdout.write(`${JSON.stringify({ issuer })}\n`);
 
 for (const sig of ['SIGINT', 'SIGTERM']) {
-  process.on(sig, () => { server.close(); process.exit(0); });
+  process.on(sig, () => { server.close(); aliasServer?.close(); process.exit(0); });
 }
