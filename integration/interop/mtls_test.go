@@ -12,12 +12,10 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
-	"html"
 	"io"
 	"math/big"
 	"net"
 	"net/http"
-	"net/http/cookiejar"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -173,46 +171,6 @@ http://127.0.0.1:%d {
 `, adminPort, port, port, issuer, cert.CertFile, cert.KeyFile, upstream)
 }
 
-// mtlsIdPScreens is idpScreens through a client that trusts the test CA.
-func mtlsIdPScreens(t *testing.T, ca *testCA, authorizationURL, site string) *url.URL {
-	t.Helper()
-	idpBrowser := ca.client(nil)
-	idpBrowser.Jar, _ = cookiejar.New(nil)
-	idpBrowser.CheckRedirect = func(r *http.Request, _ []*http.Request) error {
-		if strings.HasPrefix(r.URL.String(), site) {
-			return http.ErrUseLastResponse
-		}
-		return nil
-	}
-	resp, err := idpBrowser.Get(authorizationURL)
-	for _, fields := range []url.Values{
-		{"prompt": {"login"}, "login": {alice.username}, "password": {alice.password}},
-		{"prompt": {"consent"}},
-	} {
-		if err != nil {
-			t.Fatal(err)
-		}
-		page, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		m := formAction.FindSubmatch(page)
-		if resp.StatusCode != http.StatusOK || m == nil {
-			t.Fatalf("expected a form from the IdP at %s, got %s:\n%.1500s", resp.Request.URL, resp.Status, page)
-		}
-		action, _ := url.Parse(html.UnescapeString(string(m[1])))
-		resp, err = idpBrowser.PostForm(resp.Request.URL.ResolveReference(action).String(), fields)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	loc, err := resp.Location()
-	if err != nil || !strings.HasPrefix(loc.String(), site) {
-		page, _ := io.ReadAll(resp.Body)
-		t.Fatalf("the login did not come back to the site: %s %v:\n%.1500s", resp.Status, loc, page)
-	}
-	return loc
-}
-
 // logShows waits a little for want in a child's output: the output is
 // copied from a pipe, after the response the test got.
 func logShows(logs *SyncBuffer, want string) bool {
@@ -324,7 +282,7 @@ func TestMTLSClientAuthWithOIDCProviderInCaddy(t *testing.T) {
 
 	site := startCaddy(t, ports[0], mtlsCaddyfile(ports[0], freePort(t), idp.Issuer, app, up), env)
 	alicesBrowser := fapiBrowser()
-	callback := mtlsIdPScreens(t, ca, fapiLoginStart(t, alicesBrowser, site.URL).String(), site.URL)
+	callback := idpScreensWith(t, ca.client(nil), fapiLoginStart(t, alicesBrowser, site.URL).String(), site.URL)
 	resp := navigate(t, alicesBrowser, callback.String())
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusFound || resp.Header.Get("Location") != "/accounts" {
@@ -386,7 +344,7 @@ func TestMTLSClientAuthWithOIDCProviderInCaddy(t *testing.T) {
 			wrong := startCaddy(t, port, mtlsCaddyfile(port, freePort(t), idp.Issuer, tc.cert, up), env)
 			before := stats()
 			c := fapiBrowser()
-			callback := mtlsIdPScreens(t, ca, fapiLoginStart(t, c, wrong.URL).String(), wrong.URL)
+			callback := idpScreensWith(t, ca.client(nil), fapiLoginStart(t, c, wrong.URL).String(), wrong.URL)
 			resp := navigate(t, c, callback.String())
 			resp.Body.Close()
 			if resp.StatusCode < 400 {
@@ -455,7 +413,7 @@ func TestMTLSClientAuthWithOIDCProviderInCaddy(t *testing.T) {
 		port := ports[3]
 		site := startCaddy(t, port, mtlsCaddyfile(port, freePort(t), idp.Issuer, app, up), env)
 		c := fapiBrowser()
-		callback := mtlsIdPScreens(t, ca, fapiLoginStart(t, c, site.URL).String(), site.URL)
+		callback := idpScreensWith(t, ca.client(nil), fapiLoginStart(t, c, site.URL).String(), site.URL)
 		resp = navigate(t, c, callback.String())
 		resp.Body.Close()
 		if resp.StatusCode != http.StatusFound {
