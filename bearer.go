@@ -156,23 +156,13 @@ func (h *Handler) serveBearer(w http.ResponseWriter, r *http.Request, next caddy
 		return h.refuseToken(w, false, "invalid_token", "this resource accepts DPoP-bound tokens only (Authorization: DPoP)", errors.New("a bearer token where bearer_dpop requires DPoP"))
 	}
 	now := time.Now()
-	sum := sha256.Sum256([]byte(token))
-	claims, ok := h.bearers.get(sum, now)
-	if !ok {
-		ac, err := h.checkAccessToken(r.Context(), token, sum)
-		if err != nil {
-			if errors.Is(err, provider.ErrUnavailable) || errors.Is(err, cache.ErrUnavailable) || errors.Is(err, errIntrospectionBusy) {
-				w.Header().Set("Retry-After", "10")
-				return caddyhttp.Error(http.StatusServiceUnavailable, err)
-			}
-			return h.refuseToken(w, dpop, "invalid_token", "the access token is invalid or expired", err)
+	claims, err := h.tokens.verify(r.Context(), token, now)
+	if err != nil {
+		if errors.Is(err, provider.ErrUnavailable) || errors.Is(err, cache.ErrUnavailable) || errors.Is(err, errIntrospectionBusy) {
+			w.Header().Set("Retry-After", "10")
+			return caddyhttp.Error(http.StatusServiceUnavailable, err)
 		}
-		expires := now.Add(bearerCacheMaxTTL)
-		if !ac.Expiry.IsZero() && ac.Expiry.Before(expires) {
-			expires = ac.Expiry
-		}
-		h.bearers.put(sum, bearerEntry{claims: ac.Claims, expires: expires})
-		claims = ac.Claims
+		return h.refuseToken(w, dpop, "invalid_token", "the access token is invalid or expired", err)
 	}
 	// Only the token's verification is cached: a bound token's proof is
 	// checked on every request, and a bound token is never a bearer one.
@@ -181,7 +171,7 @@ func (h *Handler) serveBearer(w http.ResponseWriter, r *http.Request, next caddy
 	case dpop && jkt == "":
 		return h.refuseToken(w, true, "invalid_token", "the access token is not DPoP-bound: send it as a Bearer token", errors.New("a token without cnf.jkt under the DPoP scheme"))
 	case dpop:
-		if err := h.checkDPoPProof(r, proof, token, jkt, now); err != nil {
+		if err := h.proofs.check(r, proof, token, jkt, now); err != nil {
 			if errors.Is(err, cache.ErrUnavailable) {
 				w.Header().Set("Retry-After", "10")
 				return caddyhttp.Error(http.StatusServiceUnavailable, err)
@@ -277,47 +267,97 @@ func (h *Handler) bearerRevoked(claims map[string]any) bool {
 	return h.revs.ended(h.Issuer, &session.Session{Claims: claims, Created: issued})
 }
 
-// checkAccessToken verifies a JWT locally, or introspects an opaque token;
+// newBearerVerifiers builds the route's access-token verifier and DPoP
+// proof checker.
+func (h *Handler) newBearerVerifiers() (*tokenVerifier, *proofChecker) {
+	// Introspection results are shared only by routes of the same issuer,
+	// client and accepted audiences.
+	auds := slices.Sorted(slices.Values(h.bearerAudience()))
+	audSum := sha256.Sum256([]byte(strings.Join(auds, "\x00")))
+	tv := &tokenVerifier{rp: h.rp, clientID: h.Client.ID, verified: newBearerCache(bearerCacheSize),
+		introspections: newIntrospector(), ns: h.ns + ":" + hex.EncodeToString(audSum[:8]),
+		shared: h.shared, codec: h.codec, bind: h.bind}
+	pc := &proofChecker{ns: h.ns, origins: h.Bearer.DPoPOrigins, scheme: h.scheme,
+		skew: time.Duration(h.ClockSkew), app: h.app, logger: h.logger}
+	return tv, pc
+}
+
+// tokenVerifier verifies a route's access tokens: JWTs against the IdP's
+// keys, opaque ones by introspection. Verified claims are cached in the
+// process by the token's hash until its expiry (10 min at most), and
+// introspection results are shared between replicas through the cache.
+type tokenVerifier struct {
+	rp             *provider.RelyingParty
+	clientID       string
+	verified       *bearerCache
+	introspections *introspector
+	// ns names this route's introspection results: issuer, client and the
+	// accepted audiences.
+	ns     string
+	shared cache.Store
+	codec  *session.Codec
+	bind   func(purpose string) string
+}
+
+// verify returns the claims of token, from the cache or verified now.
+func (v *tokenVerifier) verify(ctx context.Context, token string, now time.Time) (map[string]any, error) {
+	sum := sha256.Sum256([]byte(token))
+	if claims, ok := v.verified.get(sum, now); ok {
+		return claims, nil
+	}
+	ac, err := v.check(ctx, token, sum)
+	if err != nil {
+		return nil, err
+	}
+	expires := now.Add(bearerCacheMaxTTL)
+	if !ac.Expiry.IsZero() && ac.Expiry.Before(expires) {
+		expires = ac.Expiry
+	}
+	v.verified.put(sum, bearerEntry{claims: ac.Claims, expires: expires})
+	return ac.Claims, nil
+}
+
+// check verifies a JWT locally, or introspects an opaque token;
 // introspection results are shared through the cache (sealed, keyed by the
 // route, the accepted audiences and the token's hash) so replicas ask the
 // IdP once per token.
-func (h *Handler) checkAccessToken(ctx context.Context, token string, sum [32]byte) (*provider.AccessClaims, error) {
+func (v *tokenVerifier) check(ctx context.Context, token string, sum [32]byte) (*provider.AccessClaims, error) {
 	if provider.IsJWT(token) {
-		ac, err := h.rp.VerifyAccessToken(ctx, token)
-		if err == nil && looksLikeIDToken(ac.Claims, h.Client.ID) {
+		ac, err := v.rp.VerifyAccessToken(ctx, token)
+		if err == nil && looksLikeIDToken(ac.Claims, v.clientID) {
 			return nil, fmt.Errorf("the token is for this client and grants no scope: an ID token, not an access token: %w", provider.ErrInvalidToken)
 		}
 		return ac, err
 	}
-	if h.introspections.refused(sum, time.Now()) {
+	if v.introspections.refused(sum, time.Now()) {
 		return nil, fmt.Errorf("the IdP said recently that this token is not active: %w", provider.ErrInvalidToken)
 	}
-	key := cache.IntrospectionKey(h.introNS, hex.EncodeToString(sum[:]))
-	aad := h.bind(purposeIntrospection + key)
-	if b, found, err := h.shared.Get(ctx, key); err == nil && found {
-		if pt, _, err := h.codec.Open(aad, string(b)); err == nil {
+	key := cache.IntrospectionKey(v.ns, hex.EncodeToString(sum[:]))
+	aad := v.bind(purposeIntrospection + key)
+	if b, found, err := v.shared.Get(ctx, key); err == nil && found {
+		if pt, _, err := v.codec.Open(aad, string(b)); err == nil {
 			var ac introspected
 			if json.Unmarshal(pt, &ac) == nil && time.Now().Before(time.Unix(ac.Exp, 0)) {
 				return &provider.AccessClaims{Claims: ac.Claims, Expiry: time.Unix(ac.Exp, 0)}, nil
 			}
 		}
 	}
-	ac, err := h.introspections.do(ctx, sum, func(ctx context.Context) (*provider.AccessClaims, error) {
-		return h.rp.Introspect(ctx, token)
+	ac, err := v.introspections.do(ctx, sum, func(ctx context.Context) (*provider.AccessClaims, error) {
+		return v.rp.Introspect(ctx, token)
 	})
 	if err != nil {
 		if errors.Is(err, provider.ErrInvalidToken) {
-			h.introspections.refuse(sum, time.Now())
+			v.introspections.refuse(sum, time.Now())
 		}
 		return nil, err
 	}
-	h.introspections.vouch(ctx)
+	v.introspections.vouch(ctx)
 	exp := time.Now().Add(bearerCacheMaxTTL)
 	if !ac.Expiry.IsZero() && ac.Expiry.Before(exp) {
 		exp = ac.Expiry
 	}
 	if b, err := json.Marshal(introspected{Claims: ac.Claims, Exp: exp.Unix()}); err == nil {
-		_ = h.shared.Set(context.WithoutCancel(ctx), key, []byte(h.codec.Seal(aad, b)), time.Until(exp))
+		_ = v.shared.Set(context.WithoutCancel(ctx), key, []byte(v.codec.Seal(aad, b)), time.Until(exp))
 	}
 	return ac, nil
 }
@@ -541,20 +581,33 @@ func singleDPoPProof(r *http.Request) (string, error) {
 	return proofs[0], nil
 }
 
-// checkDPoPProof verifies proof for this request and token (bound to the
-// key jkt) and records its jti, refusing one seen before on any replica.
-// It is called once the token is verified and the proof too, so nothing
+// proofChecker checks a route's DPoP proofs (RFC 9449) and refuses
+// replayed ones on every replica.
+type proofChecker struct {
+	// ns names this route's records of seen proofs.
+	ns string
+	// origins, when set, are the only origins a proof's htu may name.
+	origins []string
+	scheme  func(*http.Request) string
+	skew    time.Duration
+	app     *App
+	logger  *zap.Logger
+}
+
+// check verifies proof for this request and token (bound to the key jkt)
+// and records its jti, refusing one seen before on any replica. It is
+// called once the token is verified and the proof too, so nothing
 // unauthenticated is ever recorded.
-func (h *Handler) checkDPoPProof(r *http.Request, proof, token, jkt string, now time.Time) error {
+func (pc *proofChecker) check(r *http.Request, proof, token, jkt string, now time.Time) error {
 	p, err := provider.VerifyDPoPProof(proof, provider.DPoPCheck{
-		Method: r.Method, URL: h.requestURL(r), AccessToken: token, JKT: jkt,
-		Now: now, ClockSkew: time.Duration(h.ClockSkew),
+		Method: r.Method, URL: pc.requestURL(r), AccessToken: token, JKT: jkt,
+		Now: now, ClockSkew: pc.skew,
 	})
 	if err != nil {
 		return err
 	}
 	sum := sha256.Sum256([]byte(p.JKT + "\x00" + p.JTI))
-	key := cache.DPoPProofKey(h.ns, hex.EncodeToString(sum[:]))
+	key := cache.DPoPProofKey(pc.ns, hex.EncodeToString(sum[:]))
 	ttl := p.Expiry.Sub(now)
 	ctx := context.WithoutCancel(r.Context())
 	// This replica's record first: it stops a replay here without a round
@@ -562,17 +615,17 @@ func (h *Handler) checkDPoPProof(r *http.Request, proof, token, jkt string, now 
 	if fresh, _ := dpopProofs.Add(ctx, key, []byte{1}, ttl); !fresh {
 		return errDPoPReplayed
 	}
-	s := h.app.set()
-	if s.backend != backendValkey {
-		return nil
+	shared := pc.app.set().shared
+	if !shared.Replicated() {
+		return nil // one process: its own record is the whole record
 	}
-	fresh, err := s.shared.Add(ctx, key, []byte{1}, ttl)
+	fresh, err := shared.Add(ctx, key, []byte{1}, ttl)
 	switch {
 	case err != nil:
 		// Refusing every DPoP request while Valkey is away would make it a
 		// single point of failure; a replay needs a captured request and
 		// another replica within the proof's window.
-		dpopLocalOnlyLog.Warn(h.logger, "DPoP proofs are checked for replay on this replica only while Valkey cannot answer", zap.Error(err))
+		dpopLocalOnlyLog.Warn(pc.logger, "DPoP proofs are checked for replay on this replica only while Valkey cannot answer", zap.Error(err))
 	case !fresh:
 		return errDPoPReplayed
 	}
@@ -582,7 +635,7 @@ func (h *Handler) checkDPoPProof(r *http.Request, proof, token, jkt string, now 
 // requestURL is the URL as the client addressed it, the htu its proof
 // must name: the scheme it used, its Host, and the path before any rewrite
 // (Caddy keeps the original request), without query or fragment.
-func (h *Handler) requestURL(r *http.Request) string {
+func (pc *proofChecker) requestURL(r *http.Request) string {
 	host, path := r.Host, r.URL.EscapedPath()
 	// Caddy's copy of the original request keeps its URL (before any
 	// rewrite) but not its Host: the host is the request's.
@@ -592,8 +645,8 @@ func (h *Handler) requestURL(r *http.Request) string {
 			host = orig.Host
 		}
 	}
-	origin := h.scheme(r) + "://" + host
-	if origins := h.Bearer.DPoPOrigins; len(origins) > 0 && !slices.ContainsFunc(origins, func(o string) bool {
+	origin := pc.scheme(r) + "://" + host
+	if origins := pc.origins; len(origins) > 0 && !slices.ContainsFunc(origins, func(o string) bool {
 		return strings.EqualFold(strings.TrimSuffix(o, "/"), origin)
 	}) {
 		// Not an origin of this resource: no proof names it rightly.

@@ -130,7 +130,7 @@ func BenchmarkBearerCacheMiss(b *testing.B) {
 	auth := "Bearer " + tok
 	b.ReportAllocs()
 	for b.Loop() {
-		h.bearers = newBearerCache(1)
+		h.tokens.verified = newBearerCache(1)
 		r := newBenchRequest("")
 		r.Header.Set("Authorization", auth)
 		if err := h.ServeHTTP(w, r, nopNext{}); err != nil {

@@ -7,8 +7,6 @@ package caddyoidc
 import (
 	"cmp"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"maps"
@@ -145,14 +143,15 @@ type Handler struct {
 	dpopRPs  map[string]*provider.RelyingParty
 	dpopKeys []*provider.DPoPKey
 	// pushes bounds pushed authorization requests (PAR).
-	pushes         *pushLimit
-	client         provider.Client
-	codec          *session.Codec
-	secrets        []string
-	bearers        *bearerCache
-	introspections *introspector
+	pushes  *pushLimit
+	client  provider.Client
+	codec   *session.Codec
+	secrets []string
+	// tokens verifies bearer tokens and proofs their DPoP proofs (with
+	// bearer on).
+	tokens         *tokenVerifier
+	proofs         *proofChecker
 	exchanges      chan struct{} // bounds concurrent code exchanges
-	introNS        string
 	revocationKeys [][]byte
 	macNoted       bool
 	callbackPath   string
@@ -250,18 +249,9 @@ func (h *Handler) provision(ctx caddy.Context, logger *zap.Logger) error {
 	h.secureDefault = ru.Scheme == "https"
 	h.sameSite = sameSiteModes[strings.ToLower(h.Session.CookieSameSite)]
 	h.route, h.ns = routeBinding(h.Issuer, h.Client.ID), routeNamespace(h.Issuer, h.Client.ID)
-	h.bearers = newBearerCache(bearerCacheSize)
-	h.introspections = newIntrospector()
 	h.exchanges = make(chan struct{}, maxConcurrentExchanges)
 	if err := h.Allow.provision(cmp.Or(h.GroupsClaim, "groups"), cmp.Or(h.RolesClaim, "roles")); err != nil {
 		return err
-	}
-	if h.Bearer != nil {
-		// Introspection results are shared only by routes of the same
-		// issuer, client and accepted audiences.
-		auds := slices.Sorted(slices.Values(h.bearerAudience()))
-		audSum := sha256.Sum256([]byte(strings.Join(auds, "\x00")))
-		h.introNS = h.ns + ":" + hex.EncodeToString(audSum[:8])
 	}
 	h.client = provider.Client{ID: h.Client.ID, Secret: h.Client.Secret, Method: h.Client.AuthMethod}
 	if h.Client.PrivateKey != "" {
@@ -393,6 +383,9 @@ func (h *Handler) attach(app *App) error {
 		opts.Algorithms = fapi2Algorithms
 	}
 	h.rp = prov.Bind(h.client, opts)
+	if h.Bearer != nil {
+		h.tokens, h.proofs = h.newBearerVerifiers()
+	}
 	h.dpopRPs = nil
 	for i, k := range h.dpopKeys {
 		c := h.client
