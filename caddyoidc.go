@@ -420,16 +420,9 @@ func (h *Handler) storeConfig() session.StoreConfig {
 		Lifetime: time.Duration(h.Session.Lifetime), IdleTimeout: time.Duration(h.Session.IdleTimeout),
 		RefreshTokenMaxAge: time.Duration(h.Session.RefreshTokenMaxAge),
 		Shared:             h.shared,
-		Fresh: func(ctx context.Context, key string) ([]byte, bool, error) {
-			sh := h.app.set().shared
-			if !sh.Replicated() {
-				return nil, false, nil // one process: its copy is the only one
-			}
-			return sh.GetShared(ctx, key)
-		},
-		Revoked: func(s *session.Session) bool { return h.revs.ended(h.Issuer, s) },
-		Ready:   func() bool { return !h.app.awaitingRevocations(h.revs) },
-		Logger:  h.logger,
+		Revoked:            func(s *session.Session) bool { return h.revs.ended(h.Issuer, s) },
+		Ready:              func() bool { return !h.app.awaitingRevocations(h.revs) },
+		Logger:             h.logger,
 	}
 }
 

@@ -130,10 +130,6 @@ type StoreConfig struct {
 	// Shared is the app's shared cache: every session of a cache store,
 	// and a cookie session too large for cookies.
 	Shared cache.Store
-	// Fresh, when set, reads a key from the shared tier itself (Valkey),
-	// past this process's copy: a value older than its cookie is looked
-	// up there before it is refused.
-	Fresh func(ctx context.Context, key string) ([]byte, bool, error)
 	// Revoked reports a session logged out anywhere; Ready, whether the
 	// revocations of other replicas have been read. Nil: none, ready.
 	Revoked func(*Session) bool
@@ -319,44 +315,31 @@ func (s *core) loadCached(ctx context.Context, id string, minVersion uint64) (*S
 	if !found {
 		return nil, false, nil
 	}
-	sess, rotated, ok := s.decodeCached(key, string(v))
-	if !ok {
+	sealed := string(v)
+	if sess, ok := s.decoded.Get(key, sealed); ok {
+		if sess.Version < minVersion {
+			return nil, false, s.olderThanCookie()
+		}
+		sess.ID = id
+		return sess, false, nil
+	}
+	pt, rotated, err := s.Codec.Open(s.Binding+purposeValue+key, sealed)
+	if err != nil {
 		return nil, false, nil
 	}
-	if sess.Version < minVersion && s.Fresh != nil {
-		// This process's copy may predate another replica's write whose
-		// invalidation has not arrived yet: ask the shared tier itself.
-		if v, found, err := s.Fresh(ctx, key); err == nil && found {
-			if fresh, freshRotated, ok := s.decodeCached(key, string(v)); ok {
-				sess, rotated = fresh, freshRotated
-			}
-		}
+	sess, err := Unmarshal(pt)
+	if err != nil {
+		return nil, false, nil
+	}
+	if !rotated {
+		cp := *sess
+		s.decoded.Put(key, sealed, &cp)
 	}
 	if sess.Version < minVersion {
 		return nil, false, s.olderThanCookie()
 	}
 	sess.ID = id
 	return sess, rotated, nil
-}
-
-// decodeCached opens a sealed session value found under key.
-func (s *core) decodeCached(key, sealed string) (*Session, bool, bool) {
-	if sess, ok := s.decoded.Get(key, sealed); ok {
-		return sess, false, true
-	}
-	pt, rotated, err := s.Codec.Open(s.Binding+purposeValue+key, sealed)
-	if err != nil {
-		return nil, false, false
-	}
-	sess, err := Unmarshal(pt)
-	if err != nil {
-		return nil, false, false
-	}
-	if !rotated {
-		cp := *sess
-		s.decoded.Put(key, sealed, &cp)
-	}
-	return sess, rotated, true
 }
 
 func (s *core) CacheID(r *http.Request) (string, bool) {
