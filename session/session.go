@@ -44,10 +44,6 @@ type Session struct {
 	// DPoPKey is the thumbprint of the DPoP key the tokens are bound to
 	// (empty: Bearer tokens): refreshes must prove that key.
 	DPoPKey string `json:"dk,omitempty"`
-	// Version counts the writes of a cache-kept session; the cookie names
-	// the version it was written with, so an older value put back in the
-	// shared cache (untrusted storage) is not taken for the current one.
-	Version uint64 `json:"v,omitempty"`
 }
 
 // ProtocolClaims are ID token claims that describe the token rather than the

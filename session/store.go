@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -144,11 +143,11 @@ type StoreConfig struct {
 // the cookies.
 type core struct {
 	StoreConfig
-	hostName                              string
-	plainCookieAAD, hostAAD               string
-	decoded                               *DecodedCache
-	warnedOversize                        atomic.Bool
-	unavailable, cacheWriting, rolledBack lograte.Limit
+	hostName                  string
+	plainCookieAAD, hostAAD   string
+	decoded                   *DecodedCache
+	warnedOversize            atomic.Bool
+	unavailable, cacheWriting lograte.Limit
 }
 
 func newCore(c StoreConfig) *core {
@@ -238,12 +237,6 @@ func (s *core) refreshTooOld(sess *Session, now time.Time) bool {
 	return sess.RefreshTokenTooOld(s.RefreshTokenMaxAge, now)
 }
 
-// olderThanCookie logs a cache-kept session older than its cookie.
-func (s *core) olderThanCookie() error {
-	s.rolledBack.Warn(s.Logger, "a cache-kept session is older than its cookie (a write not yet in the shared cache, or an older value put back in it); answering 503")
-	return errUnavailable
-}
-
 // errUnavailable: the session may exist but the shared cache cannot say.
 var errUnavailable = errors.New("session store unavailable")
 
@@ -258,8 +251,8 @@ func (s *core) open(ctx context.Context, name, v string) (*Session, bool, error)
 	if err != nil {
 		return nil, false, nil
 	}
-	if id, version, ok := cacheRef(pt); ok {
-		sess, rotatedValue, err := s.loadCached(ctx, id, version)
+	if id, ok := cacheRef(pt); ok {
+		sess, rotatedValue, err := s.loadCached(ctx, id)
 		return sess, rotated || rotatedValue, err
 	}
 	sess, err := Unmarshal(pt)
@@ -274,38 +267,16 @@ func (s *core) open(ctx context.Context, name, v string) (*Session, bool, error)
 	return sess, rotated, nil
 }
 
-// cacheRef reads a cookie payload that names a cache-kept session: its id
-// and the version it was written with ("id:<id>.<version>").
-func cacheRef(pt []byte) (id string, version uint64, ok bool) {
-	ref, ok := strings.CutPrefix(string(pt), cacheIDPrefix)
-	if !ok {
-		return "", 0, false
+// cacheRef reads a cookie payload that names a cache-kept session.
+func cacheRef(pt []byte) (string, bool) {
+	id, ok := strings.CutPrefix(string(pt), cacheIDPrefix)
+	if !ok || len(id) < 32 {
+		return "", false
 	}
-	id, v, hasVersion := strings.Cut(ref, ".")
-	if hasVersion {
-		n, err := strconv.ParseUint(v, 10, 64)
-		if err != nil {
-			return "", 0, false
-		}
-		version = n
-	}
-	if len(id) < 32 {
-		return "", 0, false
-	}
-	return id, version, true
+	return id, true
 }
 
-// cacheCookie is the cookie payload naming a cache-kept session.
-func cacheCookie(sess *Session) []byte {
-	return []byte(cacheIDPrefix + sess.ID + "." + strconv.FormatUint(sess.Version, 10))
-}
-
-// loadCached reads the session with id from the shared cache. A value
-// older than the cookie's version (minVersion) was put back by someone who
-// can write to the cache, or a write has not reached it yet: the answer is
-// unknown (503), never the older session (it may hold claims since
-// taken away) nor a new login.
-func (s *core) loadCached(ctx context.Context, id string, minVersion uint64) (*Session, bool, error) {
+func (s *core) loadCached(ctx context.Context, id string) (*Session, bool, error) {
 	key := s.Key(id)
 	v, found, err := s.Shared.Get(ctx, key)
 	if err != nil {
@@ -317,9 +288,6 @@ func (s *core) loadCached(ctx context.Context, id string, minVersion uint64) (*S
 	}
 	sealed := string(v)
 	if sess, ok := s.decoded.Get(key, sealed); ok {
-		if sess.Version < minVersion {
-			return nil, false, s.olderThanCookie()
-		}
 		sess.ID = id
 		return sess, false, nil
 	}
@@ -335,9 +303,6 @@ func (s *core) loadCached(ctx context.Context, id string, minVersion uint64) (*S
 		cp := *sess
 		s.decoded.Put(key, sealed, &cp)
 	}
-	if sess.Version < minVersion {
-		return nil, false, s.olderThanCookie()
-	}
 	sess.ID = id
 	return sess, rotated, nil
 }
@@ -352,8 +317,7 @@ func (s *core) CacheID(r *http.Request) (string, bool) {
 	if err != nil {
 		return "", false
 	}
-	id, _, ok := cacheRef(pt)
-	return id, ok
+	return cacheRef(pt)
 }
 
 // cookieMaxAge is what remains of sess's lifetime, in cookie terms.
@@ -389,15 +353,14 @@ func (st cacheStore) Save(w http.ResponseWriter, r *http.Request, sess *Session,
 // cache outage keeps the session in this process's L1 (written back later)
 // and is not an error.
 func (s *core) saveCached(w http.ResponseWriter, r *http.Request, sess *Session, now time.Time) error {
+	pt, err := sess.Marshal()
+	if err != nil {
+		return fmt.Errorf("encoding session: %w", err)
+	}
 	if sess.ID == "" {
 		b := make([]byte, 16) // 128 bits
 		rand.Read(b)
 		sess.ID = hex.EncodeToString(b)
-	}
-	sess.Version++
-	pt, err := sess.Marshal()
-	if err != nil {
-		return fmt.Errorf("encoding session: %w", err)
 	}
 	remaining := s.remaining(sess, now)
 	key := s.Key(sess.ID)
@@ -405,7 +368,7 @@ func (s *core) saveCached(w http.ResponseWriter, r *http.Request, sess *Session,
 		s.cacheWriting.Warn(s.Logger, "session kept in this process only: the shared cache is unavailable", zap.Error(err))
 	}
 	name := s.CookieName(r)
-	WriteChunked(w, r, name, s.Codec.Seal(s.cookieAAD(name), cacheCookie(sess)), s.CookieOptions(r, max(int(remaining/time.Second), 1)))
+	WriteChunked(w, r, name, s.Codec.Seal(s.cookieAAD(name), []byte(cacheIDPrefix+sess.ID)), s.CookieOptions(r, max(int(remaining/time.Second), 1)))
 	return nil
 }
 
