@@ -383,9 +383,6 @@ func (h *Handler) attach(app *App) error {
 		opts.Algorithms = fapi2Algorithms
 	}
 	h.rp = prov.Bind(h.client, opts)
-	if h.Bearer != nil {
-		h.tokens, h.proofs = h.newBearerVerifiers()
-	}
 	h.dpopRPs = nil
 	for i, k := range h.dpopKeys {
 		c := h.client
@@ -398,6 +395,9 @@ func (h *Handler) attach(app *App) error {
 			h.dpopRPs = make(map[string]*provider.RelyingParty, len(h.dpopKeys))
 		}
 		h.dpopRPs[k.Thumbprint()] = rp
+	}
+	if h.Bearer != nil {
+		h.tokens, h.proofs = h.newBearerVerifiers()
 	}
 	h.sessions = h.newSessionStore()
 	readiness.add(h)
