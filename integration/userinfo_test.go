@@ -34,36 +34,25 @@ func thinEnv(t *testing.T, accessTTL time.Duration, oidc string) *env {
 // user's email, name and groups, after login and after a refresh, which
 // fetches UserInfo again with the new access token.
 func TestUserInfoAutoWithThinIDTokens(t *testing.T) {
-	// Tokens of 6 s (expires_in 5, truncated), refreshed 3 s before they
-	// expire: a login has 2 s before its session is due.
-	e := thinEnv(t, 6*time.Second, "refresh_before 3s")
+	// Tokens of 60 s refreshed 70 s before they expire: every request of
+	// the session refreshes, the login's own last one included, so the
+	// test does not depend on how long the login takes.
+	e := thinEnv(t, 60*time.Second, "refresh_before 70s")
 	c := e.browser()
-	loggedIn := time.Now()
 	got := readEcho(t, e.login(c, "/", "alice", "alice-password"))
-	if e.idp.RefreshGrants() != 0 {
-		t.Skipf("the login took %s, so long that its session was refreshed at once; nothing to tell apart", time.Since(loggedIn))
-	}
 	if email, name, groups := got.Headers.Get("X-Auth-Email"), got.Headers.Get("X-Auth-Name"), got.Headers.Get("X-Auth-Groups"); email != "alice@example.com" || name != "Alice Liddell" || groups != "admins,staff" {
 		t.Fatalf("after login: email %q name %q groups %q", email, name, groups)
 	}
-	atLogin := e.idp.UserInfoRequests()
-	if atLogin < 1 {
-		t.Fatalf("the IdP's UserInfo was called %d times at login", atLogin)
-	}
-
-	var after echo
-	waitUntil(t, 15*time.Second, "a refresh", func() bool {
-		after = readEcho(t, e.get(c, "/after", nil))
-		return e.idp.RefreshGrants() >= 1
-	})
-	e.idp.SetAccessTokenLifetime(5 * time.Minute) // no more refreshes
+	after := readEcho(t, e.get(c, "/after", nil))
 	if email, groups := after.Headers.Get("X-Auth-Email"), after.Headers.Get("X-Auth-Groups"); email != "alice@example.com" || groups != "admins,staff" {
-		t.Errorf("after the refresh: email %q groups %q", email, groups)
+		t.Errorf("after a refresh: email %q groups %q", email, groups)
 	}
-	if n := e.idp.UserInfoRequests(); n <= atLogin {
-		t.Errorf("UserInfo calls: %d at login, %d after the refresh; want it fetched again", atLogin, n)
+	// One UserInfo call at the callback, and one more with each refreshed
+	// access token.
+	refreshes, calls := e.idp.RefreshGrants(), e.idp.UserInfoRequests()
+	if refreshes < 1 || calls != refreshes+1 {
+		t.Errorf("%d refresh grant(s) and %d UserInfo calls; want at least one refresh and one call at login plus one per refresh", refreshes, calls)
 	}
-	t.Logf("UserInfo calls: %d at login, %d after %d refresh grant(s), %s after the login began", atLogin, e.idp.UserInfoRequests(), e.idp.RefreshGrants(), time.Since(loggedIn).Round(time.Millisecond))
 }
 
 // The control: with userinfo off, the same IdP's sessions have no email,

@@ -11,7 +11,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"html"
 	"io"
 	"net/http"
 	"net/http/cookiejar"
@@ -111,42 +110,9 @@ var formAction = regexp.MustCompile(`<form[^>]*action="([^"]+)"`)
 // devLogin takes a browser's part through oidc-provider's development
 // screens: authorization URL, login form, consent form, until the redirect
 // to fapiRedirect, whose URL it returns.
-func devLogin(t *testing.T, issuer, authorizationURL string) *url.URL {
+func devLogin(t *testing.T, _ string, authorizationURL string) *url.URL {
 	t.Helper()
-	jar, _ := cookiejar.New(nil)
-	browser := &http.Client{Jar: jar, Timeout: 10 * time.Second, CheckRedirect: func(r *http.Request, _ []*http.Request) error {
-		if strings.HasPrefix(r.URL.String(), fapiRedirect) {
-			return http.ErrUseLastResponse
-		}
-		return nil
-	}}
-	resp, err := browser.Get(authorizationURL)
-	for _, fields := range []url.Values{
-		{"prompt": {"login"}, "login": {alice.username}, "password": {alice.password}},
-		{"prompt": {"consent"}},
-	} {
-		if err != nil {
-			t.Fatal(err)
-		}
-		page, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		m := formAction.FindSubmatch(page)
-		if resp.StatusCode != http.StatusOK || m == nil {
-			t.Fatalf("expected a form from the IdP at %s, got %s:\n%.2000s", resp.Request.URL, resp.Status, page)
-		}
-		action, _ := url.Parse(html.UnescapeString(string(m[1])))
-		resp, err = browser.PostForm(resp.Request.URL.ResolveReference(action).String(), fields)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	loc, err := resp.Location()
-	if err != nil || !strings.HasPrefix(loc.String(), fapiRedirect) {
-		page, _ := io.ReadAll(resp.Body)
-		t.Fatalf("the login did not end at the redirect URI: %s %v:\n%.2000s", resp.Status, loc, page)
-	}
-	return loc
+	return idpScreens(t, authorizationURL, fapiRedirect)
 }
 
 func TestFAPI2CodeFlowWithOIDCProvider(t *testing.T) {
